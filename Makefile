@@ -1,0 +1,58 @@
+# toolclash — `make help` lists the targets. `make run` and `make test` install what they need.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+APT_PACKAGES := postgresql postgresql-contrib
+# Defaults of `make run` (override: make run USERS=50 TIME=60s ARGS="--strategy serializable").
+USERS ?= 20
+SPAWN ?= 20
+TIME ?= 30s
+ARGS ?=
+LOCUSTFILE ?= locustfiles/credits.py
+
+.PHONY: help setup apt venv run ui test bench lint clean
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+setup: apt venv ## install server packages (apt) and the virtualenv; a no-op when present
+
+apt: ## apt-get install the server packages that are missing
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  if [ "$$(id -u)" != 0 ]; then echo "make setup: run as root to apt-get install$$missing" >&2; exit 2; fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+venv: $(STAMP) ## build .venv from the pinned requirements
+
+$(STAMP): requirements.txt requirements-dev.txt
+	@$(PYTHON) -m venv --help >/dev/null 2>&1 && $(PYTHON) -c 'import ensurepip' 2>/dev/null || \
+	  { echo "installing python3-venv"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+	@touch $@
+
+run: setup ## the main job: credits scenario headless on the embedded stack, checks, verdict
+	$(VENV)/bin/locust -f $(LOCUSTFILE) --headless -u $(USERS) -r $(SPAWN) -t $(TIME) --stop-timeout 5 $(ARGS)
+
+ui: setup ## open Locust's web UI on http://127.0.0.1:8089 (embedded stack)
+	$(VENV)/bin/locust -f $(LOCUSTFILE) --web-host 127.0.0.1 $(ARGS)
+
+test: setup ## run the whole test suite against real servers
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: setup ## speed figures as ratios against pgbench in the same run (not part of test)
+	$(PY) -m bench $(ARGS)
+
+lint: setup ## ruff and mypy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+clean: ## remove the virtualenv, caches and reports
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache reports .stack
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

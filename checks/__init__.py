@@ -1,0 +1,105 @@
+"""Post-run auditors: pure functions of (history, final state) → check results.
+
+A check returns ``{name, valid, counts, evidence, evidence_total}`` where ``valid`` is
+``True``, ``False`` or ``"unknown"``; evidence names op ids and rows, capped at
+:data:`EVIDENCE_CAP` with the total kept. Checks compose by name; the worst verdict wins
+(false > unknown > true); a check that crashes yields ``unknown``, never ``true``.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+EVIDENCE_CAP = 20
+UNKNOWN = "unknown"
+
+# Exit codes of a headless run and of `python -m checks` (DESIGN.md).
+EXIT_OK, EXIT_ANOMALY, EXIT_USAGE, EXIT_UNKNOWN, EXIT_SLA = 0, 1, 2, 3, 4
+
+Valid = bool | str
+
+
+@dataclass
+class CheckResult:
+    """The verdict of one check."""
+
+    name: str
+    valid: Valid
+    counts: dict[str, Any] = field(default_factory=dict)
+    evidence: list[Any] = field(default_factory=list)
+    evidence_total: int = 0
+    summary: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "valid": self.valid, "summary": self.summary, "counts": self.counts,
+                "evidence": self.evidence, "evidence_total": self.evidence_total}
+
+
+class Evidence:
+    """Collects evidence items, keeping the first :data:`EVIDENCE_CAP` and the total."""
+
+    def __init__(self, cap: int = EVIDENCE_CAP) -> None:
+        self.items: list[Any] = []
+        self.total = 0
+        self.cap = cap
+
+    def add(self, item: Any) -> None:
+        self.total += 1
+        if len(self.items) < self.cap:
+            self.items.append(item)
+
+    def __bool__(self) -> bool:
+        return self.total > 0
+
+
+def result(name: str, valid: Valid, counts: Mapping[str, Any], evidence: Evidence | None = None,
+           summary: str = "") -> CheckResult:
+    ev = evidence or Evidence()
+    return CheckResult(name, valid, dict(counts), ev.items, ev.total, summary)
+
+
+def worst(values: Iterable[Valid]) -> Valid:
+    """Compose verdicts: any False → False; else any unknown → unknown; else True."""
+    seen = list(values)
+    if any(v is False for v in seen):
+        return False
+    if any(v is not True for v in seen):
+        return UNKNOWN
+    return True
+
+
+def guarded(name: str, fn: Callable[[], CheckResult]) -> CheckResult:
+    """Run a check; a crash yields ``unknown`` with the error as evidence (never ``true``)."""
+    try:
+        return fn()
+    except Exception as exc:  # noqa: BLE001 - a crashing checker must not pass
+        tb = traceback.format_exc(limit=3).strip().splitlines()[-3:]
+        return CheckResult(name, UNKNOWN, {}, [{"error": f"{type(exc).__name__}: {exc}", "where": tb}], 1,
+                           "the checker crashed; its verdict is unknown")
+
+
+def guarded_many(name: str, fn: Callable[[], list[CheckResult]]) -> list[CheckResult]:
+    """Like :func:`guarded` for a function that returns several results."""
+    out: list[CheckResult] = []
+
+    def one() -> CheckResult:
+        out.extend(fn())
+        return CheckResult(name, True)
+
+    crashed = guarded(name, one)
+    return out if crashed.valid is True else [crashed]
+
+
+def exit_code(checks: Iterable[CheckResult], gates: Iterable[Mapping[str, Any]]) -> int:
+    """0 all valid and gates met · 1 anomaly · 3 unknown · 4 gate missed (first of 1, 3, 4 wins)."""
+    verdict = worst(c.valid for c in checks)
+    if verdict is False:
+        return EXIT_ANOMALY
+    if verdict != True:  # noqa: E712 - three-valued
+        return EXIT_UNKNOWN
+    if any(g.get("met") is not True for g in gates):
+        return EXIT_SLA
+    return EXIT_OK

@@ -1,0 +1,225 @@
+"""Checks of the credits scenario: conservation, no negative balance, ledger ↔ history, lost updates.
+
+Inputs: the ``deduct`` operations of the history, and the final state captured by
+:func:`toolclash.tools.credits.snapshot` (``credit_accounts`` and ``credit_ledger``).
+The ledger is written in the same transaction as the balance, so its op ids tell which
+in-doubt (``unknown``) calls took effect; an ``unknown`` call only makes a verdict unknown
+where it cannot be resolved that way and could explain a difference.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from checks import UNKNOWN, CheckResult, Evidence, result
+from toolclash.history import FAIL, OK
+
+TOOL = "deduct"
+
+
+class CreditsView:
+    """Indexes built once and shared by the checks."""
+
+    def __init__(self, ops: Iterable[Mapping[str, Any]], final: Mapping[str, Any],
+                 incomplete_processes: Iterable[str] = ()) -> None:
+        self.ops: dict[str, Mapping[str, Any]] = {}
+        self.duplicate_ids: list[str] = []
+        for op in ops:
+            if op["tool"] != TOOL:
+                continue
+            if op["op_id"] in self.ops:
+                self.duplicate_ids.append(op["op_id"])
+            self.ops[op["op_id"]] = op
+        self.accounts = {int(a["id"]): a for a in final.get("credit_accounts", [])}
+        self.has_ledger = "credit_ledger" in final
+        self.ledger: dict[str, Mapping[str, Any]] = {r["op_id"]: r for r in final.get("credit_ledger", [])}
+        self.incomplete = tuple(incomplete_processes)
+
+    def from_incomplete_process(self, op_id: str) -> bool:
+        return any(op_id.startswith(p + "-") for p in self.incomplete)
+
+
+def check_all(ops: Iterable[Mapping[str, Any]], final: Mapping[str, Any],
+              incomplete_processes: Iterable[str] = ()) -> list[CheckResult]:
+    view = CreditsView(ops, final, incomplete_processes)
+    return [conservation(view), no_negative(view), ledger_matches_history(view), lost_updates(view)]
+
+
+def _subset_sum_reaches(amounts: Sequence[int], target: int) -> bool:
+    """True if some subset of *amounts* (positive ints) sums to *target* exactly."""
+    if target == 0:
+        return True
+    if target < 0 or target > sum(amounts):
+        return False
+    reach = 1
+    for a in amounts:
+        reach |= reach << a
+    return bool((reach >> target) & 1)
+
+
+def conservation(v: CreditsView) -> CheckResult:
+    """initial − Σ ok deductions (− in-doubt ones the ledger shows applied) = final, per account."""
+    name = "credits.conservation"
+    ok_total: dict[int, int] = defaultdict(int)
+    applied_unknown: dict[int, int] = defaultdict(int)
+    unresolved: dict[int, list[tuple[str, int]]] = defaultdict(list)
+    for op in v.ops.values():
+        acct, amount = int(op["args"]["account"]), int(op["args"]["amount"])
+        if op["outcome"] == OK:
+            ok_total[acct] += amount
+        elif op["outcome"] != FAIL:
+            if v.has_ledger:
+                if op["op_id"] in v.ledger:
+                    applied_unknown[acct] += amount
+            else:
+                unresolved[acct].append((op["op_id"], amount))
+    ev = Evidence()
+    explainable = 0
+    for acct, row in sorted(v.accounts.items()):
+        expected = int(row["initial_balance"]) - ok_total[acct] - applied_unknown[acct]
+        final = int(row["balance"])
+        diff = expected - final  # > 0: more was taken than acknowledged
+        if diff == 0:
+            continue
+        doubt = unresolved.get(acct, [])
+        if doubt and _subset_sum_reaches([a for _, a in doubt], diff):
+            explainable += 1
+            ev.add({"account": acct, "expected": expected, "final": final, "difference": diff,
+                    "explained_by_unknown_ops": [o for o, _ in doubt][:10]})
+            continue
+        what = ("more credits were taken than acknowledged deductions account for" if diff > 0 else
+                "acknowledged deductions are missing from the balance (lost updates)")
+        ev.add({"account": acct, "initial": int(row["initial_balance"]), "ok_deducted": ok_total[acct],
+                "unknown_applied": applied_unknown[acct], "expected": expected, "final": final,
+                "difference": -diff, "what": what})
+    counts = {"accounts": len(v.accounts), "mismatched": ev.total - explainable, "explainable_by_unknown": explainable}
+    if ev.total > explainable:
+        return result(name, False, counts, ev, f"{ev.total - explainable} account(s) do not balance")
+    if explainable:
+        return result(name, UNKNOWN, counts, ev, "differences could be in-doubt operations")
+    return result(name, True, counts, ev, "every account balances")
+
+
+def no_negative(v: CreditsView) -> CheckResult:
+    """No account ends below zero and no applied deduction left a negative balance."""
+    name = "credits.no_negative"
+    ev = Evidence()
+    for acct, row in sorted(v.accounts.items()):
+        if int(row["balance"]) < 0:
+            ev.add({"account": acct, "final_balance": int(row["balance"])})
+    negative_rows = 0
+    for row in v.ledger.values():
+        if int(row["balance_after"]) < 0:
+            negative_rows += 1
+            ev.add({"op_id": row["op_id"], "account": row["account_id"], "amount": row["amount"],
+                    "balance_after": row["balance_after"], "agent": row["agent"]})
+    counts = {"accounts": len(v.accounts), "negative_accounts": ev.total - negative_rows,
+              "deductions_below_zero": negative_rows}
+    if ev:
+        return result(name, False, counts, ev, "a balance went below zero")
+    return result(name, True, counts, ev, "no balance below zero")
+
+
+def ledger_matches_history(v: CreditsView) -> CheckResult:
+    """Ledger rows match ok ops one to one: no ok op without its row, no row of a failed or unknown-to-us op."""
+    name = "credits.ledger"
+    if not v.has_ledger:
+        return result(name, UNKNOWN, {}, None, "final state has no ledger")
+    ev = Evidence()
+    counts = {"ops": len(v.ops), "ledger_rows": len(v.ledger), "missing": 0, "phantom": 0, "mismatch": 0,
+              "duplicate_op_ids": len(v.duplicate_ids), "unknown_applied": 0, "unknown_not_applied": 0,
+              "rows_from_incomplete_history": 0}
+    for op_id in v.duplicate_ids:
+        ev.add({"op_id": op_id, "what": "op id recorded twice in the history"})
+    for op_id, op in v.ops.items():
+        row = v.ledger.get(op_id)
+        outcome = op["outcome"]
+        if outcome == OK and row is None:
+            counts["missing"] += 1
+            ev.add({"op_id": op_id, "what": "acknowledged (ok) but no ledger row: its effect is missing",
+                    "agent": op["agent"], "args": op["args"]})
+        elif outcome == FAIL and row is not None:
+            counts["phantom"] += 1
+            ev.add({"op_id": op_id, "what": f"reported fail ({op.get('reason')}) but its ledger row exists",
+                    "agent": op["agent"], "ledger_seq": row["seq"]})
+        elif outcome not in (OK, FAIL):
+            counts["unknown_applied" if row is not None else "unknown_not_applied"] += 1
+        if row is not None and (int(row["account_id"]) != int(op["args"]["account"])
+                                or int(row["amount"]) != int(op["args"]["amount"])):
+            counts["mismatch"] += 1
+            ev.add({"op_id": op_id, "what": "ledger row differs from the call's arguments",
+                    "args": op["args"], "ledger": {"account": row["account_id"], "amount": row["amount"]}})
+    doubtful = 0
+    for op_id, row in v.ledger.items():
+        if op_id in v.ops:
+            continue
+        if v.from_incomplete_process(op_id):
+            doubtful += 1
+            continue
+        counts["phantom"] += 1
+        ev.add({"op_id": op_id, "what": "ledger row of an operation no agent recorded", "ledger_seq": row["seq"]})
+    counts["rows_from_incomplete_history"] = doubtful
+    if ev:
+        return result(name, False, counts, ev, "ledger and history disagree")
+    if doubtful:
+        return result(name, UNKNOWN, counts, ev, f"{doubtful} ledger row(s) from a process whose history is incomplete")
+    return result(name, True, counts, ev, "every ok op has exactly one ledger row and no other op has one")
+
+
+def lost_updates(v: CreditsView) -> CheckResult:
+    """Name the applied deductions whose effect was overwritten by a concurrent writer.
+
+    Every strategy updates the account row before it inserts its ledger row, and the row lock
+    is held until COMMIT, so per account the ledger's ``seq`` order is the commit order. The
+    balance that survives is the last writer's; walking back from it through "the latest
+    earlier row that wrote the balance this one read" gives the chain of deductions whose
+    effects are in the final balance. Every other applied deduction was overwritten: a lost
+    update. Its evidence names the op that committed right after it and what that op had read.
+    """
+    name = "credits.lost_updates"
+    if not v.has_ledger:
+        return result(name, UNKNOWN, {}, None, "final state has no ledger")
+    rows_by_account: dict[int, list[Mapping[str, Any]]] = defaultdict(list)
+    for row in v.ledger.values():
+        rows_by_account[int(row["account_id"])].append(row)
+    ev = Evidence()
+    lost_credits = 0
+    broken: list[int] = []
+    for acct, rows in sorted(rows_by_account.items()):
+        rows.sort(key=lambda r: int(r["seq"]))
+        wrote: dict[int, list[int]] = defaultdict(list)  # balance written -> row indexes, ascending
+        for i, row in enumerate(rows):
+            wrote[int(row["balance_after"])].append(i)
+        survivors = set()
+        i: int | None = len(rows) - 1
+        while i is not None:
+            survivors.add(i)
+            candidates = wrote.get(int(rows[i]["balance_before"]), [])
+            k = bisect_left(candidates, i) - 1
+            i = candidates[k] if k >= 0 else None
+        first = rows[min(survivors)]
+        initial = v.accounts.get(acct, {}).get("initial_balance")
+        if initial is not None and int(first["balance_before"]) != int(initial):
+            broken.append(acct)
+        for i, row in enumerate(rows):
+            if i in survivors:
+                continue
+            lost_credits += int(row["amount"])
+            nxt = rows[i + 1] if i + 1 < len(rows) else None
+            op = v.ops.get(row["op_id"], {})
+            ev.add({"op_id": row["op_id"], "account": acct, "amount": int(row["amount"]), "agent": row["agent"],
+                    "outcome": op.get("outcome", "not in history"), "read_balance": int(row["balance_before"]),
+                    "wrote_balance": int(row["balance_after"]),
+                    "overwritten_by": nxt["op_id"] if nxt else None,
+                    "which_had_read": int(nxt["balance_before"]) if nxt else None,
+                    "what": "committed, but the next writer had read an older balance and overwrote it"})
+    counts = {"applied_deductions": len(v.ledger), "lost_updates": ev.total, "lost_credits": lost_credits,
+              "accounts_with_broken_chain": broken}
+    if ev:
+        return result(name, False, counts, ev, f"{ev.total} lost update(s), {lost_credits} credits")
+    if broken:
+        return result(name, False, counts, ev, "a balance chain does not start at the initial balance")
+    return result(name, True, counts, ev, "every applied deduction is in the surviving balance chain")

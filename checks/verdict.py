@@ -1,0 +1,138 @@
+"""The verdict of a run: every check and every SLA gate, from ``reports/<run-id>/`` alone."""
+
+from __future__ import annotations
+
+import importlib
+import math
+from pathlib import Path
+from typing import Any
+
+from checks import (
+    EXIT_ANOMALY,
+    EXIT_OK,
+    EXIT_SLA,
+    EXIT_UNKNOWN,
+    UNKNOWN,
+    CheckResult,
+    exit_code,
+    guarded_many,
+    result,
+    sla,
+)
+from checks import server as server_checks
+from toolclash.history import read_history
+from toolclash.run import read_json, write_json
+
+CHECKS: dict[str, str] = {
+    # scenario name -> checks module with TOOL and check_all(ops, final, incomplete); one line per scenario
+    "credits": "checks.credits",
+}
+
+EXIT_MEANING = {
+    EXIT_OK: "every check valid, every SLA gate met",
+    EXIT_ANOMALY: "a check found an anomaly: the data is wrong",
+    EXIT_UNKNOWN: "verdict unknown: in-doubt operations or a lost process keep a check from deciding",
+    EXIT_SLA: "data is right, but an SLA gate was missed",
+}
+
+
+class RunDirError(ValueError):
+    """The run directory cannot be read (one-line message)."""
+
+
+def evaluate(run_dir: str | Path) -> dict[str, Any]:
+    """Run every check and gate of the run in *run_dir*; pure function of the files there."""
+    run = Path(run_dir)
+    if not (run / "options.json").is_file():
+        raise RunDirError(f"{run} is not a run directory (no options.json); pass reports/<run-id>")
+    options = read_json(run / "options.json")
+    settings = options.get("settings", {})
+    history = read_history(run)
+    results: list[CheckResult] = []
+    results.append(_history_check(history))
+    figures: dict[str, Any] = {}
+    gates: list[dict[str, Any]] = []
+    server = _load(run / "final" / "server.json")
+    for scenario in options.get("scenarios", []):
+        module = importlib.import_module(CHECKS[scenario])
+        final = _load(run / "final" / f"{scenario}.json")
+        ops = [op for op in history.ops if op["tool"] == module.TOOL]
+        if final is None:
+            results.append(result(f"{scenario}.final_state", UNKNOWN, {},
+                                  None, "the final state was not captured"))
+        else:
+            results.extend(guarded_many(f"{scenario}.checks",
+                                        lambda m=module, o=ops, f=final: m.check_all(o, f, history.incomplete)))
+        fig = sla.figures(ops)
+        figures[scenario] = fig
+        gates.extend(sla.gates(fig, settings, scenario))
+    results.append(server_checks.sessions_closed(server))
+    code = exit_code(results, gates)
+    return {"run_id": options.get("run_id"), "exit_code": code, "meaning": EXIT_MEANING[code],
+            "checks": [r.to_dict() for r in results], "gates": gates, "figures": figures,
+            "history": {"records": len(history.ops), "processes": history.processes,
+                        "incomplete": history.incomplete}}
+
+
+def _load(path: Path) -> Any:
+    return read_json(path) if path.is_file() else None
+
+
+def _history_check(history: Any) -> CheckResult:
+    from checks import Evidence
+
+    ev = Evidence()
+    for process, why in sorted(history.incomplete.items()):
+        ev.add({"process": process, "why": why})
+    counts = {"records": len(history.ops), "processes": len(history.processes)}
+    if ev:
+        return result("history.complete", UNKNOWN, counts, ev,
+                      f"{ev.total} process(es) did not deliver a complete history")
+    return result("history.complete", True, counts, ev, "every process delivered its history")
+
+
+def write(run_dir: str | Path, verdict: dict[str, Any]) -> Path:
+    path = Path(run_dir) / "checks.json"
+    write_json(path, verdict)
+    return path
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "n/a"
+        return f"{value:.4g}"
+    return str(value)
+
+
+def render(verdict: dict[str, Any], *, evidence: int = 3) -> str:
+    """The verdict as a plain-text table, with a few evidence items under each failing check."""
+    lines = [f"toolclash verdict for run {verdict.get('run_id')}", ""]
+    lines.append(f"{'check':<28} {'valid':<8} summary")
+    lines.append("-" * 78)
+    for c in verdict["checks"]:
+        valid = {True: "true", False: "FALSE"}.get(c["valid"], "UNKNOWN")
+        lines.append(f"{c['name']:<28} {valid:<8} {c.get('summary', '')}")
+        if c["valid"] is not True:
+            for item in c["evidence"][:evidence]:
+                lines.append(f"{'':<4}- {item}")
+            if c["evidence_total"] > evidence:
+                lines.append(f"{'':<4}  … {c['evidence_total'] - evidence} more in checks.json")
+    lines.append("")
+    lines.append(f"{'SLA gate':<28} {'figure':>10}   {'threshold':<12} met")
+    lines.append("-" * 78)
+    for g in verdict["gates"]:
+        fig = "n/a" if g["figure"] is None else _fmt(g["figure"])
+        met = "yes" if g["met"] else "NO"
+        note = f"  ({g['note']})" if g.get("note") else ""
+        lines.append(f"{g['scope'] + '.' + g['gate']:<28} {fig:>10}   {g['op'] + ' ' + _fmt(g['threshold']):<12} "
+                     f"{met}{note}")
+    for scope, fig in verdict.get("figures", {}).items():
+        lines.append("")
+        lines.append(f"{scope}: {fig['calls']} calls, ok {fig['ok']}, failed {fig['failed']}, "
+                     f"rejected {fig['rejected']}, unknown {fig['unknown']}; attempts {fig['attempts']}, "
+                     f"retries {fig['conflicts']} {fig['retries_by_cause'] or ''}; "
+                     f"p50 {_fmt(fig['p50_ms'])} ms, p95 {_fmt(fig['p95_ms'])} ms, max {_fmt(fig['max_ms'])} ms")
+    lines.append("")
+    lines.append(f"exit code {verdict['exit_code']}: {verdict['meaning']}")
+    return "\n".join(lines)

@@ -1,0 +1,160 @@
+"""Operation history: one record per tool call, written in batches off the agent's path.
+
+Record fields (DESIGN.md): ``run_id, op_id, process, agent, tool, strategy, args, invoke_ts,
+complete_ts, outcome, attempts, error_class, result`` plus ``reason`` (why a call failed or is in
+doubt). ``outcome`` is ``ok`` (the effect happened), ``fail`` (it definitely did not) or
+``unknown`` (in doubt). Timestamps are Unix seconds (float).
+
+Each process writes ``history/<process>.jsonl`` and, when it closes cleanly, a
+``history/<process>.done.json`` holding its record count; :func:`read_history` uses those
+to tell a complete history from one cut short by a crashed process.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+OK, FAIL, UNKNOWN = "ok", "fail", "unknown"
+OUTCOMES = (OK, FAIL, UNKNOWN)
+
+
+def process_name(worker_index: int | None = None) -> str:
+    """A name for this process that is unique across hosts: ``host-pid`` (plus the worker index)."""
+    host = socket.gethostname().split(".")[0][:32] or "host"
+    suffix = f"-w{worker_index}" if worker_index is not None else ""
+    return f"{host}-{os.getpid()}{suffix}"
+
+
+class HistoryWriter:
+    """Collects operation records in memory and writes them to a JSON-lines file in batches.
+
+    :meth:`record` only appends to a list (no I/O on the agent's path); a background thread
+    (a greenlet under gevent's monkey patching) writes every ``flush_interval`` seconds.
+    :meth:`close` writes what is left and the ``.done.json`` marker.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], *, run_id: str, process: str,
+                 flush_interval: float = 0.5) -> None:
+        self.run_id = run_id
+        self.process = process
+        self.path = Path(directory) / f"{process}.jsonl"
+        self._flush_interval = flush_interval
+        self._buffer: list[dict[str, Any]] = []
+        self._seq = itertools.count(1)
+        self._written = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._file: Any = None
+        self._lock = threading.Lock()
+        self.closed = False
+
+    def new_op_id(self) -> str:
+        """A new operation id, unique in the run: ``<process>-<sequence>``."""
+        return f"{self.process}-{next(self._seq)}"
+
+    def start(self) -> HistoryWriter:
+        """Open the file and start the background flusher."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "ab")  # noqa: SIM115 - closed in close()
+        self._thread = threading.Thread(target=self._run, name=f"history-{self.process}", daemon=True)
+        self._thread.start()
+        return self
+
+    def record(self, rec: dict[str, Any]) -> None:
+        """Queue one operation record (must already hold every field)."""
+        self._buffer.append(rec)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._flush_interval):
+            self.flush()
+
+    def flush(self) -> int:
+        """Write the queued records now; returns how many were written."""
+        with self._lock:
+            batch, self._buffer = self._buffer, []
+            if not batch or self._file is None:
+                self._buffer[:0] = batch
+                return 0
+            self._file.write(b"".join(orjson.dumps(r) + b"\n" for r in batch))
+            self._file.flush()
+            self._written += len(batch)
+            return len(batch)
+
+    @property
+    def written(self) -> int:
+        return self._written
+
+    @property
+    def pending(self) -> int:
+        return len(self._buffer)
+
+    def close(self) -> int:
+        """Stop the flusher, write the rest and the completion marker; returns the record count."""
+        if self.closed:
+            return self._written
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=10)
+        self.flush()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        marker = self.path.with_suffix(".done.json")
+        marker.write_bytes(orjson.dumps({"process": self.process, "records": self._written}))
+        self.closed = True
+        return self._written
+
+
+@dataclass
+class History:
+    """All operation records of a run, with what is known about the completeness of each file."""
+
+    ops: list[dict[str, Any]]
+    processes: dict[str, int] = field(default_factory=dict)
+    """Records read per process."""
+    incomplete: dict[str, str] = field(default_factory=dict)
+    """Processes whose history is not known to be complete, with the reason."""
+
+    @property
+    def complete(self) -> bool:
+        return not self.incomplete
+
+
+def iter_records(path: Path) -> Iterator[dict[str, Any]]:
+    """Records of one history file; a torn last line (a crashed writer) is skipped."""
+    with open(path, "rb") as fh:
+        for line in fh:
+            if not line.endswith(b"\n"):
+                return
+            yield orjson.loads(line)
+
+
+def read_history(run_dir: str | os.PathLike[str]) -> History:
+    """Read ``<run_dir>/history/*.jsonl``; a file without its ``.done.json`` marker, or whose count
+    differs from the marker's, is reported in :attr:`History.incomplete`."""
+    hdir = Path(run_dir) / "history"
+    ops: list[dict[str, Any]] = []
+    processes: dict[str, int] = {}
+    incomplete: dict[str, str] = {}
+    for path in sorted(hdir.glob("*.jsonl")):
+        name = path.name[: -len(".jsonl")]
+        before = len(ops)
+        ops.extend(iter_records(path))
+        processes[name] = len(ops) - before
+        marker = path.with_suffix(".done.json")
+        if not marker.exists():
+            incomplete[name] = "history not closed (process stopped before flushing)"
+        else:
+            expected = orjson.loads(marker.read_bytes()).get("records")
+            if expected != processes[name]:
+                incomplete[name] = f"{processes[name]} records read, {expected} written"
+    return History(ops=ops, processes=processes, incomplete=incomplete)

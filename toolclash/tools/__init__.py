@@ -1,0 +1,139 @@
+"""Agent tools under test, one module per scenario, and the transaction runner they share.
+
+A tool call is described by a :class:`Call`: the caller (the Locust tool client, a test, the
+benchmark) creates it, the tool fills it in. Because the caller holds the object, a call that is
+cut short (``GreenletExit`` at stop, Ctrl-C) can still be recorded from the phase it reached.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg2
+
+from toolclash.db import classify
+from toolclash.history import FAIL, OK, UNKNOWN
+from toolclash.retry import VERSION_CONFLICT, Attempts, RetryPolicy
+
+# Phases of a call, recorded so that an interrupted call says how far it got.
+START, STATEMENT, COMMIT, DONE = "start", "statement", "commit", "done"
+
+
+class Reject(Exception):
+    """A definite business rejection (e.g. insufficient funds): roll back, outcome ``fail``."""
+
+    def __init__(self, reason: str, **result: Any) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.result = result
+
+
+class VersionConflict(Exception):
+    """A compare-and-set matched zero rows: roll back and retry under the policy."""
+
+
+@dataclass
+class Call:
+    """One tool call in flight, then its outcome."""
+
+    op_id: str
+    policy: RetryPolicy
+    rng: random.Random
+    attempts: Attempts = field(init=False)
+    phase: str = START
+    outcome: str | None = None
+    reason: str | None = None
+    error_class: str | None = None
+    result: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.attempts = Attempts(self.policy, self.rng)
+
+    def finish(self, outcome: str, reason: str | None = None, error_class: str | None = None,
+               **result: Any) -> Call:
+        self.outcome, self.reason, self.error_class = outcome, reason, error_class
+        self.result.update(result)
+        self.phase = DONE
+        return self
+
+    def interrupted(self, what: str = "interrupted") -> Call:
+        """Mark a call cut short from outside (stop, Ctrl-C): in doubt, whatever phase it was in.
+
+        The checks resolve such calls from the final state (e.g. the ledger's op ids).
+        """
+        return self.finish(UNKNOWN, f"{what}-during-{self.phase}", "interrupted")
+
+    @property
+    def conflicts(self) -> int:
+        return self.attempts.conflicts
+
+
+def transact(conn: Any, call: Call, body: Callable[[Any], dict[str, Any]], *, isolation: int | None = None,
+             retry_lock_not_available: bool = False, fault: Callable[[Call], str | None] | None = None) -> Call:
+    """Run *body(cursor)* as one transaction on *conn*, retrying conflicts under *call*'s policy.
+
+    *body* returns the call's result dict, or raises :class:`Reject` (definite ``fail``) or
+    :class:`VersionConflict` (retry). Retryable SQLSTATEs (40001, 40P01; 55P03 if asked) are
+    retried with full-jitter backoff. A lost connection before COMMIT is a definite ``fail``
+    (the server rolls the transaction back); during COMMIT it is ``unknown``.
+
+    *fault*, if given, is asked before COMMIT and may return ``"rollback"`` (acknowledge without
+    committing) or ``"misreport"`` (commit, then report ``fail``): planted faults for the checks.
+    """
+    if isolation is not None and conn.isolation_level != isolation:
+        conn.set_session(isolation_level=isolation)
+    attempts = call.attempts
+    while attempts.next():
+        try:
+            call.phase = STATEMENT
+            with conn.cursor() as cur:
+                result = body(cur)
+            planted = fault(call) if fault else None
+            call.phase = COMMIT
+            if planted == "rollback":
+                conn.rollback()
+                return call.finish(OK, **result)
+            conn.commit()
+            if planted == "misreport":
+                return call.finish(FAIL, "commit-timeout", "timeout", **result)
+            return call.finish(OK, **result)
+        except Reject as rej:
+            _rollback(conn)
+            return call.finish(FAIL, rej.reason, **rej.result)
+        except VersionConflict:
+            _rollback(conn)
+            if attempts.conflict(VERSION_CONFLICT):
+                continue
+            return call.finish(FAIL, attempts.gave_up, VERSION_CONFLICT)
+        except psycopg2.Error as exc:
+            kind = classify(exc, retry_lock_not_available=retry_lock_not_available)
+            if kind.kind == "connection":
+                if call.phase == COMMIT:
+                    return call.finish(UNKNOWN, "connection-lost-during-commit", kind.error_class)
+                return call.finish(FAIL, "connection-lost", kind.error_class)
+            _rollback(conn)
+            if kind.kind == "retryable" and kind.cause:
+                if attempts.conflict(kind.cause, kind.sqlstate):
+                    continue
+                return call.finish(FAIL, attempts.gave_up, kind.error_class)
+            if call.phase == COMMIT and kind.sqlstate is None:
+                return call.finish(UNKNOWN, "commit-error", kind.error_class)
+            return call.finish(FAIL, kind.kind, kind.error_class)
+    return call.finish(FAIL, attempts.gave_up or "retries-exhausted")
+
+
+def _rollback(conn: Any) -> None:
+    try:
+        conn.rollback()
+    except psycopg2.Error:
+        pass
+
+
+def think(ms: float) -> None:
+    """Pause *ms* milliseconds (cooperative under gevent's monkey patching)."""
+    if ms > 0:
+        time.sleep(ms / 1000.0)

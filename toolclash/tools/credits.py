@@ -1,0 +1,159 @@
+"""Credit deduction: many agents deduct credits from the same few accounts.
+
+``deduct(account, amount)`` writes the new balance and one ledger row (keyed by the op id)
+in one transaction. Strategies:
+
+* ``naive`` — read, compute, write back the absolute balance under READ COMMITTED, no lock.
+  Known-bad: concurrent agents overwrite each other (lost updates).
+* ``check_then_act`` — read and check the balance, then ``balance = balance - amount`` without
+  a lock. Known-bad: two agents can both pass the check and drive the balance negative.
+* ``atomic`` — one guarded ``UPDATE … WHERE balance >= amount RETURNING``.
+* ``pessimistic`` — ``SELECT … FOR UPDATE``, then write.
+* ``optimistic`` — read balance and version, write only if the version has not moved; retry.
+* ``repeatable_read`` / ``serializable`` — the naive code under a stronger isolation level;
+  PostgreSQL aborts the loser with 40001, which is retried.
+
+Insufficient funds is a ``fail`` with reason ``insufficient-funds``, never a negative balance
+(except with the known-bad ``check_then_act``).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any
+
+from psycopg2.extensions import (
+    ISOLATION_LEVEL_READ_COMMITTED,
+    ISOLATION_LEVEL_REPEATABLE_READ,
+    ISOLATION_LEVEL_SERIALIZABLE,
+)
+
+from toolclash import schema
+from toolclash.tools import Call, Reject, VersionConflict, think, transact
+
+NAME = "credits"
+FAULT_RATE = 0.05
+"""Share of calls a planted ``--fault`` affects."""
+
+_ISOLATION = {
+    "repeatable_read": ISOLATION_LEVEL_REPEATABLE_READ,
+    "serializable": ISOLATION_LEVEL_SERIALIZABLE,
+}
+
+_SELECT = "SELECT balance, version FROM toolclash.credit_accounts WHERE id = %s"
+_LEDGER = ("INSERT INTO toolclash.credit_ledger (op_id, account_id, amount, balance_before, balance_after, agent) "
+           "VALUES (%s, %s, %s, %s, %s, %s)")
+
+
+class CreditsTool:
+    """The ``deduct`` tool bound to one agent's connection and strategy."""
+
+    def __init__(self, conn: Any, *, strategy: str, agent: str, think_ms: float = 0.0, fault: str = "none",
+                 rng: random.Random | None = None) -> None:
+        self.conn = conn
+        self.strategy = strategy
+        self.agent = agent
+        self.think_ms = think_ms
+        self.rng = rng or random.Random()
+        self._body = getattr(self, "_" + strategy)
+        self._isolation = _ISOLATION.get(strategy, ISOLATION_LEVEL_READ_COMMITTED)
+        self._fault: Callable[[Call], str | None] | None = None
+        if fault == "ack_before_commit":
+            self._fault = lambda call: "rollback" if self.rng.random() < FAULT_RATE else None
+        elif fault == "ambiguous_as_fail":
+            self._fault = lambda call: "misreport" if self.rng.random() < FAULT_RATE else None
+
+    def deduct(self, call: Call, account: int, amount: int) -> Call:
+        """Deduct *amount* credits from *account* as operation *call* (filled in and returned)."""
+        return transact(self.conn, call, lambda cur: self._body(cur, call.op_id, account, amount),
+                        isolation=self._isolation, fault=self._fault)
+
+    # --- strategies: each runs inside one transaction and returns the result dict ---
+
+    def _read(self, cur: Any, sql: str, account: int) -> tuple[int, int]:
+        cur.execute(sql, (account,))
+        row = cur.fetchone()
+        if row is None:
+            raise Reject("no-such-account")
+        return int(row[0]), int(row[1])
+
+    def _write_absolute(self, cur: Any, op_id: str, account: int, amount: int, *, lock: bool) -> dict[str, Any]:
+        before, _ = self._read(cur, _SELECT + (" FOR UPDATE" if lock else ""), account)
+        think(self.think_ms)
+        if before < amount:
+            raise Reject("insufficient-funds", before=before)
+        after = before - amount
+        cur.execute("UPDATE toolclash.credit_accounts SET balance = %s, version = version + 1 WHERE id = %s",
+                    (after, account))
+        cur.execute(_LEDGER, (op_id, account, amount, before, after, self.agent))
+        return {"before": before, "after": after}
+
+    def _naive(self, cur: Any, op_id: str, account: int, amount: int) -> dict[str, Any]:
+        return self._write_absolute(cur, op_id, account, amount, lock=False)
+
+    _repeatable_read = _naive
+    _serializable = _naive
+
+    def _pessimistic(self, cur: Any, op_id: str, account: int, amount: int) -> dict[str, Any]:
+        return self._write_absolute(cur, op_id, account, amount, lock=True)
+
+    def _check_then_act(self, cur: Any, op_id: str, account: int, amount: int) -> dict[str, Any]:
+        seen, _ = self._read(cur, _SELECT, account)
+        think(self.think_ms)
+        if seen < amount:
+            raise Reject("insufficient-funds", before=seen)
+        cur.execute("UPDATE toolclash.credit_accounts SET balance = balance - %s, version = version + 1 "
+                    "WHERE id = %s RETURNING balance", (amount, account))
+        after = int(cur.fetchone()[0])
+        cur.execute(_LEDGER, (op_id, account, amount, after + amount, after, self.agent))
+        return {"before": after + amount, "after": after}
+
+    def _atomic(self, cur: Any, op_id: str, account: int, amount: int) -> dict[str, Any]:
+        cur.execute("UPDATE toolclash.credit_accounts SET balance = balance - %s, version = version + 1 "
+                    "WHERE id = %s AND balance >= %s RETURNING balance", (amount, account, amount))
+        row = cur.fetchone()
+        if row is None:
+            before, _ = self._read(cur, _SELECT, account)
+            raise Reject("insufficient-funds", before=before)
+        after = int(row[0])
+        cur.execute(_LEDGER, (op_id, account, amount, after + amount, after, self.agent))
+        return {"before": after + amount, "after": after}
+
+    def _optimistic(self, cur: Any, op_id: str, account: int, amount: int) -> dict[str, Any]:
+        before, version = self._read(cur, _SELECT, account)
+        think(self.think_ms)
+        if before < amount:
+            raise Reject("insufficient-funds", before=before)
+        after = before - amount
+        cur.execute("UPDATE toolclash.credit_accounts SET balance = %s, version = version + 1 "
+                    "WHERE id = %s AND version = %s", (after, account, version))
+        if cur.rowcount == 0:
+            raise VersionConflict
+        cur.execute(_LEDGER, (op_id, account, amount, before, after, self.agent))
+        return {"before": before, "after": after}
+
+
+def reset(conn: Any, *, accounts: int, initial_balance: int) -> None:
+    """Create the schema if needed, then empty it and seed *accounts* accounts (one transaction)."""
+    schema.apply(conn, NAME)
+    with conn.cursor() as cur:
+        cur.execute("TRUNCATE toolclash.credit_ledger, toolclash.credit_accounts RESTART IDENTITY")
+        cur.execute("INSERT INTO toolclash.credit_accounts (id, balance, initial_balance) "
+                    "SELECT g, %s, %s FROM generate_series(1, %s) AS g", (initial_balance, initial_balance, accounts))
+    conn.commit()
+
+
+def snapshot(conn: Any) -> dict[str, list[dict[str, Any]]]:
+    """The final state the credits checks need: every account and every ledger row."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    with conn.cursor() as cur:
+        cur.execute("SELECT id, balance, initial_balance, version FROM toolclash.credit_accounts ORDER BY id")
+        out["credit_accounts"] = [dict(zip(("id", "balance", "initial_balance", "version"), r, strict=True))
+                                  for r in cur.fetchall()]
+        cur.execute("SELECT seq, op_id, account_id, amount, balance_before, balance_after, agent "
+                    "FROM toolclash.credit_ledger ORDER BY seq")
+        cols = ("seq", "op_id", "account_id", "amount", "balance_before", "balance_after", "agent")
+        out["credit_ledger"] = [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+    conn.rollback()
+    return out

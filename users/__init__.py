@@ -1,0 +1,1 @@
+"""Locust User classes (agents): thin wrappers that choose which tool to call."""

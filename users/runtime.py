@@ -1,0 +1,361 @@
+"""toolclash inside Locust: options, backend, run lifecycle, history hand-off and the verdict.
+
+A locustfile calls :func:`setup` once with its scenarios; that only adds event listeners
+(nothing connects, spawns or reads at import: Locust imports locustfiles before it forks).
+
+Lifecycle on the master (or the single process):
+
+* ``init`` — validate the options (a bad one: one line, exit 2), point at ``DATABASE_URL`` or start
+  the embedded stack, check the database answers (else one line, exit 2).
+* ``test_start`` — new run id and ``reports/<run-id>/``, reset and seed each scenario's schema,
+  and pass run id, run directory and database URL to workers inside the parsed options that
+  Locust forwards with every spawn message.
+* ``test_stop`` — collect every worker's history (``tc_stop`` → ``tc_history_done`` with its
+  record count; Locust fires ``test_stop`` on a headless master before workers finish), capture
+  the final state, evaluate the checks and gates, write ``checks.json`` and Locust's statistics.
+* ``quitting`` — the exit code (DESIGN.md); ``quit`` prints the verdict table after Locust's summary.
+"""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import itertools
+import logging
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import gevent
+import orjson
+from locust import events
+from locust.env import Environment
+from locust.runners import STATE_STOPPED, MasterRunner, WorkerRunner
+
+from checks import EXIT_USAGE
+from checks.verdict import evaluate, render, write
+from toolclash import db
+from toolclash.history import HistoryWriter, process_name
+from toolclash.retry import RetryPolicy
+from toolclash.run import application_name, capture_final, create_run_dir, new_run_id, scenario_module
+from toolclash.settings import OPTIONS, Settings, SettingsError, mask_url
+
+log = logging.getLogger("toolclash")
+
+HANDOFF_TIMEOUT_S = 15.0
+"""How long the master waits for each worker's final history count."""
+
+
+def fail_fast(message: str) -> None:
+    """Could not run: one line on stderr, exit 2, no traceback."""
+    sys.stderr.write(f"toolclash: {message}\n")
+    sys.stderr.flush()
+    raise SystemExit(EXIT_USAGE)
+
+
+class Runtime:
+    """Per-process toolclash state (one instance per Locust process)."""
+
+    def __init__(self, scenarios: list[str]) -> None:
+        self.scenarios = scenarios
+        self.environment: Environment | None = None
+        self.settings: Settings | None = None
+        self.stack: Any = None
+        self.database_url = ""
+        self.run_id = ""
+        self.run_dir: Path | None = None
+        self.history: HistoryWriter | None = None
+        self.process = ""
+        self.verdict: dict[str, Any] | None = None
+        self.exit_code: int | None = None
+        self._agents = itertools.count(1)
+        self._run_active = False
+        self._done: dict[str, dict[str, Any]] = {}
+        self._lost_workers: list[str] = []
+
+    # --- helpers used by users ---
+
+    @property
+    def is_worker(self) -> bool:
+        return isinstance(self.environment and self.environment.runner, WorkerRunner)
+
+    def next_agent(self) -> str:
+        return f"{self.process}-a{next(self._agents)}"
+
+    def policy(self) -> RetryPolicy:
+        s = self.require_settings()
+        return RetryPolicy(max_tries=s.max_tries, base_s=s.retry_base_ms / 1000.0, cap_s=s.retry_cap_ms / 1000.0,
+                           deadline_s=s.retry_deadline_s)
+
+    def require_settings(self) -> Settings:
+        if self.settings is None:
+            raise RuntimeError("toolclash settings are not loaded yet (test not started)")
+        return self.settings
+
+    def connect(self, who: str) -> Any:
+        s = self.require_settings()
+        return db.connect(self.database_url, timeout=s.connect_timeout_s,
+                          application_name=application_name(self.run_id, who))
+
+    def rng(self) -> random.Random:
+        return random.Random()
+
+    # --- event listeners ---
+
+    def on_parser(self, parser: Any, **_: Any) -> None:
+        for opt in OPTIONS:
+            if opt.locust_builtin:
+                continue
+            kwargs: dict[str, Any] = {"type": opt.type, "default": opt.default, "help": opt.help,
+                                      "env_var": opt.env, "include_in_web_ui": True}
+            if opt.choices:
+                kwargs["choices"] = opt.choices
+            if opt.is_secret:
+                kwargs["is_secret"] = True
+            parser.add_argument(opt.flag, **kwargs)
+
+    def on_init(self, environment: Environment, runner: Any, web_ui: Any = None, **_: Any) -> None:
+        self.environment = environment
+        db.patch_gevent()
+        if isinstance(runner, WorkerRunner):
+            self.process = process_name(runner.worker_index)
+            runner.register_message("tc_stop", self._worker_on_stop, concurrent=True)
+            return
+        self.process = process_name()
+        try:
+            self.settings = Settings.from_mapping(vars(environment.parsed_options))
+        except SettingsError as exc:
+            fail_fast(str(exc))
+        settings = self.require_settings()
+        if settings.database_url:
+            self.database_url = settings.database_url
+        else:
+            self._start_stack()
+        self._check_database()
+        if isinstance(runner, MasterRunner):
+            runner.register_message("tc_history_done", self._master_on_done)
+        if web_ui is not None:
+            web_ui.app.add_url_rule("/toolclash/verdict", "toolclash_verdict", self._serve_verdict)
+
+    def _start_stack(self) -> None:
+        from toolclash.stack import Stack, StackError
+
+        try:
+            self.stack = Stack(services=("postgres",))
+            env = self.stack.up()
+        except StackError as exc:
+            if self.stack is not None:
+                self.stack.down()
+            fail_fast(str(exc))
+        self.database_url = env["DATABASE_URL"]
+        atexit.register(self._stop_stack)  # also on an abnormal exit
+        notes = "; ".join(f"{name}: {st.get('notes')}" for name, st in self.stack.status().items() if st.get("notes"))
+        log.info("embedded stack up: %s%s", mask_url(self.database_url), f" ({notes})" if notes else "")
+
+    def _check_database(self) -> None:
+        settings = self.require_settings()
+        try:
+            conn = db.connect(self.database_url, timeout=settings.connect_timeout_s,
+                              application_name="toolclash:preflight")
+        except db.ConnectError as exc:
+            self._stop_stack()
+            fail_fast(f"{exc}. Check DATABASE_URL (or unset it to use the embedded server).")
+        db.close_quietly(conn)
+
+    def on_test_start(self, environment: Environment, **_: Any) -> None:
+        if self.is_worker:
+            self._worker_start(environment)
+            return
+        settings = self.require_settings()
+        self.run_id = settings.run_id or new_run_id()
+        if self.run_dir is not None and self.run_dir.name == self.run_id:  # a second run from the web UI
+            self.run_id = f"{self.run_id}-{new_run_id()}"
+        opts = environment.parsed_options
+        meta = {"scenarios": self.scenarios, "settings": settings.public(), "process": self.process,
+                "locust": {"users": getattr(opts, "num_users", None), "spawn_rate": getattr(opts, "spawn_rate", None),
+                           "run_time": getattr(opts, "run_time", None), "headless": getattr(opts, "headless", None),
+                           "processes": getattr(opts, "processes", None), "stop_timeout": environment.stop_timeout,
+                           "distributed": isinstance(environment.runner, MasterRunner)}}
+        self.run_dir = create_run_dir(settings.reports_dir, self.run_id, meta)
+        self.verdict, self.exit_code, self._done = None, None, {}
+        try:
+            conn = self.connect("admin")
+            try:
+                for name in self.scenarios:
+                    scenario_module(name).reset(conn, accounts=settings.accounts,
+                                                initial_balance=settings.initial_balance)
+            finally:
+                db.close_quietly(conn)
+        except Exception as exc:  # noqa: BLE001 - could not run: say so in one line, leave no half report
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+            self.run_dir = None
+            self.exit_code = EXIT_USAGE
+            sys.stderr.write(f"toolclash: could not prepare the database: {str(exc).strip().splitlines()[0]}\n")
+            gevent.spawn(environment.runner.quit)
+            return
+        settings_data = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("extra", "database_url")}
+        vars(opts).update(tc_run_id=self.run_id, tc_run_dir=str(self.run_dir), tc_database_url=self.database_url,
+                          tc_settings=settings_data)
+        self._run_active = True
+        if not isinstance(environment.runner, MasterRunner):
+            self.history = HistoryWriter(self.run_dir / "history", run_id=self.run_id, process=self.process).start()
+        log.info("run %s started: %s", self.run_id, self.run_dir)
+
+    def _worker_start(self, environment: Environment) -> None:
+        opts = vars(environment.parsed_options)
+        self.settings = Settings.from_mapping(opts["tc_settings"])
+        self.run_id, self.database_url = opts["tc_run_id"], opts["tc_database_url"]
+        self.run_dir = Path(opts["tc_run_dir"])
+        self.history = HistoryWriter(self.run_dir / "history", run_id=self.run_id, process=self.process).start()
+
+    def on_test_stop(self, environment: Environment, **_: Any) -> None:
+        if self.is_worker:
+            self._worker_finish()
+            return
+        if not self._run_active:
+            return
+        self._run_active = False
+        if isinstance(environment.runner, MasterRunner):
+            self._collect_worker_histories(environment.runner)
+        elif self.history is not None:
+            self.history.close()
+        self.finalize(environment)
+
+    def finalize(self, environment: Environment) -> None:
+        """Capture the final state, evaluate, write checks.json and Locust's stats."""
+        assert self.run_dir is not None
+        started = time.monotonic()
+        try:
+            conn = self.connect("capture")
+            try:
+                capture_final(conn, self.run_dir, self.scenarios, self.run_id)
+            finally:
+                db.close_quietly(conn)
+        except Exception as exc:  # noqa: BLE001 - the verdict says what is missing
+            log.error("could not capture the final state: %s", str(exc).strip().splitlines()[0])
+        self.verdict = evaluate(self.run_dir)
+        if self._lost_workers:
+            self.verdict["lost_workers"] = self._lost_workers
+        write(self.run_dir, self.verdict)
+        self.exit_code = int(self.verdict["exit_code"])
+        self._write_locust_stats(environment)
+        log.info("verdict of run %s written in %.2f s: exit code %s (%s)", self.run_id,
+                 time.monotonic() - started, self.exit_code, self.verdict["meaning"])
+
+    def _collect_worker_histories(self, runner: MasterRunner) -> None:
+        """Ask every worker to stop and deliver; wait for each one's final record count."""
+        expected = {c.id for c in runner.clients.all}
+        runner.send_message("tc_stop", {"run_id": self.run_id})
+        deadline = time.monotonic() + HANDOFF_TIMEOUT_S + self.environment_stop_timeout()
+        while not expected.issubset(self._done) and time.monotonic() < deadline:
+            gevent.sleep(0.05)
+        self._lost_workers = sorted(expected - set(self._done))
+        for worker in self._lost_workers:
+            log.error("worker %s delivered no final history count; its in-flight operations stay unknown", worker)
+
+    def environment_stop_timeout(self) -> float:
+        return float(self.environment.stop_timeout or 0) if self.environment else 0.0
+
+    def _master_on_done(self, environment: Environment, msg: Any, **_: Any) -> None:
+        if msg.data.get("run_id") == self.run_id:
+            self._done[msg.node_id] = msg.data
+
+    def _worker_on_stop(self, environment: Environment, msg: Any, **_: Any) -> None:
+        runner = environment.runner
+        if runner.state != STATE_STOPPED:
+            runner.stop()  # fires test_stop here, which closes the history and reports
+        else:
+            self._worker_finish()
+
+    def _worker_finish(self) -> None:
+        if self.history is None:
+            return
+        count = self.history.close()
+        runner = self.environment.runner if self.environment else None
+        if runner is not None:
+            runner._send_stats()  # private, but it is how a worker flushes its last request stats
+            runner.send_message("tc_history_done", {"run_id": self.run_id, "process": self.process,
+                                                    "records": count})
+
+    def _write_locust_stats(self, environment: Environment) -> None:
+        import csv
+
+        from locust import stats
+        from locust.html import get_html_report
+
+        assert self.run_dir is not None
+        try:
+            # not stats.save_stats_json: it serialises with get_stripped_report(), which resets the entries
+            request_stats = environment.runner.stats
+            (self.run_dir / "locust_stats.json").write_bytes(orjson.dumps(
+                {"entries": [e.serialize() for e in request_stats.entries.values()],
+                 "total": request_stats.total.serialize(), "errors": request_stats.serialize_errors()},
+                option=orjson.OPT_INDENT_2, default=str))
+            writer = stats.StatsCSV(environment, stats.PERCENTILES_TO_REPORT)
+            with open(self.run_dir / "locust_requests.csv", "w", newline="") as fh:
+                writer.requests_csv(csv.writer(fh))
+            with open(self.run_dir / "locust_failures.csv", "w", newline="") as fh:
+                writer.failures_csv(csv.writer(fh))
+            (self.run_dir / "locust.html").write_text(get_html_report(environment, show_download_link=False),
+                                                     encoding="utf-8")
+        except Exception as exc:  # noqa: BLE001 - stats files are a courtesy; the verdict is written
+            log.warning("could not write Locust's statistics: %s", exc)
+
+    def on_quitting(self, environment: Environment, **_: Any) -> None:
+        if self.is_worker:
+            return
+        runner = environment.runner
+        if self._run_active and runner is not None:  # Ctrl-C / SIGTERM: stop now so the run is finalized
+            runner.stop()
+        if self.exit_code is not None:
+            environment.process_exit_code = self.exit_code
+
+    def on_quit(self, exit_code: int, **_: Any) -> None:
+        if self.is_worker:
+            return
+        if self.verdict is not None:
+            print("\n" + render(self.verdict), flush=True)
+            print(f"run directory: {self.run_dir}", flush=True)
+        self._stop_stack()
+
+    def _stop_stack(self) -> None:
+        if self.stack is not None:
+            try:
+                self.stack.down()
+            finally:
+                self.stack = None
+
+    def _serve_verdict(self) -> Any:
+        from flask import jsonify
+
+        return jsonify({"run_id": self.run_id, "active": self._run_active, "verdict": self.verdict})
+
+
+_runtime: Runtime | None = None
+
+
+def setup(scenarios: list[str]) -> Runtime:
+    """Register toolclash's listeners for *scenarios* (once per process); no I/O."""
+    global _runtime
+    if _runtime is not None:
+        for name in scenarios:
+            if name not in _runtime.scenarios:
+                _runtime.scenarios.append(name)
+        return _runtime
+    rt = _runtime = Runtime(list(scenarios))
+    events.init_command_line_parser.add_listener(rt.on_parser)
+    events.init.add_listener(rt.on_init)
+    events.test_start.add_listener(rt.on_test_start)
+    events.test_stop.add_listener(rt.on_test_stop)
+    events.quitting.add_listener(rt.on_quitting)
+    events.quit.add_listener(rt.on_quit)
+    return rt
+
+
+def runtime() -> Runtime:
+    if _runtime is None:
+        raise RuntimeError("users.runtime.setup() was not called by the locustfile")
+    return _runtime
