@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 from locust import User, task
+from locust.exception import StopUser
 
 from toolclash import db
 from toolclash.settings import Settings
@@ -26,9 +27,6 @@ class CreditAgent(User):
         super().__init__(environment)
         self.rt = runtime()
         self.agent = self.rt.next_agent()
-        self.settings: Settings = self.rt.require_settings()
-        self.client = ToolClient(environment, self.rt, self.agent)
-        self.rng = self.client.rng
         self.conn: Any = None
         self.tool: CreditsTool | None = None
 
@@ -36,6 +34,11 @@ class CreditAgent(User):
         return self.rng.uniform(self.settings.wait_min, self.settings.wait_max)
 
     def on_start(self) -> None:
+        if self.rt.history is None or self.rt.settings is None:  # the run was aborted at test_start
+            raise StopUser
+        self.settings: Settings = self.rt.settings
+        self.client = ToolClient(self.environment, self.rt, self.agent)
+        self.rng = self.client.rng
         self._connect()
 
     def _connect(self) -> bool:

@@ -130,6 +130,9 @@ class Runtime:
         except SettingsError as exc:
             fail_fast(str(exc))
         settings = self.require_settings()
+        if settings.run_id and (Path(settings.reports_dir) / settings.run_id).exists():
+            fail_fast(f"run directory {Path(settings.reports_dir) / settings.run_id} exists already; "
+                      "choose another --run-id or leave it empty for a fresh one")
         if settings.database_url:
             self.database_url = settings.database_url
         else:
@@ -169,7 +172,15 @@ class Runtime:
         if self.is_worker:
             self._worker_start(environment)
             return
-        settings = self.require_settings()
+        self.history = None
+        try:  # the web UI's form may have changed the options since init
+            self.settings = Settings.from_mapping(vars(environment.parsed_options))
+        except SettingsError as exc:
+            self._abort(environment, str(exc))
+            return
+        settings = self.settings
+        if settings.database_url and settings.database_url != self.database_url:
+            self.database_url = settings.database_url
         self.run_id = settings.run_id or new_run_id()
         if self.run_dir is not None and self.run_dir.name == self.run_id:  # a second run from the web UI
             self.run_id = f"{self.run_id}-{new_run_id()}"
@@ -192,9 +203,7 @@ class Runtime:
         except Exception as exc:  # noqa: BLE001 - could not run: say so in one line, leave no half report
             shutil.rmtree(self.run_dir, ignore_errors=True)
             self.run_dir = None
-            self.exit_code = EXIT_USAGE
-            sys.stderr.write(f"toolclash: could not prepare the database: {str(exc).strip().splitlines()[0]}\n")
-            gevent.spawn(environment.runner.quit)
+            self._abort(environment, f"could not prepare the database: {str(exc).strip().splitlines()[0]}")
             return
         settings_data = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("extra", "database_url")}
         vars(opts).update(tc_run_id=self.run_id, tc_run_dir=str(self.run_dir), tc_database_url=self.database_url,
@@ -203,6 +212,16 @@ class Runtime:
         if not isinstance(environment.runner, MasterRunner):
             self.history = HistoryWriter(self.run_dir / "history", run_id=self.run_id, process=self.process).start()
         log.info("run %s started: %s", self.run_id, self.run_dir)
+
+    def _abort(self, environment: Environment, message: str) -> None:
+        """The run cannot start: one line, exit code 2; headless quits, the web UI stays up."""
+        sys.stderr.write(f"toolclash: {message}\n")
+        sys.stderr.flush()
+        self.exit_code = EXIT_USAGE
+        opts = environment.parsed_options
+        runner = environment.runner
+        if runner is not None:
+            gevent.spawn(runner.quit if getattr(opts, "headless", False) else runner.stop)
 
     def _worker_start(self, environment: Environment) -> None:
         opts = vars(environment.parsed_options)

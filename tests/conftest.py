@@ -1,0 +1,84 @@
+"""Real services, started once per session; a clean schema per test; helpers to run Locust.
+
+No mocks and no skips: if PostgreSQL's binaries are missing, the session fails with the
+stack's one-line error (run `make setup`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import pytest
+
+from toolclash.stack import Stack
+
+ROOT = Path(__file__).resolve().parent.parent
+LOCUST = str(Path(sys.executable).with_name("locust"))
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[dict[str, str]]:
+    """One private PostgreSQL for the whole session (free port, temp dir, stopped at the end)."""
+    st = Stack(services=("postgres",))
+    try:
+        yield st.up()
+    finally:
+        st.down()
+
+
+@pytest.fixture
+def database_url(stack: dict[str, str]) -> str:
+    """The session server's URL, with the project's schema dropped first (a clean schema per test)."""
+    url = stack["DATABASE_URL"]
+    conn = psycopg2.connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("DROP SCHEMA IF EXISTS toolclash CASCADE")
+        conn.commit()
+    finally:
+        conn.close()
+    return url
+
+
+@dataclass
+class LocustRun:
+    proc: subprocess.CompletedProcess[str]
+    run_dir: Path
+    seconds: float
+
+    @property
+    def code(self) -> int:
+        return self.proc.returncode
+
+    @property
+    def verdict(self) -> dict[str, Any]:
+        return json.loads((self.run_dir / "checks.json").read_text())
+
+    def check(self, name: str) -> dict[str, Any]:
+        return next(c for c in self.verdict["checks"] if c["name"] == name)
+
+    def output(self) -> str:
+        return f"exit {self.code}\n--- stdout\n{self.proc.stdout[-4000:]}\n--- stderr\n{self.proc.stderr[-4000:]}"
+
+
+def run_locust(args: list[str], *, reports: Path, database_url: str | None, run_id: str = "t",
+               locustfile: str = "locustfiles/credits.py", timeout: float = 120) -> LocustRun:
+    """Run a headless Locust subprocess and return its result and run directory."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOCUST_", "TOOLCLASH_"))}
+    env.pop("DATABASE_URL", None)
+    if database_url:
+        env["DATABASE_URL"] = database_url
+    cmd = [LOCUST, "-f", locustfile, "--headless", "--reports-dir", str(reports), "--run-id", run_id,
+           "--loglevel", "WARNING", *args]
+    start = time.monotonic()
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    return LocustRun(proc, reports / run_id, time.monotonic() - start)

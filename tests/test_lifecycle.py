@@ -1,0 +1,170 @@
+"""Bad input, graceful stop and the web UI: what a user meets around a run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import pytest
+
+from tests.conftest import LOCUST, ROOT, run_locust
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll *condition* until it returns something truthy, or fail after *timeout* seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def run_sessions(url: str, run_id: str) -> list[tuple[Any, ...]]:
+    conn = psycopg2.connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pid, state FROM pg_stat_activity WHERE application_name LIKE %s",
+                        (f"tc:{run_id}:%",))
+            return cur.fetchall()
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(("args", "env_url", "needle"), [
+    (["--strategy", "bogus"], None, "--strategy"),
+    (["--bogus-option"], None, "unrecognized arguments"),
+    (["--accounts", "0"], None, "--accounts must be greater than 0"),
+    (["--amount-min", "9", "--amount-max", "2"], None, "--amount-min"),
+    (["--profile", "turbo"], None, "--profile"),
+    ([], "mysql://user:hunter2@127.0.0.1/db", "not a PostgreSQL URL"),
+    ([], "postgresql://user:hunter2@127.0.0.1:1/db", "cannot connect"),
+])
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(args: list[str], env_url: str | None, needle: str,
+                                                            tmp_path: Path) -> None:
+    run = run_locust(["-u", "1", "-r", "1", "-t", "2s", *args], reports=tmp_path, database_url=env_url, timeout=60)
+    assert run.code == 2, run.output()
+    errors = [ln for ln in run.proc.stderr.splitlines() if needle in ln]
+    assert len(errors) == 1, run.output()
+    assert "Traceback" not in run.proc.stderr
+    assert "hunter2" not in run.proc.stderr + run.proc.stdout  # secrets stay secret
+    assert not run.run_dir.exists()  # no half-written report
+
+
+def test_existing_run_id_is_refused(database_url: str, tmp_path: Path) -> None:
+    (tmp_path / "taken").mkdir()
+    run = run_locust(["-u", "1", "-r", "1", "-t", "2s"], reports=tmp_path, database_url=database_url, run_id="taken")
+    assert run.code == 2, run.output()
+    assert "exists already" in run.proc.stderr
+    assert list((tmp_path / "taken").iterdir()) == []
+
+
+def test_ctrl_c_ends_the_run_with_a_complete_report_and_no_sessions(database_url: str, tmp_path: Path) -> None:
+    """SIGINT mid-run (agents mid-call, no --stop-timeout): verdict written, every session closed."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOCUST_", "TOOLCLASH_"))}
+    env["DATABASE_URL"] = database_url
+    run_dir = tmp_path / "sigint"
+    proc = subprocess.Popen(
+        [LOCUST, "-f", "locustfiles/credits.py", "--headless", "-u", "20", "-r", "20", "-t", "60s",
+         "--profile", "stress", "--accounts", "2", "--strategy", "pessimistic", "--reports-dir", str(tmp_path),
+         "--run-id", "sigint", "--loglevel", "WARNING"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: any(p.stat().st_size > 0 for p in (run_dir / "history").glob("*.jsonl")), 30,
+                 "the first history batch")
+        assert len(run_sessions(database_url, "sigint")) >= 10  # the agents are connected and working
+        proc.send_signal(signal.SIGINT)
+        stopped_at = time.monotonic()
+        out, err = proc.communicate(timeout=30)
+        stop_seconds = time.monotonic() - stopped_at
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode in (0, 4), f"{proc.returncode}\n{out[-3000:]}\n{err[-3000:]}"
+    verdict = json.loads((run_dir / "checks.json").read_text())
+    assert all(c["valid"] is True for c in verdict["checks"]), verdict["checks"]
+    assert verdict["history"]["incomplete"] == {}
+    assert run_sessions(database_url, "sigint") == []  # nothing idle in transaction, nothing left at all
+    assert "toolclash verdict" in out
+    print(f"stopped {stop_seconds:.2f} s after SIGINT")
+
+
+def test_run_time_limit_stops_agents_mid_call_and_unknowns_are_resolved(database_url: str, tmp_path: Path) -> None:
+    """-t without --stop-timeout kills agents mid-call: those calls are unknown, resolved by the ledger."""
+    run = run_locust(["-u", "30", "-r", "30", "-t", "3s", "--profile", "stress", "--accounts", "1",
+                      "--strategy", "pessimistic", "--tool-think-ms", "5"], reports=tmp_path,
+                     database_url=database_url)
+    assert run.code in (0, 4), run.output()
+    ledger = run.check("credits.ledger")
+    assert ledger["valid"] is True
+    counts = ledger["counts"]
+    assert counts["unknown_applied"] + counts["unknown_not_applied"] > 0, counts  # calls really were cut short
+    assert run.check("server.sessions")["valid"] is True
+    assert run_sessions(database_url, "t") == []
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http(url: str, data: dict[str, str] | None = None) -> Any:
+    body = None if data is None else "&".join(f"{k}={v}" for k, v in data.items()).encode()
+    with urllib.request.urlopen(url, data=body, timeout=10) as resp:  # loopback only
+        raw = resp.read().decode()
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+def test_web_ui_shows_options_runs_and_serves_the_verdict(database_url: str, tmp_path: Path) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOCUST_", "TOOLCLASH_"))}
+    env["DATABASE_URL"] = database_url
+    proc = subprocess.Popen(
+        [LOCUST, "-f", "locustfiles/credits.py", "--web-host", "127.0.0.1", "--web-port", str(port),
+         "--reports-dir", str(tmp_path), "--loglevel", "WARNING"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        def index() -> str | None:
+            try:
+                return str(http(base + "/"))
+            except OSError:
+                return None
+        page = wait_for(index, 30, "the web UI")
+        for option in ("strategy", "accounts", "account_choice", "max_tries", "gate_p95_ms"):
+            assert f'"{option}"' in page, option  # custom options are in the start form
+        assert "hunter2" not in page
+        started = http(base + "/swarm", {"user_count": "10", "spawn_rate": "10", "host": "",
+                                         "strategy": "optimistic", "accounts": "2", "wait_min": "0",
+                                         "wait_max": "0.01"})
+        assert started["success"] is True, started
+        wait_for(lambda: http(base + "/stats/requests")["total_rps"] > 0, 30, "requests to flow")
+        http(base + "/stop", {})
+        verdict = wait_for(lambda: http(base + "/toolclash/verdict")["verdict"], 30, "the verdict")
+        assert verdict["exit_code"] in (0, 4)
+        assert all(c["valid"] is True for c in verdict["checks"])
+        options = json.loads((tmp_path / verdict["run_id"] / "options.json").read_text())
+        assert options["settings"]["strategy"] == "optimistic"  # the form's choice was used
+        assert verdict["figures"]["credits"]["ok"] > 0
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode in (0, 4)
