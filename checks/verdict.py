@@ -28,6 +28,9 @@ CHECKS: dict[str, str] = {
     "credits": "checks.credits",
 }
 
+GATE_DEFAULTS = {"gate_conflict_rate": 0.05, "gate_p95_ms": 2000.0, "gate_success_rate": 0.999}
+"""Used when a run's options.json lacks a threshold (the normal-profile defaults)."""
+
 EXIT_MEANING = {
     EXIT_OK: "every check valid, every SLA gate met",
     EXIT_ANOMALY: "a check found an anomaly: the data is wrong",
@@ -46,7 +49,11 @@ def evaluate(run_dir: str | Path) -> dict[str, Any]:
     if not (run / "options.json").is_file():
         raise RunDirError(f"{run} is not a run directory (no options.json); pass reports/<run-id>")
     options = read_json(run / "options.json")
-    settings = options.get("settings", {})
+    settings = {**GATE_DEFAULTS, **{k: v for k, v in options.get("settings", {}).items() if k in GATE_DEFAULTS}}
+    unknown = [s for s in options.get("scenarios", []) if s not in CHECKS]
+    if unknown:
+        raise RunDirError(f"{run} names scenario(s) these checks do not know: {', '.join(unknown)} "
+                          f"(known: {', '.join(CHECKS)}); update toolclash")
     history = read_history(run)
     results: list[CheckResult] = []
     results.append(_history_check(history))

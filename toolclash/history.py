@@ -104,6 +104,9 @@ class HistoryWriter:
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=10)
+        if self._file is None and self._buffer:  # never started: still write what was recorded
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "ab")  # noqa: SIM115 - closed just below
         self.flush()
         if self._file is not None:
             self._file.close()

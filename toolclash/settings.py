@@ -14,7 +14,6 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 STRATEGIES = ("naive", "check_then_act", "atomic", "pessimistic", "optimistic", "repeatable_read", "serializable")
 """Credit-deduction strategies. ``naive`` and ``check_then_act`` are the known-bad baselines."""
@@ -102,7 +101,7 @@ _RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 class Settings:
     """Validated settings of one run. Build with :meth:`from_mapping`."""
 
-    database_url: str = ""
+    database_url: str = field(default="", repr=False)
     """PostgreSQL URL; empty means the embedded stack provides one."""
     strategy: str = "atomic"
     """Credit-deduction strategy, one of :data:`STRATEGIES`."""
@@ -184,7 +183,7 @@ class Settings:
             raise SettingsError("--gate-success-rate and --gate-conflict-rate must be between 0 and 1")
         if self.tool_think_ms < 0 or self.retry_base_ms < 0 or self.retry_cap_ms < self.retry_base_ms:
             raise SettingsError("--tool-think-ms and --retry-base-ms must be >= 0 and --retry-cap-ms >= base")
-        if self.run_id and not _RUN_ID_RE.match(self.run_id):
+        if self.run_id and not _RUN_ID_RE.fullmatch(self.run_id):
             raise SettingsError(f"--run-id {self.run_id!r} may hold only letters, digits, '.', '_' and '-'")
         if self.database_url:
             check_database_url(self.database_url)
@@ -208,17 +207,19 @@ def _coerce(opt: Option, value: Any) -> Any:
 
 
 def check_database_url(url: str) -> None:
-    """Raise :class:`SettingsError` unless *url* looks like a PostgreSQL URL."""
+    """Raise :class:`SettingsError` unless libpq accepts *url* as a PostgreSQL URL (never echoes a password)."""
+    from psycopg2.extensions import parse_dsn
+
+    hint = "use postgresql://user:password@host:port/dbname"
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise SettingsError(f"DATABASE_URL {mask_url(url)!r} is not a PostgreSQL URL; {hint}")
     try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise SettingsError(f"DATABASE_URL {mask_url(url)!r} is not a valid URL ({exc}); "
-                            "use postgresql://user:password@host:port/dbname") from None
-    if parts.scheme not in ("postgresql", "postgres") or not parts.hostname:
-        raise SettingsError(f"DATABASE_URL {mask_url(url)!r} is not a PostgreSQL URL; "
-                            "use postgresql://user:password@host:port/dbname")
-    del port
+        parsed = parse_dsn(url)
+    except Exception:  # noqa: BLE001 - libpq's message may quote the password
+        raise SettingsError(f"DATABASE_URL {mask_url(url)!r} is not a valid URL; {hint}") from None
+    port = parsed.get("port")
+    if port is not None and not (port.isdigit() and 0 < int(port) < 65536):
+        raise SettingsError(f"DATABASE_URL {mask_url(url)!r} has a port that is not a number from 1 to 65535; {hint}")
 
 
 def mask_url(url: str) -> str:
@@ -232,11 +233,11 @@ def mask_url(url: str) -> str:
     if scheme_sep < 0:
         return url
     head, rest = url[: scheme_sep + 3], url[scheme_sep + 3 :]
-    end = min((i for i in (rest.find(ch) for ch in "/?#") if i >= 0), default=len(rest))
-    netloc, tail = rest[:end], rest[end:]
-    userinfo, sep, hostport = netloc.rpartition("@")
-    if sep and ":" in userinfo:
-        user = userinfo.split(":", 1)[0]
-        netloc = f"{user}:***@{hostport}"
-    tail = re.sub(r"(?i)([?&;]password=)[^&;#]*", r"\1***", tail)
-    return head + netloc + tail
+    # libpq reads the user info up to the last '@' before the path, so '?' and '#' may be in a password.
+    slash = rest.find("/")
+    authority = rest if slash < 0 else rest[:slash]
+    at = authority.rfind("@")
+    if at >= 0 and ":" in authority[:at]:
+        user = authority[:at].split(":", 1)[0]
+        rest = f"{user}:***@{rest[at + 1:]}"
+    return head + re.sub(r"(?i)([?&;]password=)[^&;#]*", r"\1***", rest)

@@ -1,0 +1,192 @@
+"""Operation history: the batched writer, its completion marker, and the reader's view of completeness."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from toolclash.history import History, HistoryWriter, process_name, read_history
+
+RUN_ID = "t-history"
+
+
+def record(writer: HistoryWriter, n: int, outcome: str = "ok") -> dict[str, Any]:
+    """A full operation record with a fresh op id from *writer*."""
+    return {
+        "run_id": RUN_ID, "op_id": writer.new_op_id(), "process": writer.process, "agent": f"agent-{n}",
+        "tool": "deduct", "strategy": "atomic", "args": {"account": 1 + n % 3, "amount": n},
+        "invoke_ts": 1_700_000_000.0 + n, "complete_ts": 1_700_000_000.01 + n, "outcome": outcome,
+        "attempts": 1, "error_class": None, "reason": None, "result": {"n": n},
+    }
+
+
+def writer(tmp_path: Path, process: str = "p1", flush_interval: float = 3600.0) -> HistoryWriter:
+    # a flusher that (in these tests) never fires on its own unless asked for a short interval
+    return HistoryWriter(tmp_path / "history", run_id=RUN_ID, process=process, flush_interval=flush_interval)
+
+
+def lines(path: Path) -> int:
+    return path.read_bytes().count(b"\n") if path.exists() else 0
+
+
+def wait_until(condition: Any, timeout: float = 5.0) -> bool:
+    """Poll *condition* until it holds or *timeout* passes; True if it held."""
+    deadline = time.monotonic() + timeout
+    tick = threading.Event()
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        tick.wait(0.005)
+    return bool(condition())
+
+
+def test_records_written_in_batches_are_read_back_in_order(tmp_path: Path) -> None:
+    w = writer(tmp_path).start()
+    sent: list[dict[str, Any]] = []
+    for batch in (3, 1, 4):
+        for _ in range(batch):
+            rec = record(w, len(sent))
+            sent.append(rec)
+            w.record(rec)
+        assert w.flush() == batch
+    assert w.close() == 8
+    history = read_history(tmp_path)
+    assert isinstance(history, History)
+    assert history.ops == sent
+    assert history.processes == {"p1": 8}
+    assert history.complete
+    assert history.incomplete == {}
+
+
+def test_record_does_no_io_until_flushed(tmp_path: Path) -> None:
+    w = writer(tmp_path).start()
+    try:
+        for n in range(5):
+            w.record(record(w, n))
+        assert w.pending == 5
+        assert w.written == 0
+        assert lines(w.path) == 0
+    finally:
+        w.close()
+    assert lines(w.path) == 5
+
+
+def test_op_ids_are_unique_and_name_the_process(tmp_path: Path) -> None:
+    w1, w2 = writer(tmp_path, "hostA-1"), writer(tmp_path, "hostB-1")
+    ids = [w.new_op_id() for _ in range(500) for w in (w1, w2)]
+    assert len(set(ids)) == len(ids) == 1000
+    assert ids[:4] == ["hostA-1-1", "hostB-1-1", "hostA-1-2", "hostB-1-2"]
+
+
+def test_process_name_is_host_pid_and_worker() -> None:
+    assert process_name().endswith(f"-{os.getpid()}")
+    assert process_name(3).endswith(f"-{os.getpid()}-w3")
+
+
+def test_close_writes_done_marker_and_is_idempotent(tmp_path: Path) -> None:
+    w = writer(tmp_path).start()
+    for n in range(3):
+        w.record(record(w, n))
+    assert w.close() == 3
+    marker = tmp_path / "history" / "p1.done.json"
+    assert orjson.loads(marker.read_bytes()) == {"process": "p1", "records": 3}
+    assert w.closed
+    assert w.close() == 3
+    assert read_history(tmp_path).complete
+
+
+def test_several_processes_are_read_together(tmp_path: Path) -> None:
+    writers = [writer(tmp_path, p).start() for p in ("p2", "p1")]
+    for w in writers:
+        for n in range(4):
+            w.record(record(w, n))
+        w.close()
+    history = read_history(tmp_path)
+    assert history.processes == {"p1": 4, "p2": 4}
+    assert [o["op_id"] for o in history.ops] == [f"p1-{i}" for i in range(1, 5)] + [f"p2-{i}" for i in range(1, 5)]
+    assert history.complete
+
+
+def test_file_without_marker_is_incomplete(tmp_path: Path) -> None:
+    w = writer(tmp_path).start()
+    for n in range(2):
+        w.record(record(w, n))
+    w.close()
+    (tmp_path / "history" / "p1.done.json").unlink()  # as if the process died before closing
+    history = read_history(tmp_path)
+    assert len(history.ops) == 2
+    assert not history.complete
+    assert history.incomplete == {"p1": "history not closed (process stopped before flushing)"}
+
+
+def test_torn_last_line_is_skipped_and_the_file_incomplete(tmp_path: Path) -> None:
+    w = writer(tmp_path).start()
+    sent = [record(w, n) for n in range(3)]
+    for rec in sent:
+        w.record(rec)
+    w.close()
+    (tmp_path / "history" / "p1.done.json").unlink()
+    with open(w.path, "ab") as fh:
+        fh.write(orjson.dumps(record(w, 3))[:25])  # a crash in the middle of a write
+    history = read_history(tmp_path)
+    assert history.ops == sent
+    assert history.processes == {"p1": 3}
+    assert "p1" in history.incomplete
+    assert not history.complete
+
+
+def test_marker_count_differing_from_the_file_is_incomplete(tmp_path: Path) -> None:
+    w = writer(tmp_path).start()
+    for n in range(3):
+        w.record(record(w, n))
+    w.close()
+    (tmp_path / "history" / "p1.done.json").write_bytes(orjson.dumps({"process": "p1", "records": 5}))
+    history = read_history(tmp_path)
+    assert history.incomplete == {"p1": "3 records read, 5 written"}
+
+
+def test_other_process_incomplete_leaves_the_complete_one_alone(tmp_path: Path) -> None:
+    for p in ("p1", "p2"):
+        w = writer(tmp_path, p).start()
+        w.record(record(w, 0))
+        w.close()
+    (tmp_path / "history" / "p2.done.json").unlink()
+    history = read_history(tmp_path)
+    assert set(history.incomplete) == {"p2"}
+    assert history.processes == {"p1": 1, "p2": 1}
+
+
+def test_writer_flushes_in_the_background(tmp_path: Path) -> None:
+    w = writer(tmp_path, flush_interval=0.01).start()
+    try:
+        for n in range(5):
+            w.record(record(w, n))
+        assert wait_until(lambda: lines(w.path) == 5), f"{lines(w.path)} lines after 5 s"
+        assert w.written == 5
+        assert w.pending == 0
+        assert not (tmp_path / "history" / "p1.done.json").exists()  # flushed, not closed
+        for n in range(5, 8):
+            w.record(record(w, n))
+        assert wait_until(lambda: lines(w.path) == 8)
+    finally:
+        w.close()
+    history = read_history(tmp_path)
+    assert [o["result"]["n"] for o in history.ops] == list(range(8))
+    assert history.complete
+
+
+def test_close_without_start_keeps_the_records(tmp_path: Path) -> None:
+    """close() "writes what is left": records queued on a writer never started must not vanish
+    behind a done marker that says the history is complete."""
+    (tmp_path / "history").mkdir()  # as create_run_dir leaves it
+    w = writer(tmp_path)
+    for n in range(2):
+        w.record(record(w, n))
+    count = w.close()
+    history = read_history(tmp_path)
+    assert (count, len(history.ops)) == (2, 2)
