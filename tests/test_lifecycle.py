@@ -168,3 +168,20 @@ def test_web_ui_shows_options_runs_and_serves_the_verdict(database_url: str, tmp
             proc.kill()
             proc.communicate()
     assert proc.returncode in (0, 4)
+
+
+def test_processes_hand_their_histories_to_the_master(database_url: str, tmp_path: Path) -> None:
+    """--processes 2: each worker writes and closes its own history; the master's verdict counts them all."""
+    port = str(free_port())
+    run = run_locust(["-u", "12", "-r", "12", "-t", "4s", "--processes", "2", "--master-bind-host", "127.0.0.1",
+                      "--master-bind-port", port, "--master-port", port, "--profile", "stress", "--accounts", "2",
+                      "--strategy", "pessimistic"], reports=tmp_path, database_url=database_url)
+    assert run.code in (0, 4), run.output()
+    verdict = run.verdict
+    assert len(verdict["history"]["processes"]) == 2, verdict["history"]
+    assert verdict["history"]["incomplete"] == {}
+    assert all(c["valid"] is True for c in verdict["checks"]), verdict["checks"]
+    # Every completed call reached Locust's statistics on the master, once.
+    stats = json.loads((run.run_dir / "locust_stats.json").read_text())
+    fig = verdict["figures"]["credits"]
+    assert stats["total"]["num_requests"] == fig["ok"] + fig["failed"] + fig["rejected"] > 0

@@ -312,7 +312,7 @@ class Runtime:
             (self.run_dir / "locust_stats.json").write_bytes(orjson.dumps(
                 {"entries": [e.serialize() for e in request_stats.entries.values()],
                  "total": request_stats.total.serialize(), "errors": request_stats.serialize_errors()},
-                option=orjson.OPT_INDENT_2, default=str))
+                option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS, default=str))
             writer = stats.StatsCSV(environment, stats.PERCENTILES_TO_REPORT)
             with open(self.run_dir / "locust_requests.csv", "w", newline="") as fh:
                 writer.requests_csv(csv.writer(fh))
