@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import NoReturn
 
 from checks import EXIT_USAGE
 from checks.verdict import RunDirError, evaluate, render, write
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line and exit 2, no usage dump
+    def error(self, message: str) -> NoReturn:  # one line and exit 2, no usage dump
         sys.stderr.write(f"python -m checks: {message} (see --help)\n")
         sys.exit(EXIT_USAGE)
 

@@ -194,15 +194,15 @@ def lost_updates(v: CreditsView) -> CheckResult:
     for acct, rows in sorted(rows_by_account.items()):
         rows.sort(key=lambda r: int(r["seq"]))
         wrote: dict[int, list[int]] = defaultdict(list)  # balance written -> row indexes, ascending
-        for i, row in enumerate(rows):
-            wrote[int(row["balance_after"])].append(i)
-        survivors = set()
-        i: int | None = len(rows) - 1
-        while i is not None:
-            survivors.add(i)
-            candidates = wrote.get(int(rows[i]["balance_before"]), [])
-            k = bisect_left(candidates, i) - 1
-            i = candidates[k] if k >= 0 else None
+        for idx, row in enumerate(rows):
+            wrote[int(row["balance_after"])].append(idx)
+        survivors: set[int] = set()
+        cur: int | None = len(rows) - 1
+        while cur is not None:
+            survivors.add(cur)
+            candidates = wrote.get(int(rows[cur]["balance_before"]), [])
+            k = bisect_left(candidates, cur) - 1
+            cur = candidates[k] if k >= 0 else None
         first = rows[min(survivors)]
         initial = v.accounts.get(acct, {}).get("initial_balance")
         if initial is not None and int(first["balance_before"]) != int(initial):

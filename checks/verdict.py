@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 import math
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -68,8 +70,9 @@ def evaluate(run_dir: str | Path) -> dict[str, Any]:
             results.append(result(f"{scenario}.final_state", UNKNOWN, {},
                                   None, "the final state was not captured"))
         else:
+            check_all: Callable[..., list[CheckResult]] = module.check_all
             results.extend(guarded_many(f"{scenario}.checks",
-                                        lambda m=module, o=ops, f=final: m.check_all(o, f, history.incomplete)))
+                                        partial(check_all, ops, final, history.incomplete)))
         fig = sla.figures(ops)
         figures[scenario] = fig
         gates.extend(sla.gates(fig, settings, scenario))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg2
 import psycopg2.errorcodes
@@ -47,7 +48,7 @@ def connect(url: str, *, timeout: float = 10.0, application_name: str = "toolcla
     Under gevent the deadline is a ``gevent.Timeout`` (libpq's ``connect_timeout`` is not honoured
     by the wait callback); otherwise libpq's own ``connect_timeout`` applies.
     """
-    kwargs = {"application_name": application_name[:63], "connect_timeout": max(1, round(timeout))}
+    kwargs: dict[str, Any] = {"application_name": application_name[:63], "connect_timeout": max(1, round(timeout))}
     try:
         if _patched:
             import gevent

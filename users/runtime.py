@@ -284,7 +284,7 @@ class Runtime:
 
     def _worker_on_stop(self, environment: Environment, msg: Any, **_: Any) -> None:
         runner = environment.runner
-        if runner.state != STATE_STOPPED:
+        if runner is not None and runner.state != STATE_STOPPED:
             runner.stop()  # fires test_stop here, which closes the history and reports
         else:
             self._worker_finish()
@@ -294,7 +294,7 @@ class Runtime:
             return
         count = self.history.close()
         runner = self.environment.runner if self.environment else None
-        if runner is not None:
+        if isinstance(runner, WorkerRunner):
             runner._send_stats()  # private, but it is how a worker flushes its last request stats
             runner.send_message("tc_history_done", {"run_id": self.run_id, "process": self.process,
                                                     "records": count})
@@ -305,7 +305,7 @@ class Runtime:
         from locust import stats
         from locust.html import get_html_report
 
-        assert self.run_dir is not None
+        assert self.run_dir is not None and environment.runner is not None
         try:
             # not stats.save_stats_json: it serialises with get_stripped_report(), which resets the entries
             request_stats = environment.runner.stats
