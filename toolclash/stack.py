@@ -419,7 +419,8 @@ class PostgresService(Service):
         if self.state.get("durable") is False:
             note = (
                 "non-durable: fsync=off, synchronous_commit=off, full_page_writes=off "
-                "(fast; a machine crash may lose data; use --durable to keep it)"
+                "(fast; a machine crash may lose data; for durability use your own DATABASE_URL "
+                "or `python -m toolclash.stack up --durable`)"
             )
             return [note]
         return []

@@ -155,7 +155,8 @@ class Runtime:
             fail_fast(str(exc))
         self.database_url = env["DATABASE_URL"]
         atexit.register(self._stop_stack)  # also on an abnormal exit
-        notes = "; ".join(f"{name}: {st.get('notes')}" for name, st in self.stack.status().items() if st.get("notes"))
+        notes = "; ".join(f"{name}: {', '.join(st['notes']) if isinstance(st['notes'], list) else st['notes']}"
+                          for name, st in self.stack.status().items() if st.get("notes"))
         log.info("embedded stack up: %s%s", mask_url(self.database_url), f" ({notes})" if notes else "")
 
     def _check_database(self) -> None:
