@@ -43,7 +43,7 @@ def test_explicit_values_win_over_the_profile() -> None:
 
 def test_strings_from_the_environment_are_coerced() -> None:
     s = Settings.from_mapping({"accounts": "7", "gate_p95_ms": "1500", "strategy": "serializable"})
-    assert (s.accounts, s.gate_p95_ms, s.strategy) == (7, 1500.0, "serializable")
+    assert (s.options_of("credits").accounts, s.gate_p95_ms, s.strategy) == (7, 1500.0, "serializable")
 
 
 def test_undeclared_options_pass_through_as_extra() -> None:
@@ -151,7 +151,23 @@ def test_public_never_contains_the_password() -> None:
 
 
 def test_every_option_is_a_settings_field_and_secrets_are_declared() -> None:
-    fields = set(Settings.__dataclass_fields__) - {"extra"}
+    fields = set(Settings.__dataclass_fields__) - {"extra", "scenarios", "scenario_options"}
     assert {o.name for o in OPTIONS} == fields
     assert [o.name for o in OPTIONS if o.is_secret] == ["database_url"]
     assert Settings.from_mapping({o.name: o.default for o in OPTIONS}) == Settings.from_mapping({})
+
+
+def test_scenario_options_strategy_and_fault_resolve_per_scenario() -> None:
+    s = Settings.from_mapping({"accounts": 3, "strategy": "naive", "fault": "leak_session"})
+    assert s.options_of("credits").accounts == 3
+    assert (s.strategy_for("credits"), s.fault_for("credits")) == ("naive", "leak_session")
+    public = s.public()
+    assert public["accounts"] == 3 and public["strategies"] == {"credits": "naive"}
+    assert Settings.from_mapping(s.values()) == s  # what the master sends its workers round-trips
+
+
+@pytest.mark.parametrize(("values", "flag"), [({"strategy": "last_writer_wins"}, "--strategy"),
+                                              ({"fault": "bogus"}, "--fault")])
+def test_strategy_and_fault_must_belong_to_a_loaded_scenario(values: dict[str, Any], flag: str) -> None:
+    with pytest.raises(SettingsError, match=flag):
+        Settings.from_mapping(values)

@@ -11,15 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
-
-STRATEGIES = ("naive", "check_then_act", "atomic", "pessimistic", "optimistic", "repeatable_read", "serializable")
-"""Credit-deduction strategies. ``naive`` and ``check_then_act`` are the known-bad baselines."""
-
-FAULTS = ("none", "ambiguous_as_fail", "ack_before_commit", "leak_session")
-"""Planted faults of the credits tool (see README): each must make a check fail."""
 
 PROFILES = ("normal", "stress")
 
@@ -62,19 +57,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("database_url", str, "", "PostgreSQL URL of your own database; empty starts a private embedded "
            "server for the run. Only the 'toolclash' schema is ever touched.", env_var="DATABASE_URL",
            is_secret=True),
-    Option("strategy", str, "atomic", "credit-deduction strategy (naive and check_then_act are known-bad)",
-           choices=STRATEGIES),
-    Option("fault", str, "none", "planted fault that a check must catch", choices=FAULTS),
+    Option("strategy", str, "", "strategy of the scenario's tool (each scenario lists its own; empty: the "
+           "scenario's default). A strategy only some scenarios know applies to those, the rest keep their default"),
+    Option("fault", str, "none", "planted fault that a check must catch (each scenario lists its own)"),
     Option("profile", str, "normal", "load profile: normal (agents think between calls) or stress (no think "
            "time); sets default wait time and conflict-rate gate", choices=PROFILES,
            locust_builtin=True),
-    Option("accounts", int, 5, "number of credit accounts agents deduct from"),
-    Option("account_choice", str, "uniform", "how agents pick an account: uniform, or hotspot (most calls "
-           "go to account 1)", choices=("uniform", "hotspot")),
-    Option("hot_fraction", float, 0.8, "share of calls sent to account 1 with --account-choice hotspot"),
-    Option("initial_balance", int, 1_000_000, "starting balance of every account (credits)"),
-    Option("amount_min", int, 1, "smallest deduction (credits)"),
-    Option("amount_max", int, 10, "largest deduction (credits)"),
     Option("tool_think_ms", float, 0.0, "pause between an agent's read and its write inside one call "
            "(an agent reasoning over what it read); widens race windows"),
     Option("wait_min", float, -1.0, "least think time between tool calls in seconds (-1: profile default)"),
@@ -103,18 +91,12 @@ class Settings:
 
     database_url: str = field(default="", repr=False)
     """PostgreSQL URL; empty means the embedded stack provides one."""
-    strategy: str = "atomic"
-    """Credit-deduction strategy, one of :data:`STRATEGIES`."""
+    strategy: str = ""
+    """Strategy asked for; :meth:`strategy_for` resolves it per scenario."""
     fault: str = "none"
-    """Planted fault, one of :data:`FAULTS`."""
+    """Planted fault asked for; :meth:`fault_for` resolves it per scenario."""
     profile: str = "normal"
     """Load profile, one of :data:`PROFILES`."""
-    accounts: int = 5
-    account_choice: str = "uniform"
-    hot_fraction: float = 0.8
-    initial_balance: int = 1_000_000
-    amount_min: int = 1
-    amount_max: int = 10
     tool_think_ms: float = 0.0
     wait_min: float = 0.5
     """Think time between calls, resolved from the profile when not given."""
@@ -130,24 +112,33 @@ class Settings:
     gate_success_rate: float = 0.999
     reports_dir: str = "reports"
     run_id: str = ""
+    scenarios: tuple[str, ...] = ("credits",)
+    """Scenarios of the run, in the order of the locustfile's ``setup()``."""
+    scenario_options: Mapping[str, SimpleNamespace] = field(default_factory=dict)
+    """Each scenario's own options (declared in its tool module's ``OPTIONS``)."""
     extra: Mapping[str, Any] = field(default_factory=dict)
-    """Options that are not declared here (other scenarios' own), passed through untouched."""
+    """Options declared nowhere here (Locust's own and others), passed through untouched."""
 
     @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> Settings:
+    def from_mapping(cls, values: Mapping[str, Any], scenarios: Sequence[str] = ("credits",)) -> Settings:
         """Validate parsed option values (Locust's ``parsed_options`` as a dict, or any mapping).
 
-        Unknown keys go to :attr:`extra`; ``-1`` sentinels are resolved from the profile.
+        Common options become fields, each scenario's options go to :attr:`scenario_options`,
+        anything else to :attr:`extra`; ``-1`` sentinels are resolved from the profile.
         Raises :class:`SettingsError` with a one-line message on a bad value.
         """
-        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        from toolclash.run import scenario_module
+
+        modules = {name: scenario_module(name) for name in scenarios}
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra", "scenarios", "scenario_options"}
+        per_scenario = {o.name for m in modules.values() for o in m.OPTIONS}
         kwargs: dict[str, Any] = {}
         extra: dict[str, Any] = {}
         for key, value in values.items():
             if key in known and value is not None:
                 opt = OPTIONS_BY_NAME.get(key)
                 kwargs[key] = _coerce(opt, value) if opt else value
-            elif key not in known:
+            elif key not in known and key not in per_scenario:
                 extra[key] = value
         profile = kwargs.get("profile") or "normal"
         kwargs["profile"] = profile
@@ -156,27 +147,54 @@ class Settings:
         for key, default in PROFILE_DEFAULTS[profile].items():
             if kwargs.get(key, -1.0) < 0:
                 kwargs[key] = default
-        settings = cls(**kwargs, extra=extra)
+        if not kwargs.get("strategy") and len(modules) == 1:
+            kwargs["strategy"] = next(iter(modules.values())).DEFAULT_STRATEGY
+        options: dict[str, SimpleNamespace] = {}
+        for name, module in modules.items():
+            ns = SimpleNamespace(**{o.name: _coerce(o, values[o.name]) if values.get(o.name) is not None
+                                    else o.default for o in module.OPTIONS})
+            module.validate(ns)
+            options[name] = ns
+        settings = cls(**kwargs, scenarios=tuple(scenarios), scenario_options=options, extra=extra)
         settings.validate()
         return settings
 
+    def options_of(self, scenario: str) -> SimpleNamespace:
+        """The options of *scenario* (attributes named as in its ``OPTIONS``)."""
+        return self.scenario_options[scenario]
+
+    def strategy_for(self, scenario: str) -> str:
+        """The strategy *scenario* runs: the one asked for if the scenario knows it, else its default."""
+        module = _module(scenario)
+        return self.strategy if self.strategy in module.STRATEGIES else module.DEFAULT_STRATEGY
+
+    def fault_for(self, scenario: str) -> str:
+        """The planted fault *scenario* applies: the one asked for if the scenario knows it, else ``none``."""
+        return self.fault if self.fault in _module(scenario).FAULTS else "none"
+
+    def values(self) -> dict[str, Any]:
+        """Every option as a flat mapping that :meth:`from_mapping` accepts (the password included)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+               if f.name not in ("extra", "scenarios", "scenario_options")}
+        for ns in self.scenario_options.values():
+            out.update(vars(ns))
+        return out
+
     def validate(self) -> None:
         """Raise :class:`SettingsError` if a value is out of range."""
-        for name, choices in (("strategy", STRATEGIES), ("fault", FAULTS), ("profile", PROFILES),
-                              ("account_choice", ("uniform", "hotspot"))):
-            value = getattr(self, name)
-            if value not in choices:
-                raise SettingsError(f"{OPTIONS_BY_NAME[name].flag} {value!r} is not one of {', '.join(choices)}")
-        positive = ("accounts", "max_tries", "retry_deadline_s", "connect_timeout_s", "gate_p95_ms")
+        if self.profile not in PROFILES:
+            raise SettingsError(f"--profile {self.profile!r} is not one of {', '.join(PROFILES)}")
+        modules = [_module(name) for name in self.scenarios]
+        strategies = sorted({st for m in modules for st in m.STRATEGIES})
+        if self.strategy and self.strategy not in strategies:
+            raise SettingsError(f"--strategy {self.strategy!r} is not one of {', '.join(strategies)}")
+        faults = ["none", *sorted({f for m in modules for f in m.FAULTS})]
+        if self.fault not in faults:
+            raise SettingsError(f"--fault {self.fault!r} is not one of {', '.join(faults)}")
+        positive = ("max_tries", "retry_deadline_s", "connect_timeout_s", "gate_p95_ms")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{OPTIONS_BY_NAME[name].flag} must be greater than 0")
-        if not 1 <= self.amount_min <= self.amount_max:
-            raise SettingsError("--amount-min and --amount-max must satisfy 1 <= min <= max")
-        if self.initial_balance < 0:
-            raise SettingsError("--initial-balance must be 0 or more")
-        if not 0.0 <= self.hot_fraction <= 1.0:
-            raise SettingsError("--hot-fraction must be between 0 and 1")
         if not 0.0 <= self.wait_min <= self.wait_max:
             raise SettingsError("--wait-min and --wait-max must satisfy 0 <= min <= max")
         if not 0.0 <= self.gate_success_rate <= 1.0 or not 0.0 <= self.gate_conflict_rate <= 1.0:
@@ -190,11 +208,20 @@ class Settings:
 
     def public(self) -> dict[str, Any]:
         """All settings as plain data with secrets masked (for options.json and summaries)."""
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        out = self.values()
         out["database_url"] = mask_url(self.database_url) if self.database_url else ""
+        out["scenarios"] = list(self.scenarios)
+        out["strategies"] = {name: self.strategy_for(name) for name in self.scenarios}
+        out["faults"] = {name: self.fault_for(name) for name in self.scenarios}
         for key, value in self.extra.items():
             out[key] = mask_url(value) if isinstance(value, str) and "://" in value else value
         return out
+
+
+def _module(scenario: str) -> Any:
+    from toolclash.run import scenario_module
+
+    return scenario_module(scenario)
 
 
 def _coerce(opt: Option, value: Any) -> Any:

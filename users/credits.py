@@ -37,6 +37,9 @@ class CreditAgent(User):
         if self.rt.history is None or self.rt.settings is None:  # the run was aborted at test_start
             raise StopUser
         self.settings: Settings = self.rt.settings
+        self.opts = self.settings.options_of("credits")
+        self.strategy = self.settings.strategy_for("credits")
+        self.fault = self.settings.fault_for("credits")
         self.client = ToolClient(self.environment, self.rt, self.agent)
         self.rng = self.client.rng
         self._connect()
@@ -50,12 +53,12 @@ class CreditAgent(User):
                 request_type="connect", name="postgresql", response_time=(time.perf_counter() - start) * 1000.0,
                 response_length=0, exception=ToolFailure(str(exc)), context={"agent": self.agent})
             return False
-        self.tool = CreditsTool(self.conn, strategy=self.settings.strategy, agent=self.agent,
-                                think_ms=self.settings.tool_think_ms, fault=self.settings.fault, rng=self.rng)
+        self.tool = CreditsTool(self.conn, strategy=self.strategy, agent=self.agent,
+                                think_ms=self.settings.tool_think_ms, fault=self.fault, rng=self.rng)
         return True
 
     def pick_account(self) -> int:
-        s = self.settings
+        s = self.opts
         if s.account_choice == "hotspot" and self.rng.random() < s.hot_fraction:
             return 1
         return self.rng.randint(1, s.accounts)
@@ -66,15 +69,15 @@ class CreditAgent(User):
             return
         assert self.tool is not None
         tool = self.tool
-        account, amount = self.pick_account(), self.rng.randint(self.settings.amount_min, self.settings.amount_max)
-        call = self.client.call("deduct", self.settings.strategy, {"account": account, "amount": amount},
+        account, amount = self.pick_account(), self.rng.randint(self.opts.amount_min, self.opts.amount_max)
+        call = self.client.call("deduct", self.strategy, {"account": account, "amount": amount},
                                 lambda c: tool.deduct(c, account, amount))
         if call.reason and call.reason.startswith("connection"):
             db.close_quietly(self.conn)
             self.conn = None
 
     def on_stop(self) -> None:
-        if self.settings.fault == "leak_session" and self.conn is not None and not self.conn.closed:
+        if self.fault == "leak_session" and self.conn is not None and not self.conn.closed:
             try:
                 with self.conn.cursor() as cur:
                     cur.execute("SELECT 1")  # opens a transaction and never ends it

@@ -19,7 +19,6 @@ Lifecycle on the master (or the single process):
 from __future__ import annotations
 
 import atexit
-import dataclasses
 import itertools
 import logging
 import random
@@ -106,13 +105,17 @@ class Runtime:
     # --- event listeners ---
 
     def on_parser(self, parser: Any, **_: Any) -> None:
-        for opt in OPTIONS:
+        modules = [scenario_module(name) for name in self.scenarios]
+        choices = {"strategy": tuple(dict.fromkeys(st for m in modules for st in m.STRATEGIES)),
+                   "fault": ("none", *dict.fromkeys(f for m in modules for f in m.FAULTS))}
+        declared = {opt.name: opt for m in modules for opt in m.OPTIONS}  # scenario options, deduplicated
+        for opt in (*OPTIONS, *declared.values()):
             if opt.locust_builtin:
                 continue
             kwargs: dict[str, Any] = {"type": opt.type, "default": opt.default, "help": opt.help,
                                       "env_var": opt.env, "include_in_web_ui": True}
-            if opt.choices:
-                kwargs["choices"] = opt.choices
+            if opt.choices or opt.name in choices:
+                kwargs["choices"] = opt.choices or choices[opt.name]
             if opt.is_secret:
                 kwargs["is_secret"] = True
             parser.add_argument(opt.flag, **kwargs)
@@ -126,7 +129,7 @@ class Runtime:
             return
         self.process = process_name()
         try:
-            self.settings = Settings.from_mapping(vars(environment.parsed_options))
+            self.settings = Settings.from_mapping(vars(environment.parsed_options), self.scenarios)
         except SettingsError as exc:
             fail_fast(str(exc))
         settings = self.require_settings()
@@ -175,7 +178,7 @@ class Runtime:
             return
         self.history = None
         try:  # the web UI's form may have changed the options since init
-            self.settings = Settings.from_mapping(vars(environment.parsed_options))
+            self.settings = Settings.from_mapping(vars(environment.parsed_options), self.scenarios)
         except SettingsError as exc:
             self._abort(environment, str(exc))
             return
@@ -197,8 +200,7 @@ class Runtime:
             conn = self.connect("admin")
             try:
                 for name in self.scenarios:
-                    scenario_module(name).reset(conn, accounts=settings.accounts,
-                                                initial_balance=settings.initial_balance)
+                    scenario_module(name).reset(conn, **vars(settings.options_of(name)))
             finally:
                 db.close_quietly(conn)
         except Exception as exc:  # noqa: BLE001 - could not run: say so in one line, leave no half report
@@ -206,7 +208,7 @@ class Runtime:
             self.run_dir = None
             self._abort(environment, f"could not prepare the database: {str(exc).strip().splitlines()[0]}")
             return
-        settings_data = {k: v for k, v in dataclasses.asdict(settings).items() if k not in ("extra", "database_url")}
+        settings_data = {k: v for k, v in settings.values().items() if k != "database_url"}
         vars(opts).update(tc_run_id=self.run_id, tc_run_dir=str(self.run_dir), tc_database_url=self.database_url,
                           tc_settings=settings_data)
         self._run_active = True
@@ -226,7 +228,7 @@ class Runtime:
 
     def _worker_start(self, environment: Environment) -> None:
         opts = vars(environment.parsed_options)
-        self.settings = Settings.from_mapping(opts["tc_settings"])
+        self.settings = Settings.from_mapping(opts["tc_settings"], self.scenarios)
         self.run_id, self.database_url = opts["tc_run_id"], opts["tc_database_url"]
         self.run_dir = Path(opts["tc_run_dir"])
         self.history = HistoryWriter(self.run_dir / "history", run_id=self.run_id, process=self.process).start()

@@ -30,11 +30,42 @@ from psycopg2.extensions import (
 )
 
 from toolclash import schema
+from toolclash.settings import Option, SettingsError
 from toolclash.tools import Call, Reject, VersionConflict, think, transact
 
 NAME = "credits"
+STRATEGIES = ("naive", "check_then_act", "atomic", "pessimistic", "optimistic", "repeatable_read", "serializable")
+"""``naive`` and ``check_then_act`` are the known-bad baselines."""
+DEFAULT_STRATEGY = "atomic"
+FAULTS = ("ambiguous_as_fail", "ack_before_commit", "leak_session")
+"""Planted faults (README): each must make a check fail."""
 FAULT_RATE = 0.05
 """Share of calls a planted ``--fault`` affects."""
+
+OPTIONS: tuple[Option, ...] = (
+    Option("accounts", int, 5, "number of credit accounts agents deduct from"),
+    Option("account_choice", str, "uniform", "how agents pick an account: uniform, or hotspot (most calls "
+           "go to account 1)", choices=("uniform", "hotspot")),
+    Option("hot_fraction", float, 0.8, "share of calls sent to account 1 with --account-choice hotspot"),
+    Option("initial_balance", int, 1_000_000, "starting balance of every account (credits)"),
+    Option("amount_min", int, 1, "smallest deduction (credits)"),
+    Option("amount_max", int, 10, "largest deduction (credits)"),
+)
+"""The scenario's own options (registered with Locust next to the common ones)."""
+
+
+def validate(opts: Any) -> None:
+    """Raise :class:`SettingsError` (one line, naming the flag) if an option is out of range."""
+    if opts.accounts <= 0:
+        raise SettingsError("--accounts must be greater than 0")
+    if opts.account_choice not in ("uniform", "hotspot"):
+        raise SettingsError(f"--account-choice {opts.account_choice!r} is not one of uniform, hotspot")
+    if not 1 <= opts.amount_min <= opts.amount_max:
+        raise SettingsError("--amount-min and --amount-max must satisfy 1 <= min <= max")
+    if opts.initial_balance < 0:
+        raise SettingsError("--initial-balance must be 0 or more")
+    if not 0.0 <= opts.hot_fraction <= 1.0:
+        raise SettingsError("--hot-fraction must be between 0 and 1")
 
 _ISOLATION = {
     "repeatable_read": ISOLATION_LEVEL_REPEATABLE_READ,
@@ -134,7 +165,7 @@ class CreditsTool:
         return {"before": before, "after": after}
 
 
-def reset(conn: Any, *, accounts: int, initial_balance: int) -> None:
+def reset(conn: Any, *, accounts: int, initial_balance: int, **_: Any) -> None:
     """Create the schema if needed, then empty it and seed *accounts* accounts (one transaction)."""
     schema.apply(conn, NAME)
     with conn.cursor() as cur:
