@@ -34,6 +34,8 @@ def test_correct_strategies_conserve_credits(strategy: str, database_url: str, t
         assert missed and "NO" in run.proc.stdout, run.output()
     if strategy in ("optimistic", "repeatable_read", "serializable"):
         assert fig["conflicts"] > 0, fig  # contention was real: conflicts were met and retried
+    counters = verdict["counters"]  # live counters agree with the history
+    assert counters["calls_ok"] == fig["ok"] and counters.get("conflicts", 0) == fig["conflicts"]
 
 
 def test_naive_loses_updates_and_the_verdict_survives_the_server(tmp_path: Path) -> None:

@@ -185,3 +185,7 @@ def test_processes_hand_their_histories_to_the_master(database_url: str, tmp_pat
     stats = json.loads((run.run_dir / "locust_stats.json").read_text())
     fig = verdict["figures"]["credits"]
     assert stats["total"]["num_requests"] == fig["ok"] + fig["failed"] + fig["rejected"] > 0
+    # The custom counters were summed from both workers' reports, nothing lost or counted twice.
+    counters = verdict["counters"]
+    assert counters["calls_ok"] == counters["commits"] == fig["ok"]
+    assert counters["attempts"] == fig["attempts"]

@@ -47,10 +47,12 @@ class ToolClient:
         except BaseException:  # GreenletExit at stop, KeyboardInterrupt: in doubt, record and go on stopping
             call.interrupted()
             self._record(call, tool, strategy, args, invoke_ts, time.time())
+            self.runtime.count(call)
             raise
         elapsed_ms = (time.perf_counter() - start) * 1000.0
         self._record(call, tool, strategy, args, invoke_ts, invoke_ts + elapsed_ms / 1000.0)
         attempts = call.attempts
+        self.runtime.count(call)
         self.environment.events.request.fire(
             request_type=tool, name=strategy, response_time=elapsed_ms, response_length=0,
             exception=None if call.outcome == OK else ToolFailure(f"{call.outcome}: {call.reason}"),

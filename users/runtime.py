@@ -25,6 +25,7 @@ import random
 import shutil
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ from toolclash.history import HistoryWriter, process_name
 from toolclash.retry import RetryPolicy
 from toolclash.run import application_name, capture_final, create_run_dir, new_run_id, scenario_module
 from toolclash.settings import OPTIONS, Settings, SettingsError, mask_url
+from toolclash.tools import Call
 
 log = logging.getLogger("toolclash")
 
@@ -74,6 +76,9 @@ class Runtime:
         self._run_active = False
         self._done: dict[str, dict[str, Any]] = {}
         self._lost_workers: list[str] = []
+        self.counters: Counter[str] = Counter()
+        """Live counters Locust's request stats don't hold; workers send deltas, the master sums them."""
+        self._unsent: Counter[str] = Counter()
 
     # --- helpers used by users ---
 
@@ -98,6 +103,34 @@ class Runtime:
         s = self.require_settings()
         return db.connect(self.database_url, timeout=s.connect_timeout_s,
                           application_name=application_name(self.run_id, who))
+
+    def count(self, call: Call) -> None:
+        """Count one finished call: outcome, commits, rollbacks, retries by cause, SQLSTATEs, backoff."""
+        attempts = call.attempts
+        delta: Counter[str] = Counter({f"calls_{call.outcome}": 1, "attempts": attempts.count})
+        if call.outcome == "ok":
+            delta["commits"] += 1
+        rollbacks = attempts.conflicts + (1 if call.outcome == "fail" else 0)
+        if rollbacks:
+            delta["rollbacks"] += rollbacks
+        for cause, n in attempts.retries.items():
+            delta[f"retries_{cause}"] += n
+            delta["conflicts"] += n
+        for state in attempts.sqlstates:
+            delta[f"sqlstate_{state}"] += 1
+        if call.reason in ("timeout", "deadline"):
+            delta["timeouts"] += 1
+        if attempts.backoff_s:
+            delta["backoff_ms"] += round(attempts.backoff_s * 1000.0)
+        self.counters.update(delta)
+        self._unsent.update(delta)
+
+    def on_report_to_master(self, client_id: str, data: dict[str, Any], **_: Any) -> None:
+        data["toolclash_counters"] = dict(self._unsent)
+        self._unsent.clear()
+
+    def on_worker_report(self, client_id: str, data: dict[str, Any], **_: Any) -> None:
+        self.counters.update(data.get("toolclash_counters") or {})
 
     def rng(self) -> random.Random:
         return random.Random()
@@ -196,6 +229,7 @@ class Runtime:
                            "distributed": isinstance(environment.runner, MasterRunner)}}
         self.run_dir = create_run_dir(settings.reports_dir, self.run_id, meta)
         self.verdict, self.exit_code, self._done = None, None, {}
+        self.counters.clear()
         try:
             conn = self.connect("admin")
             try:
@@ -261,6 +295,7 @@ class Runtime:
         self.verdict = evaluate(self.run_dir)
         if self._lost_workers:
             self.verdict["lost_workers"] = self._lost_workers
+        self.verdict["counters"] = dict(sorted(self.counters.items()))
         write(self.run_dir, self.verdict)
         self.exit_code = int(self.verdict["exit_code"])
         self._write_locust_stats(environment)
@@ -340,6 +375,9 @@ class Runtime:
             return
         if self.verdict is not None:
             print("\n" + render(self.verdict), flush=True)
+            counters = self.verdict.get("counters") or {}
+            if counters:
+                print("counters: " + ", ".join(f"{k} {v}" for k, v in counters.items()), flush=True)
             print(f"run directory: {self.run_dir}", flush=True)
         self._stop_stack()
 
@@ -353,7 +391,8 @@ class Runtime:
     def _serve_verdict(self) -> Any:
         from flask import jsonify
 
-        return jsonify({"run_id": self.run_id, "active": self._run_active, "verdict": self.verdict})
+        return jsonify({"run_id": self.run_id, "active": self._run_active, "counters": dict(self.counters),
+                        "verdict": self.verdict})
 
 
 _runtime: Runtime | None = None
@@ -374,6 +413,8 @@ def setup(scenarios: list[str]) -> Runtime:
     events.test_stop.add_listener(rt.on_test_stop)
     events.quitting.add_listener(rt.on_quitting)
     events.quit.add_listener(rt.on_quit)
+    events.report_to_master.add_listener(rt.on_report_to_master)
+    events.worker_report.add_listener(rt.on_worker_report)
     return rt
 
 
