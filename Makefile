@@ -5,17 +5,18 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 APT_PACKAGES := postgresql postgresql-contrib
-# Defaults of `make run` (override: make run USERS=50 TIME=60s ARGS="--strategy serializable").
-USERS ?= 20
-SPAWN ?= 20
-TIME ?= 30s
+# `make run`: every agent kind through a one-minute ramp 5 -> 10 -> 25 -> 50 -> 100 agents
+# (override: make run STAGE_SECONDS=30 ARGS="--strategy serializable").
+STAGES ?= 5,10,25,50,100
+STAGE_SECONDS ?= 12
+WORKERS ?= 4
 ARGS ?=
-LOCUSTFILE ?= locustfiles/credits.py
+LOCUSTFILE ?= locustfiles/mixed.py
 
-.PHONY: help setup apt venv run ui test bench lint clean
+.PHONY: help setup apt venv run distributed ui test bench lint clean
 
 help: ## list the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 setup: apt venv ## install server packages (apt) and the virtualenv; a no-op when present
 
@@ -37,8 +38,13 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
 	@touch $@
 
-run: setup ## the main job: credits scenario headless on the embedded stack, checks, verdict
-	$(VENV)/bin/locust -f $(LOCUSTFILE) --headless -u $(USERS) -r $(SPAWN) -t $(TIME) --stop-timeout 5 $(ARGS)
+run: setup ## the main job: every agent kind through a 1-minute ramp on the embedded stack, checks, verdict
+	$(VENV)/bin/locust -f $(LOCUSTFILE) --headless --stages $(STAGES) --stage-seconds $(STAGE_SECONDS) \
+	  --stop-timeout 5 $(ARGS)
+
+distributed: setup ## the full ramp with a master and WORKERS worker processes on this machine (default 4)
+	$(VENV)/bin/locust -f $(LOCUSTFILE) --headless --processes $(WORKERS) --master-bind-host 127.0.0.1 \
+	  --stages $(STAGES) --stage-seconds 30 --stop-timeout 5 $(ARGS)
 
 ui: setup ## open Locust's web UI on http://127.0.0.1:8089 (embedded stack)
 	$(VENV)/bin/locust -f $(LOCUSTFILE) --web-host 127.0.0.1 $(ARGS)

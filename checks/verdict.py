@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import math
+from bisect import bisect_right
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -30,7 +31,10 @@ CHECKS: dict[str, str] = {
     "credits": "checks.credits",
 }
 
-GATE_DEFAULTS = {"gate_conflict_rate": 0.05, "gate_p95_ms": 2000.0, "gate_success_rate": 0.999}
+GATE_DEFAULTS = {"gate_conflict_rate": 0.05, "gate_p95_ms": 2000.0, "gate_success_rate": 0.999,
+                 "stage_gate_conflict_low": 0.05, "stage_gate_conflict_high": 0.20}
+SMALL_STAGE = 10
+"""A ramp stage of at most this many agents is gated at ``stage_gate_conflict_low``, a larger one at ``…_high``."""
 """Used when a run's options.json lacks a threshold (the normal-profile defaults)."""
 
 EXIT_MEANING = {
@@ -62,6 +66,7 @@ def evaluate(run_dir: str | Path) -> dict[str, Any]:
     figures: dict[str, Any] = {}
     gates: list[dict[str, Any]] = []
     server = _load(run / "final" / "server.json")
+    stages = _load(run / "stages.json") or []
     for scenario in options.get("scenarios", []):
         module = importlib.import_module(CHECKS[scenario])
         final = _load(run / "final" / f"{scenario}.json")
@@ -76,12 +81,29 @@ def evaluate(run_dir: str | Path) -> dict[str, Any]:
         fig = sla.figures(ops)
         figures[scenario] = fig
         gates.extend(sla.gates(fig, settings, scenario))
+        for stage, stage_ops in _by_stage(ops, stages):
+            limit = settings["stage_gate_conflict_low" if stage["users"] <= SMALL_STAGE else "stage_gate_conflict_high"]
+            scope = f"{scenario}.stage{stage['stage']}({stage['users']})"
+            stage_fig = sla.figures(stage_ops)
+            figures[scope] = stage_fig
+            gates.extend(sla.gates(stage_fig, {**settings, "gate_conflict_rate": limit}, scope))
     results.append(server_checks.sessions_closed(server))
     code = exit_code(results, gates)
     return {"run_id": options.get("run_id"), "exit_code": code, "meaning": EXIT_MEANING[code],
             "checks": [r.to_dict() for r in results], "gates": gates, "figures": figures,
             "history": {"records": len(history.ops), "processes": history.processes,
                         "incomplete": history.incomplete}}
+
+
+def _by_stage(ops: list[dict[str, Any]], stages: list[dict[str, Any]]) -> list[tuple[dict[str, Any], list[Any]]]:
+    """Split *ops* by the ramp stage in which they were invoked (the first stage also takes earlier ops)."""
+    if not stages:
+        return []
+    starts = [float(st["start"]) for st in stages]
+    buckets: list[list[Any]] = [[] for _ in stages]
+    for op in ops:
+        buckets[max(0, bisect_right(starts, op["invoke_ts"]) - 1)].append(op)
+    return list(zip(stages, buckets, strict=True))
 
 
 def _load(path: Path) -> Any:
@@ -129,16 +151,16 @@ def render(verdict: dict[str, Any], *, evidence: int = 3) -> str:
             if c["evidence_total"] > evidence:
                 lines.append(f"{'':<4}  … {c['evidence_total'] - evidence} more in checks.json")
     lines.append("")
-    lines.append(f"{'SLA gate':<28} {'figure':>10}   {'threshold':<12} met")
+    lines.append(f"{'SLA gate':<40} {'figure':>10}   {'threshold':<12} met")
     lines.append("-" * 78)
     for g in verdict["gates"]:
         fig = "n/a" if g["figure"] is None else _fmt(g["figure"])
         met = "yes" if g["met"] else "NO"
         note = f"  ({g['note']})" if g.get("note") else ""
-        lines.append(f"{g['scope'] + '.' + g['gate']:<28} {fig:>10}   {g['op'] + ' ' + _fmt(g['threshold']):<12} "
+        lines.append(f"{g['scope'] + '.' + g['gate']:<40} {fig:>10}   {g['op'] + ' ' + _fmt(g['threshold']):<12} "
                      f"{met}{note}")
+    lines.append("")
     for scope, fig in verdict.get("figures", {}).items():
-        lines.append("")
         lines.append(f"{scope}: {fig['calls']} calls, ok {fig['ok']}, failed {fig['failed']}, "
                      f"rejected {fig['rejected']}, unknown {fig['unknown']}; attempts {fig['attempts']}, "
                      f"retries {fig['conflicts']} {fig['retries_by_cause'] or ''}; "

@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Callable
@@ -189,3 +190,23 @@ def test_processes_hand_their_histories_to_the_master(database_url: str, tmp_pat
     counters = verdict["counters"]
     assert counters["calls_ok"] == counters["commits"] == fig["ok"]
     assert counters["attempts"] == fig["attempts"]
+
+
+def test_ramp_records_stages_and_a_missed_stage_gate_names_its_stage(database_url: str, tmp_path: Path) -> None:
+    """mixed.py's ramp: every stage gets its own gates; a missed one exits 4 and is named; checks re-derive it."""
+    run = run_locust(["--stages", "2,12", "--stage-seconds", "3", "--stage-spawn-rate", "50", "--profile", "stress",
+                      "--accounts", "1", "--strategy", "serializable", "--stage-gate-conflict-high", "0"],
+                     reports=tmp_path, database_url=database_url, locustfile="locustfiles/mixed.py")
+    assert run.code == 4, run.output()
+    stages = json.loads((run.run_dir / "stages.json").read_text())
+    assert [(s["stage"], s["users"]) for s in stages] == [(1, 2), (2, 12)]
+    verdict = run.verdict
+    assert all(c["valid"] is True for c in verdict["checks"]), verdict["checks"]
+    missed = {g["scope"] + "." + g["gate"] for g in verdict["gates"] if not g["met"]}
+    assert "credits.stage2(12).conflict_rate" in missed, missed
+    assert "credits.stage2(12).conflict_rate" in run.proc.stdout
+    per_stage = verdict["figures"]["credits.stage1(2)"]["calls"] + verdict["figures"]["credits.stage2(12)"]["calls"]
+    assert per_stage == verdict["figures"]["credits"]["calls"]  # every operation lands in exactly one stage
+    again = subprocess.run([sys.executable, "-m", "checks", "--run", str(run.run_dir)], cwd=ROOT,
+                           capture_output=True, text=True, check=False)
+    assert again.returncode == 4, again.stdout + again.stderr

@@ -76,6 +76,13 @@ OPTIONS: tuple[Option, ...] = (
            "--profile normal, 0.20 for stress)"),
     Option("gate_p95_ms", float, 2000.0, "SLA gate: most P95 call latency including retries, in ms"),
     Option("gate_success_rate", float, 0.999, "SLA gate: least share of calls that succeed after retries"),
+    Option("stages", str, "5,10,25,50,100", "ramp shape (locustfiles/mixed.py): agents at each stage, comma-separated"),
+    Option("stage_seconds", float, 30.0, "ramp shape: length of each stage in seconds"),
+    Option("stage_spawn_rate", float, 10.0, "ramp shape: agents started (or stopped) per second between stages"),
+    Option("stage_gate_conflict_low", float, 0.05, "per-stage SLA gate: most conflicts per attempt in a stage "
+           "of at most 10 agents"),
+    Option("stage_gate_conflict_high", float, 0.20, "per-stage SLA gate: most conflicts per attempt in a stage "
+           "of more than 10 agents"),
     Option("reports_dir", str, "reports", "where run directories reports/<run-id>/ are written"),
     Option("run_id", str, "", "name of this run's directory (default: time stamp + random suffix)"),
 )
@@ -110,6 +117,12 @@ class Settings:
     """Resolved from the profile when not given."""
     gate_p95_ms: float = 2000.0
     gate_success_rate: float = 0.999
+    stages: str = "5,10,25,50,100"
+    """Agents per stage of the ramp shape; see :meth:`stage_users`."""
+    stage_seconds: float = 30.0
+    stage_spawn_rate: float = 10.0
+    stage_gate_conflict_low: float = 0.05
+    stage_gate_conflict_high: float = 0.20
     reports_dir: str = "reports"
     run_id: str = ""
     scenarios: tuple[str, ...] = ("credits",)
@@ -159,6 +172,17 @@ class Settings:
         settings.validate()
         return settings
 
+    def stage_users(self) -> list[int]:
+        """The ramp's agent counts, e.g. ``[5, 10, 25, 50, 100]``."""
+        try:
+            users = [int(part) for part in self.stages.split(",") if part.strip()]
+        except ValueError:
+            users = []
+        if not users or any(u <= 0 for u in users):
+            raise SettingsError(f"--stages {self.stages!r} must be positive agent counts separated by commas, "
+                                "e.g. 5,10,25,50,100")
+        return users
+
     def options_of(self, scenario: str) -> SimpleNamespace:
         """The options of *scenario* (attributes named as in its ``OPTIONS``)."""
         return self.scenario_options[scenario]
@@ -201,6 +225,11 @@ class Settings:
             raise SettingsError("--gate-success-rate and --gate-conflict-rate must be between 0 and 1")
         if self.tool_think_ms < 0 or self.retry_base_ms < 0 or self.retry_cap_ms < self.retry_base_ms:
             raise SettingsError("--tool-think-ms and --retry-base-ms must be >= 0 and --retry-cap-ms >= base")
+        self.stage_users()  # raises on a bad --stages
+        if self.stage_seconds <= 0 or self.stage_spawn_rate <= 0:
+            raise SettingsError("--stage-seconds and --stage-spawn-rate must be greater than 0")
+        if not 0.0 <= self.stage_gate_conflict_low <= 1.0 or not 0.0 <= self.stage_gate_conflict_high <= 1.0:
+            raise SettingsError("--stage-gate-conflict-low and --stage-gate-conflict-high must be between 0 and 1")
         if self.run_id and not _RUN_ID_RE.fullmatch(self.run_id):
             raise SettingsError(f"--run-id {self.run_id!r} may hold only letters, digits, '.', '_' and '-'")
         if self.database_url:

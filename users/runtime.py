@@ -40,7 +40,14 @@ from checks.verdict import evaluate, render, write
 from toolclash import db
 from toolclash.history import HistoryWriter, process_name
 from toolclash.retry import RetryPolicy
-from toolclash.run import application_name, capture_final, create_run_dir, new_run_id, scenario_module
+from toolclash.run import (
+    application_name,
+    capture_final,
+    create_run_dir,
+    new_run_id,
+    scenario_module,
+    write_json,
+)
 from toolclash.settings import OPTIONS, Settings, SettingsError, mask_url
 from toolclash.tools import Call
 
@@ -79,6 +86,7 @@ class Runtime:
         self.counters: Counter[str] = Counter()
         """Live counters Locust's request stats don't hold; workers send deltas, the master sums them."""
         self._unsent: Counter[str] = Counter()
+        self._stages: list[dict[str, Any]] = []
 
     # --- helpers used by users ---
 
@@ -124,6 +132,17 @@ class Runtime:
             delta["backoff_ms"] += round(attempts.backoff_s * 1000.0)
         self.counters.update(delta)
         self._unsent.update(delta)
+
+    def mark_stage(self, index: int | None, users: int, at: float) -> None:
+        """Record that ramp stage *index* (0-based; None: the ramp ended) began at *at* with *users* agents."""
+        if self._stages and self._stages[-1]["end"] is None:
+            self._stages[-1]["end"] = at
+        if index is not None:
+            self._stages.append({"stage": index + 1, "users": users, "start": at, "end": None})
+            log.info("ramp stage %d: %d agents", index + 1, users)
+
+    def stages_marked(self) -> int:
+        return len(self._stages)
 
     def on_report_to_master(self, client_id: str, data: dict[str, Any], **_: Any) -> None:
         data["toolclash_counters"] = dict(self._unsent)
@@ -230,6 +249,7 @@ class Runtime:
         self.run_dir = create_run_dir(settings.reports_dir, self.run_id, meta)
         self.verdict, self.exit_code, self._done = None, None, {}
         self.counters.clear()
+        self._stages = []  # Locust resets the shape's clock right after test_start; stage 1 is marked again
         try:
             conn = self.connect("admin")
             try:
@@ -284,6 +304,9 @@ class Runtime:
         """Capture the final state, evaluate, write checks.json and Locust's stats."""
         assert self.run_dir is not None
         started = time.monotonic()
+        if self._stages:
+            self.mark_stage(None, 0, time.time())
+            write_json(self.run_dir / "stages.json", self._stages)
         try:
             conn = self.connect("capture")
             try:
