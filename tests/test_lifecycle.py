@@ -210,3 +210,33 @@ def test_ramp_records_stages_and_a_missed_stage_gate_names_its_stage(database_ur
     again = subprocess.run([sys.executable, "-m", "checks", "--run", str(run.run_dir)], cwd=ROOT,
                            capture_output=True, text=True, check=False)
     assert again.returncode == 4, again.stdout + again.stderr
+
+
+def test_a_killed_worker_makes_the_verdict_unknown_and_is_named(database_url: str, tmp_path: Path) -> None:
+    """SIGKILL one of two worker processes mid-run: the run still ends, exit 3, the lost process is named."""
+    port = str(free_port())
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOCUST_", "TOOLCLASH_"))}
+    env["DATABASE_URL"] = database_url
+    history = tmp_path / "killed" / "history"
+    proc = subprocess.Popen(
+        [LOCUST, "-f", "locustfiles/credits.py", "--headless", "-u", "10", "-r", "10", "-t", "8s", "--processes", "2",
+         "--master-bind-host", "127.0.0.1", "--master-bind-port", port, "--master-port", port,
+         "--profile", "stress", "--accounts", "2", "--strategy", "pessimistic", "--reports-dir", str(tmp_path),
+         "--run-id", "killed", "--loglevel", "WARNING"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        victim = wait_for(lambda: next((p for p in history.glob("*-w0.jsonl") if p.stat().st_size > 0), None), 30,
+                          "worker 0's first history batch")
+        os.kill(int(victim.name.split("-")[-2]), signal.SIGKILL)
+        out, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 3, f"{proc.returncode}\n{out[-3000:]}\n{err[-3000:]}"
+    verdict = json.loads((tmp_path / "killed" / "checks.json").read_text())
+    lost = victim.name[: -len(".jsonl")]
+    assert lost in verdict["history"]["incomplete"]
+    complete = next(c for c in verdict["checks"] if c["name"] == "history.complete")
+    assert complete["valid"] == "unknown" and complete["evidence"][0]["process"] == lost
+    assert not any(c["valid"] is False for c in verdict["checks"])  # a lost worker is doubt, never an anomaly
+    assert lost in out

@@ -398,6 +398,9 @@ class Runtime:
             return
         if self.verdict is not None:
             print("\n" + render(self.verdict), flush=True)
+            for worker in self.verdict.get("lost_workers") or []:
+                print(f"lost worker: {worker} (no final history count; its in-flight operations stay unknown)",
+                      flush=True)
             counters = self.verdict.get("counters") or {}
             if counters:
                 print("counters: " + ", ".join(f"{k} {v}" for k, v in counters.items()), flush=True)
