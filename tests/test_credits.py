@@ -102,3 +102,22 @@ def test_leaked_session_is_caught(database_url: str, tmp_path: Path) -> None:
     sessions = run.check("server.sessions")
     assert sessions["valid"] is False
     assert sessions["counts"]["by_state"].get("idle in transaction", 0) >= 1
+
+
+def test_barrier_makes_agents_on_two_workers_collide_every_round(database_url: str, tmp_path: Path) -> None:
+    """--sync 1: 6 agents on 2 worker processes meet at a barrier before every call. Even with the normal
+    profile's think time, every round is a 6-way race on one account, so naive loses most updates."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    run = run_locust(["-u", "6", "-r", "6", "-t", "5s", "--processes", "2", "--master-bind-host", "127.0.0.1",
+                      "--master-bind-port", port, "--master-port", port, "--accounts", "1", "--strategy", "naive",
+                      "--sync", "1"], reports=tmp_path, database_url=database_url)
+    assert run.code == 1, run.output()
+    counters = run.verdict["counters"]
+    assert counters["barrier_waits"] == counters["attempts"] > 0, counters  # every call waited at the barrier
+    assert "barrier_timeouts" not in counters, counters
+    lost = run.check("credits.lost_updates")["counts"]["lost_updates"]
+    assert lost >= counters["calls_ok"] // 2, (lost, counters)  # ~5 of every 6 calls per round are overwritten

@@ -76,6 +76,10 @@ OPTIONS: tuple[Option, ...] = (
            "--profile normal, 0.20 for stress)"),
     Option("gate_p95_ms", float, 2000.0, "SLA gate: most P95 call latency including retries, in ms"),
     Option("gate_success_rate", float, 0.999, "SLA gate: least share of calls that succeed after retries"),
+    Option("sync", int, 0, "1: before every tool call each agent waits at a barrier until all --sync-parties "
+           "agents (on every worker) are there, so they call at the same instant; 0: off"),
+    Option("sync_parties", int, 0, "agents a barrier waits for (0: the run's user count, -u)"),
+    Option("sync_timeout_s", float, 10.0, "longest wait at a barrier before the agent goes on alone (counted)"),
     Option("stages", str, "5,10,25,50,100", "ramp shape (locustfiles/mixed.py): agents at each stage, comma-separated"),
     Option("stage_seconds", float, 30.0, "ramp shape: length of each stage in seconds"),
     Option("stage_spawn_rate", float, 10.0, "ramp shape: agents started (or stopped) per second between stages"),
@@ -117,6 +121,10 @@ class Settings:
     """Resolved from the profile when not given."""
     gate_p95_ms: float = 2000.0
     gate_success_rate: float = 0.999
+    sync: int = 0
+    """1: agents meet at a barrier before every call (see users/runtime.py ``barrier``)."""
+    sync_parties: int = 0
+    sync_timeout_s: float = 10.0
     stages: str = "5,10,25,50,100"
     """Agents per stage of the ramp shape; see :meth:`stage_users`."""
     stage_seconds: float = 30.0
@@ -225,6 +233,8 @@ class Settings:
             raise SettingsError("--gate-success-rate and --gate-conflict-rate must be between 0 and 1")
         if self.tool_think_ms < 0 or self.retry_base_ms < 0 or self.retry_cap_ms < self.retry_base_ms:
             raise SettingsError("--tool-think-ms and --retry-base-ms must be >= 0 and --retry-cap-ms >= base")
+        if self.sync not in (0, 1) or self.sync_parties < 0 or self.sync_timeout_s <= 0:
+            raise SettingsError("--sync must be 0 or 1, --sync-parties >= 0 and --sync-timeout-s > 0")
         self.stage_users()  # raises on a bad --stages
         if self.stage_seconds <= 0 or self.stage_spawn_rate <= 0:
             raise SettingsError("--stage-seconds and --stage-spawn-rate must be greater than 0")

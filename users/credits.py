@@ -29,6 +29,7 @@ class CreditAgent(User):
         self.agent = self.rt.next_agent()
         self.conn: Any = None
         self.tool: CreditsTool | None = None
+        self.round = 0
 
     def wait_time(self) -> float:
         return self.rng.uniform(self.settings.wait_min, self.settings.wait_max)
@@ -69,6 +70,9 @@ class CreditAgent(User):
             return
         assert self.tool is not None
         tool = self.tool
+        if self.settings.sync:  # meet every other agent first, so that all of them call at the same instant
+            self.round += 1
+            self.rt.barrier(f"{self.strategy}-round-{self.round}", self.settings.sync_timeout_s)
         account, amount = self.pick_account(), self.rng.randint(self.opts.amount_min, self.opts.amount_max)
         call = self.client.call("deduct", self.strategy, {"account": account, "amount": amount},
                                 lambda c: tool.deduct(c, account, amount))

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import gevent
+import gevent.event
 import orjson
 from locust import events
 from locust.env import Environment
@@ -87,6 +88,8 @@ class Runtime:
         """Live counters Locust's request stats don't hold; workers send deltas, the master sums them."""
         self._unsent: Counter[str] = Counter()
         self._stages: list[dict[str, Any]] = []
+        self._barriers: dict[str, gevent.event.Event] = {}
+        self._arrivals: Counter[str] = Counter()
 
     # --- helpers used by users ---
 
@@ -141,6 +144,48 @@ class Runtime:
             self._stages.append({"stage": index + 1, "users": users, "start": at, "end": None})
             log.info("ramp stage %d: %d agents", index + 1, users)
 
+    # --- barrier: agents on every worker meet before acting (Locust messages through the master) ---
+
+    def barrier(self, name: str, timeout: float) -> bool:
+        """Wait until every party has arrived at barrier *name*; False on timeout (the agent goes on alone)."""
+        event = self._barriers.setdefault(name, gevent.event.Event())
+        runner = self.environment.runner if self.environment else None
+        if isinstance(runner, WorkerRunner):
+            runner.send_message("tc_barrier", {"run_id": self.run_id, "name": name})
+        else:
+            self._arrive(name)
+        released = event.wait(timeout)
+        self.counters["barrier_waits" if released else "barrier_timeouts"] += 1
+        self._unsent["barrier_waits" if released else "barrier_timeouts"] += 1
+        return bool(released)
+
+    def _parties(self) -> int:
+        settings = self.require_settings()
+        if settings.sync_parties:
+            return settings.sync_parties
+        opts = self.environment.parsed_options if self.environment else None
+        return int(getattr(opts, "num_users", None) or 1)
+
+    def _arrive(self, name: str) -> None:
+        """Master or single process: count an arrival; release everybody at the last one."""
+        self._arrivals[name] += 1
+        if self._arrivals[name] == self._parties():
+            self._release(name)
+
+    def _release(self, name: str) -> None:
+        self._barriers.setdefault(name, gevent.event.Event()).set()
+        runner = self.environment.runner if self.environment else None
+        if isinstance(runner, MasterRunner):
+            runner.send_message("tc_barrier_release", {"run_id": self.run_id, "name": name})
+
+    def _master_on_barrier(self, environment: Environment, msg: Any, **_: Any) -> None:
+        if msg.data.get("run_id") == self.run_id:
+            self._arrive(msg.data["name"])
+
+    def _worker_on_release(self, environment: Environment, msg: Any, **_: Any) -> None:
+        if msg.data.get("run_id") == self.run_id:
+            self._barriers.setdefault(msg.data["name"], gevent.event.Event()).set()
+
     def stages_marked(self) -> int:
         return len(self._stages)
 
@@ -178,6 +223,7 @@ class Runtime:
         if isinstance(runner, WorkerRunner):
             self.process = process_name(runner.worker_index)
             runner.register_message("tc_stop", self._worker_on_stop, concurrent=True)
+            runner.register_message("tc_barrier_release", self._worker_on_release)
             return
         self.process = process_name()
         try:
@@ -195,6 +241,7 @@ class Runtime:
         self._check_database()
         if isinstance(runner, MasterRunner):
             runner.register_message("tc_history_done", self._master_on_done)
+            runner.register_message("tc_barrier", self._master_on_barrier)
         if web_ui is not None:
             web_ui.app.add_url_rule("/toolclash/verdict", "toolclash_verdict", self._serve_verdict)
 
@@ -249,6 +296,7 @@ class Runtime:
         self.run_dir = create_run_dir(settings.reports_dir, self.run_id, meta)
         self.verdict, self.exit_code, self._done = None, None, {}
         self.counters.clear()
+        self._barriers, self._arrivals = {}, Counter()
         self._stages = []  # Locust resets the shape's clock right after test_start; stage 1 is marked again
         try:
             conn = self.connect("admin")
@@ -283,6 +331,7 @@ class Runtime:
     def _worker_start(self, environment: Environment) -> None:
         opts = vars(environment.parsed_options)
         self.settings = Settings.from_mapping(opts["tc_settings"], self.scenarios)
+        self._barriers = {}
         self.run_id, self.database_url = opts["tc_run_id"], opts["tc_database_url"]
         self.run_dir = Path(opts["tc_run_dir"])
         self.history = HistoryWriter(self.run_dir / "history", run_id=self.run_id, process=self.process).start()
