@@ -190,3 +190,21 @@ def test_close_without_start_keeps_the_records(tmp_path: Path) -> None:
     count = w.close()
     history = read_history(tmp_path)
     assert (count, len(history.ops)) == (2, 2)
+
+
+def test_shipped_batches_are_written_by_the_receiver_and_a_short_delivery_stays_incomplete(tmp_path: Path) -> None:
+    """Workers ship batches (no shared filesystem); the master's receiver marks complete only on a matching count."""
+    from toolclash.history import HistoryReceiver
+
+    receiver = HistoryReceiver(tmp_path / "history")
+    writer = HistoryWriter(None, run_id="r", process="w1", sink=lambda batch: receiver.add("w1", batch))
+    for i in range(5):
+        writer.record({"op_id": writer.new_op_id(), "i": i})
+        writer.flush()
+    assert receiver.done("w1", writer.close()) is True
+    receiver.add("w2", [{"op_id": "w2-1"}])
+    assert receiver.done("w2", 2) is False  # the worker says 2, one arrived
+    history = read_history(tmp_path)
+    assert [op["i"] for op in history.ops if "i" in op] == [0, 1, 2, 3, 4]
+    assert history.processes == {"w1": 5, "w2": 1}
+    assert set(history.incomplete) == {"w2"}

@@ -16,7 +16,7 @@ import itertools
 import os
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,11 +42,16 @@ class HistoryWriter:
     :meth:`close` writes what is left and the ``.done.json`` marker.
     """
 
-    def __init__(self, directory: str | os.PathLike[str], *, run_id: str, process: str,
-                 flush_interval: float = 0.5) -> None:
+    def __init__(self, directory: str | os.PathLike[str] | None, *, run_id: str, process: str,
+                 flush_interval: float = 0.5, sink: Callable[[list[dict[str, Any]]], None] | None = None) -> None:
+        """Write to ``<directory>/<process>.jsonl``, or, with *sink*, hand each batch to *sink* instead
+        (a worker ships its batches to the master, which writes them with :class:`HistoryReceiver`)."""
+        if directory is None and sink is None:
+            raise ValueError("HistoryWriter needs a directory or a sink")
         self.run_id = run_id
         self.process = process
-        self.path = Path(directory) / f"{process}.jsonl"
+        self._sink = sink
+        self.path = Path(directory or ".") / f"{process}.jsonl"
         self._flush_interval = flush_interval
         self._buffer: list[dict[str, Any]] = []
         self._seq = itertools.count(1)
@@ -62,9 +67,10 @@ class HistoryWriter:
         return f"{self.process}-{next(self._seq)}"
 
     def start(self) -> HistoryWriter:
-        """Open the file and start the background flusher."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "ab")  # noqa: SIM115 - closed in close()
+        """Open the file (unless batches go to a sink) and start the background flusher."""
+        if self._sink is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "ab")  # noqa: SIM115 - closed in close()
         self._thread = threading.Thread(target=self._run, name=f"history-{self.process}", daemon=True)
         self._thread.start()
         return self
@@ -81,6 +87,10 @@ class HistoryWriter:
         """Write the queued records now; returns how many were written."""
         with self._lock:
             batch, self._buffer = self._buffer, []
+            if batch and self._sink is not None:
+                self._sink(batch)
+                self._written += len(batch)
+                return len(batch)
             if not batch or self._file is None:
                 self._buffer[:0] = batch
                 return 0
@@ -104,6 +114,10 @@ class HistoryWriter:
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=10)
+        if self._sink is not None:
+            self.flush()
+            self.closed = True
+            return self._written
         if self._file is None and self._buffer:  # never started: still write what was recorded
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(self.path, "ab")  # noqa: SIM115 - closed just below
@@ -115,6 +129,42 @@ class HistoryWriter:
         marker.write_bytes(orjson.dumps({"process": self.process, "records": self._written}))
         self.closed = True
         return self._written
+
+
+class HistoryReceiver:
+    """The master's side of shipped histories: appends each worker's batches to its file and writes the
+    ``.done.json`` marker only when the worker's final count matches what arrived (so the hand-off
+    works whether or not the hosts share a filesystem, and a short delivery stays visibly incomplete)."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+        self.received: dict[str, int] = {}
+        self._files: dict[str, Any] = {}
+
+    def add(self, process: str, records: list[dict[str, Any]]) -> None:
+        fh = self._files.get(process)
+        if fh is None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fh = self._files[process] = open(self.directory / f"{process}.jsonl", "ab")  # noqa: SIM115
+        fh.write(b"".join(orjson.dumps(r) + b"\n" for r in records))
+        fh.flush()
+        self.received[process] = self.received.get(process, 0) + len(records)
+
+    def done(self, process: str, records: int) -> bool:
+        """The worker says it sent *records* in all: mark complete if that many arrived."""
+        fh = self._files.pop(process, None)
+        if fh is not None:
+            fh.close()
+        ok = self.received.get(process, 0) == records
+        if ok:
+            (self.directory / f"{process}.done.json").write_bytes(
+                orjson.dumps({"process": process, "records": records}))
+        return ok
+
+    def close(self) -> None:
+        for fh in self._files.values():
+            fh.close()
+        self._files.clear()
 
 
 @dataclass

@@ -39,7 +39,7 @@ from locust.runners import STATE_STOPPED, MasterRunner, WorkerRunner
 from checks import EXIT_USAGE
 from checks.verdict import evaluate, render, write
 from toolclash import db
-from toolclash.history import HistoryWriter, process_name
+from toolclash.history import HistoryReceiver, HistoryWriter, process_name
 from toolclash.retry import RetryPolicy
 from toolclash.run import (
     application_name,
@@ -90,6 +90,8 @@ class Runtime:
         self._stages: list[dict[str, Any]] = []
         self._barriers: dict[str, gevent.event.Event] = {}
         self._arrivals: Counter[str] = Counter()
+        self._receiver: HistoryReceiver | None = None
+        """Master: writes the history batches workers ship (no shared filesystem needed)."""
 
     # --- helpers used by users ---
 
@@ -240,6 +242,7 @@ class Runtime:
             self._start_stack()
         self._check_database()
         if isinstance(runner, MasterRunner):
+            runner.register_message("tc_history_batch", self._master_on_batch)
             runner.register_message("tc_history_done", self._master_on_done)
             runner.register_message("tc_barrier", self._master_on_barrier)
         if web_ui is not None:
@@ -314,7 +317,9 @@ class Runtime:
         vars(opts).update(tc_run_id=self.run_id, tc_run_dir=str(self.run_dir), tc_database_url=self.database_url,
                           tc_settings=settings_data)
         self._run_active = True
-        if not isinstance(environment.runner, MasterRunner):
+        if isinstance(environment.runner, MasterRunner):
+            self._receiver = HistoryReceiver(self.run_dir / "history")
+        else:
             self.history = HistoryWriter(self.run_dir / "history", run_id=self.run_id, process=self.process).start()
         log.info("run %s started: %s", self.run_id, self.run_dir)
 
@@ -333,8 +338,14 @@ class Runtime:
         self.settings = Settings.from_mapping(opts["tc_settings"], self.scenarios)
         self._barriers = {}
         self.run_id, self.database_url = opts["tc_run_id"], opts["tc_database_url"]
-        self.run_dir = Path(opts["tc_run_dir"])
-        self.history = HistoryWriter(self.run_dir / "history", run_id=self.run_id, process=self.process).start()
+        self.run_dir = Path(opts["tc_run_dir"])  # the master's; a worker never writes there
+        runner = environment.runner
+        assert isinstance(runner, WorkerRunner)
+
+        def ship(batch: list[dict[str, Any]], run_id: str = self.run_id) -> None:
+            runner.send_message("tc_history_batch", {"run_id": run_id, "process": self.process, "records": batch})
+
+        self.history = HistoryWriter(None, run_id=self.run_id, process=self.process, sink=ship).start()
 
     def on_test_stop(self, environment: Environment, **_: Any) -> None:
         if self.is_worker:
@@ -345,6 +356,8 @@ class Runtime:
         self._run_active = False
         if isinstance(environment.runner, MasterRunner):
             self._collect_worker_histories(environment.runner)
+            if self._receiver is not None:
+                self._receiver.close()
         elif self.history is not None:
             self.history.close()
         self.finalize(environment)
@@ -388,8 +401,15 @@ class Runtime:
     def environment_stop_timeout(self) -> float:
         return float(self.environment.stop_timeout or 0) if self.environment else 0.0
 
+    def _master_on_batch(self, environment: Environment, msg: Any, **_: Any) -> None:
+        if msg.data.get("run_id") == self.run_id and self._receiver is not None:
+            self._receiver.add(msg.data["process"], msg.data["records"])
+
     def _master_on_done(self, environment: Environment, msg: Any, **_: Any) -> None:
         if msg.data.get("run_id") == self.run_id:
+            if self._receiver is not None and not self._receiver.done(msg.data["process"], msg.data["records"]):
+                log.error("worker %s reported %s records but %s arrived; its history stays incomplete",
+                          msg.data["process"], msg.data["records"], self._receiver.received.get(msg.data["process"]))
             self._done[msg.node_id] = msg.data
 
     def _worker_on_stop(self, environment: Environment, msg: Any, **_: Any) -> None:
