@@ -18,6 +18,7 @@ from checks import (
     UNKNOWN,
     CheckResult,
     exit_code,
+    gc_paused,
     guarded_many,
     result,
     sla,
@@ -51,6 +52,11 @@ class RunDirError(ValueError):
 
 def evaluate(run_dir: str | Path) -> dict[str, Any]:
     """Run every check and gate of the run in *run_dir*; pure function of the files there."""
+    with gc_paused():
+        return _evaluate(run_dir)
+
+
+def _evaluate(run_dir: str | Path) -> dict[str, Any]:
     run = Path(run_dir)
     if not (run / "options.json").is_file():
         raise RunDirError(f"{run} is not a run directory (no options.json); pass reports/<run-id>")
