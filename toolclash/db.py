@@ -103,8 +103,12 @@ def classify(exc: BaseException, *, retry_lock_not_available: bool = False) -> C
 
 
 def close_quietly(conn: psycopg2.extensions.connection | None) -> None:
-    """Close *conn* without a round trip (the server rolls back an open transaction); never raises."""
-    if conn is None or conn.closed:
+    """Close *conn* without a round trip (the server rolls back an open transaction); never raises.
+
+    A connection psycopg2 marked broken (``closed == 2``, e.g. after an interrupted wait) may still
+    hold its socket: it is closed too.
+    """
+    if conn is None or conn.closed == 1:
         return
     try:
         conn.close()

@@ -91,6 +91,7 @@ class Runtime:
         self._barriers: dict[str, gevent.event.Event] = {}
         self._arrivals: Counter[str] = Counter()
         self._receiver: HistoryReceiver | None = None
+        self._connections: set[Any] = set()
         """Master: writes the history batches workers ship (no shared filesystem needed)."""
 
     # --- helpers used by users ---
@@ -113,9 +114,26 @@ class Runtime:
         return self.settings
 
     def connect(self, who: str) -> Any:
+        """An agent's connection, registered so that stop closes it however the agent ended."""
         s = self.require_settings()
-        return db.connect(self.database_url, timeout=s.connect_timeout_s,
+        conn = db.connect(self.database_url, timeout=s.connect_timeout_s,
                           application_name=application_name(self.run_id, who))
+        self._connections.add(conn)
+        return conn
+
+    def forget(self, conn: Any) -> None:
+        self._connections.discard(conn)
+
+    def close_connections(self) -> None:
+        """Close every agent connection still open. Agents close their own in on_stop, but Ctrl-C raises
+        KeyboardInterrupt in whichever greenlet runs at that instant, and Locust's User.run() lets that
+        through without on_stop: the session would then stay open until the process exits."""
+        left = [c for c in self._connections if not c.closed]
+        for conn in left:
+            db.close_quietly(conn)
+        self._connections.clear()
+        if left:
+            log.info("closed %d agent connection(s) left open at stop", len(left))
 
     def count(self, call: Call) -> None:
         """Count one finished call: outcome, commits, rollbacks, retries by cause, SQLSTATEs, backoff."""
@@ -360,6 +378,7 @@ class Runtime:
                 self._receiver.close()
         elif self.history is not None:
             self.history.close()
+        self.close_connections()
         self.finalize(environment)
 
     def finalize(self, environment: Environment) -> None:
@@ -420,6 +439,7 @@ class Runtime:
             self._worker_finish()
 
     def _worker_finish(self) -> None:
+        self.close_connections()
         if self.history is None:
             return
         count = self.history.close()

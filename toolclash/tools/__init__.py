@@ -15,7 +15,7 @@ from typing import Any
 
 import psycopg2
 
-from toolclash.db import classify
+from toolclash.db import classify, close_quietly
 from toolclash.history import FAIL, OK, UNKNOWN
 from toolclash.retry import VERSION_CONFLICT, Attempts, RetryPolicy
 
@@ -86,6 +86,18 @@ def transact(conn: Any, call: Call, body: Callable[[Any], dict[str, Any]], *, is
     """
     if isolation is not None and conn.isolation_level != isolation:
         conn.set_session(isolation_level=isolation)
+    try:
+        return _attempt_loop(conn, call, body, retry_lock_not_available, fault)
+    except BaseException:
+        # Interrupted (GreenletExit at stop, Ctrl-C) mid-transaction: close the session now so the server
+        # rolls back and releases its locks at once. Left to the garbage collector, a session stopped
+        # between sending COMMIT and flushing it stays "idle in transaction" and blocks every waiter.
+        close_quietly(conn)
+        raise
+
+
+def _attempt_loop(conn: Any, call: Call, body: Callable[[Any], dict[str, Any]], retry_lock_not_available: bool,
+                  fault: Callable[[Call], str | None] | None) -> Call:
     attempts = call.attempts
     while attempts.next():
         try:
