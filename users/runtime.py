@@ -91,8 +91,9 @@ class Runtime:
         self._barriers: dict[str, gevent.event.Event] = {}
         self._arrivals: Counter[str] = Counter()
         self._receiver: HistoryReceiver | None = None
-        self._connections: set[Any] = set()
         """Master: writes the history batches workers ship (no shared filesystem needed)."""
+        self._connections: set[Any] = set()
+        """Every connection this process opened for the run; closed at stop (see close_connections)."""
 
     # --- helpers used by users ---
 
@@ -138,23 +139,27 @@ class Runtime:
     def count(self, call: Call) -> None:
         """Count one finished call: outcome, commits, rollbacks, retries by cause, SQLSTATEs, backoff."""
         attempts = call.attempts
-        delta: Counter[str] = Counter({f"calls_{call.outcome}": 1, "attempts": attempts.count})
+        self._bump(f"calls_{call.outcome}")
+        self._bump("attempts", attempts.count)
         if call.outcome == "ok":
-            delta["commits"] += 1
+            self._bump("commits")
         rollbacks = attempts.conflicts + (1 if call.outcome == "fail" else 0)
         if rollbacks:
-            delta["rollbacks"] += rollbacks
+            self._bump("rollbacks", rollbacks)
         for cause, n in attempts.retries.items():
-            delta[f"retries_{cause}"] += n
-            delta["conflicts"] += n
+            self._bump(f"retries_{cause}", n)
+            self._bump("conflicts", n)
         for state in attempts.sqlstates:
-            delta[f"sqlstate_{state}"] += 1
+            self._bump(f"sqlstate_{state}")
         if call.reason in ("timeout", "deadline"):
-            delta["timeouts"] += 1
+            self._bump("timeouts")
         if attempts.backoff_s:
-            delta["backoff_ms"] += round(attempts.backoff_s * 1000.0)
-        self.counters.update(delta)
-        self._unsent.update(delta)
+            self._bump("backoff_ms", round(attempts.backoff_s * 1000.0))
+
+    def _bump(self, key: str, n: int = 1) -> None:
+        """Add to a live counter here and to the delta this process still owes the master."""
+        self.counters[key] += n
+        self._unsent[key] += n
 
     def mark_stage(self, index: int | None, users: int, at: float) -> None:
         """Record that ramp stage *index* (0-based; None: the ramp ended) began at *at* with *users* agents."""
@@ -175,8 +180,7 @@ class Runtime:
         else:
             self._arrive(name)
         released = event.wait(timeout)
-        self.counters["barrier_waits" if released else "barrier_timeouts"] += 1
-        self._unsent["barrier_waits" if released else "barrier_timeouts"] += 1
+        self._bump("barrier_waits" if released else "barrier_timeouts")
         return bool(released)
 
     def _parties(self) -> int:

@@ -42,10 +42,12 @@ FAULTS = ("ambiguous_as_fail", "ack_before_commit", "leak_session")
 FAULT_RATE = 0.05
 """Share of calls a planted ``--fault`` affects."""
 
+ACCOUNT_CHOICES = ("uniform", "hotspot")
+
 OPTIONS: tuple[Option, ...] = (
     Option("accounts", int, 5, "number of credit accounts agents deduct from"),
     Option("account_choice", str, "uniform", "how agents pick an account: uniform, or hotspot (most calls "
-           "go to account 1)", choices=("uniform", "hotspot")),
+           "go to account 1)", choices=ACCOUNT_CHOICES),
     Option("hot_fraction", float, 0.8, "share of calls sent to account 1 with --account-choice hotspot"),
     Option("initial_balance", int, 1_000_000, "starting balance of every account (credits)"),
     Option("amount_min", int, 1, "smallest deduction (credits)"),
@@ -58,8 +60,8 @@ def validate(opts: Any) -> None:
     """Raise :class:`SettingsError` (one line, naming the flag) if an option is out of range."""
     if opts.accounts <= 0:
         raise SettingsError("--accounts must be greater than 0")
-    if opts.account_choice not in ("uniform", "hotspot"):
-        raise SettingsError(f"--account-choice {opts.account_choice!r} is not one of uniform, hotspot")
+    if opts.account_choice not in ACCOUNT_CHOICES:
+        raise SettingsError(f"--account-choice {opts.account_choice!r} is not one of {', '.join(ACCOUNT_CHOICES)}")
     if not 1 <= opts.amount_min <= opts.amount_max:
         raise SettingsError("--amount-min and --amount-max must satisfy 1 <= min <= max")
     if opts.initial_balance < 0:
