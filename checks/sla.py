@@ -28,8 +28,8 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[rank - 1]
 
 
-def figures(ops: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """The SLA figures of a set of operations."""
+def figures(ops: Iterable[Mapping[str, Any]], rejections: frozenset[str] = BUSINESS_REJECTIONS) -> dict[str, Any]:
+    """The SLA figures of a set of operations; *rejections* are the reasons that are correct answers."""
     attempts = conflicts = ok = failed = rejected = interrupted = unknown = 0
     latencies: list[float] = []
     retries_by_cause: dict[str, int] = {}
@@ -42,7 +42,7 @@ def figures(ops: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         if outcome == OK:
             ok += 1
         elif outcome == FAIL:
-            if op.get("reason") in BUSINESS_REJECTIONS:
+            if op.get("reason") in rejections:
                 rejected += 1
             elif op.get("error_class") == "interrupted":
                 interrupted += 1

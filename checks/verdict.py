@@ -28,7 +28,10 @@ from toolclash.history import read_history
 from toolclash.run import read_json, write_json
 
 CHECKS: dict[str, str] = {
-    # scenario name -> checks module with TOOL and check_all(ops, final, incomplete); one line per scenario
+    # scenario name -> checks module; one line per scenario. A checks module has TOOL (or TOOLS, the
+    # history's tool names it judges), check_all(ops, final, incomplete) -> [CheckResult], and optionally
+    # gates(ops, final, settings) -> [gate dicts as sla.gates() makes], figures(ops, final) -> dict, and
+    # BUSINESS_REJECTIONS (fail reasons that are correct answers, left out of the success rate).
     "credits": "checks.credits",
 }
 
@@ -61,7 +64,8 @@ def _evaluate(run_dir: str | Path) -> dict[str, Any]:
     if not (run / "options.json").is_file():
         raise RunDirError(f"{run} is not a run directory (no options.json); pass reports/<run-id>")
     options = read_json(run / "options.json")
-    settings = {**GATE_DEFAULTS, **{k: v for k, v in options.get("settings", {}).items() if k in GATE_DEFAULTS}}
+    all_settings = options.get("settings", {})
+    settings = {**GATE_DEFAULTS, **{k: v for k, v in all_settings.items() if k in GATE_DEFAULTS}}
     unknown = [s for s in options.get("scenarios", []) if s not in CHECKS]
     if unknown:
         raise RunDirError(f"{run} names scenario(s) these checks do not know: {', '.join(unknown)} "
@@ -76,7 +80,8 @@ def _evaluate(run_dir: str | Path) -> dict[str, Any]:
     for scenario in options.get("scenarios", []):
         module = importlib.import_module(CHECKS[scenario])
         final = _load(run / "final" / f"{scenario}.json")
-        ops = [op for op in history.ops if op["tool"] == module.TOOL]
+        tools = frozenset(getattr(module, "TOOLS", None) or (module.TOOL,))
+        ops = [op for op in history.ops if op["tool"] in tools]
         if final is None:
             results.append(result(f"{scenario}.final_state", UNKNOWN, {},
                                   None, "the final state was not captured"))
@@ -84,13 +89,18 @@ def _evaluate(run_dir: str | Path) -> dict[str, Any]:
             check_all: Callable[..., list[CheckResult]] = module.check_all
             results.extend(guarded_many(f"{scenario}.checks",
                                         partial(check_all, ops, final, history.incomplete)))
-        fig = sla.figures(ops)
+        rejections = sla.BUSINESS_REJECTIONS | frozenset(getattr(module, "BUSINESS_REJECTIONS", ()))
+        fig = sla.figures(ops, rejections)
+        if final is not None and hasattr(module, "figures"):
+            fig.update(module.figures(ops, final))
         figures[scenario] = fig
         gates.extend(sla.gates(fig, settings, scenario))
+        if final is not None and hasattr(module, "gates"):
+            gates.extend(module.gates(ops, final, {**all_settings, **settings}))
         for stage, stage_ops in _by_stage(ops, stages):
             limit = settings["stage_gate_conflict_low" if stage["users"] <= SMALL_STAGE else "stage_gate_conflict_high"]
             scope = f"{scenario}.stage{stage['stage']}({stage['users']})"
-            stage_fig = sla.figures(stage_ops)
+            stage_fig = sla.figures(stage_ops, rejections)
             figures[scope] = stage_fig
             gates.extend(sla.gates(stage_fig, {**settings, "gate_conflict_rate": limit}, scope))
     results.append(server_checks.sessions_closed(server))

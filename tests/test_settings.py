@@ -153,7 +153,8 @@ def test_public_never_contains_the_password() -> None:
 def test_every_option_is_a_settings_field_and_secrets_are_declared() -> None:
     fields = set(Settings.__dataclass_fields__) - {"extra", "scenarios", "scenario_options"}
     assert {o.name for o in OPTIONS} == fields
-    assert [o.name for o in OPTIONS if o.is_secret] == ["database_url"]
+    assert [o.name for o in OPTIONS if o.is_secret] == ["database_url", "auth_database_url", "redis_url",
+                                                       "clickhouse_url", "pgbouncer_url"]
     assert Settings.from_mapping({o.name: o.default for o in OPTIONS}) == Settings.from_mapping({})
 
 

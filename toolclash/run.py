@@ -20,13 +20,62 @@ from typing import Any
 import orjson
 
 SCENARIOS: dict[str, str] = {
-    # scenario name -> tool module (with reset() and snapshot()); one registry line per scenario
+    # scenario name -> tool module; one registry line per scenario (the contract is below)
     "credits": "toolclash.tools.credits",
 }
+"""A scenario's tool module declares:
+
+* ``NAME``, ``STRATEGIES``, ``DEFAULT_STRATEGY``, ``FAULTS``, ``OPTIONS`` and ``validate(opts)``;
+* ``SERVICES`` (optional, default ``("postgres",)``): the stack services it needs (names of
+  ``toolclash.stack.SERVICES``); the embedded stack starts those whose URL the user did not give;
+* ``reset(conn, *, backend, **opts)``: create/empty/seed its schema (master only, once per run);
+  ``conn`` is an admin connection to the main database, ``backend`` a :class:`Backend`;
+* ``snapshot(conn, backend)``: the final state its checks need, as JSON-able data;
+* optional ``preflight(backend)``: raise with a one-line message if one of its services is unusable;
+* optional ``start(backend, opts, run_dir)``: start master-side helpers (a relay, projectors…)
+  after ``reset``; returns a handle passed to ``finish``;
+* optional ``finish(backend, opts, handle, deadline_s)``: after the load stopped and every worker
+  delivered its history, before the snapshot (drain a queue, run recovery, stop helpers).
+"""
+
+
+class BackendError(RuntimeError):
+    """A service the scenario needs is not configured (one-line message)."""
+
+
+class Backend:
+    """The services of one run: URLs by environment variable, and connections tagged with the run.
+
+    Locust-free: the runtime, tests and the benchmark build one from the same URLs.
+    """
+
+    def __init__(self, urls: dict[str, str], run_id: str = "", connect_timeout_s: float = 10.0) -> None:
+        self.urls = dict(urls)
+        self.run_id = run_id
+        self.connect_timeout_s = connect_timeout_s
+
+    def url(self, env_var: str) -> str:
+        try:
+            return self.urls[env_var]
+        except KeyError:
+            raise BackendError(f"{env_var} is not set and the embedded stack did not start that service; "
+                               f"set {env_var} or leave the scenario's services to the embedded stack") from None
+
+    def pg(self, who: str = "admin", env_var: str = "DATABASE_URL") -> Any:
+        """A new PostgreSQL connection to *env_var*'s server, named ``tc:<run>:<who>``."""
+        from toolclash import db
+
+        return db.connect(self.url(env_var), timeout=self.connect_timeout_s,
+                          application_name=application_name(self.run_id, who))
 
 
 def scenario_module(name: str) -> ModuleType:
     return importlib.import_module(SCENARIOS[name])
+
+
+def services_of(names: list[str] | tuple[str, ...]) -> list[str]:
+    """The stack services *names* need, in order, deduplicated."""
+    return list(dict.fromkeys(s for name in names for s in getattr(scenario_module(name), "SERVICES", ("postgres",))))
 
 
 def new_run_id() -> str:
@@ -88,10 +137,10 @@ def server_facts(conn: Any, run_id: str, *, wait_s: float = 5.0) -> dict[str, An
             "waited_s": round(time.monotonic() - started, 3)}
 
 
-def capture_final(conn: Any, run_dir: Path, scenarios: list[str], run_id: str) -> None:
+def capture_final(conn: Any, run_dir: Path, scenarios: list[str], run_id: str, backend: Backend | None = None) -> None:
     """Write ``final/<scenario>.json`` for each scenario and ``final/server.json``."""
     final = run_dir / "final"
     server = server_facts(conn, run_id)
     for name in scenarios:
-        write_json(final / f"{name}.json", scenario_module(name).snapshot(conn))
+        write_json(final / f"{name}.json", scenario_module(name).snapshot(conn, backend))
     write_json(final / "server.json", server)

@@ -57,6 +57,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("database_url", str, "", "PostgreSQL URL of your own database; empty starts a private embedded "
            "server for the run. Only the 'toolclash' schema is ever touched.", env_var="DATABASE_URL",
            is_secret=True),
+    Option("auth_database_url", str, "", "PostgreSQL URL of your own auth-service database (cross-service "
+           "scenario); empty starts a second private server", env_var="AUTH_DATABASE_URL", is_secret=True),
+    Option("redis_url", str, "", "Redis URL of your own server (queue scenario); empty starts a private one",
+           env_var="REDIS_URL", is_secret=True),
+    Option("clickhouse_url", str, "", "ClickHouse URL (native protocol, clickhouse://user:pw@host:9000/db) of "
+           "your own server (analytics); empty starts a private one", env_var="CLICKHOUSE_URL", is_secret=True),
+    Option("pgbouncer_url", str, "", "PostgreSQL URL of your own PgBouncer in front of DATABASE_URL (pool "
+           "scenario); empty starts a private one", env_var="PGBOUNCER_URL", is_secret=True),
     Option("strategy", str, "", "strategy of the scenario's tool (each scenario lists its own; empty: the "
            "scenario's default). A strategy only some scenarios know applies to those, the rest keep their default"),
     Option("fault", str, "none", "planted fault that a check must catch (each scenario lists its own)"),
@@ -102,6 +110,10 @@ class Settings:
 
     database_url: str = field(default="", repr=False)
     """PostgreSQL URL; empty means the embedded stack provides one."""
+    auth_database_url: str = field(default="", repr=False)
+    redis_url: str = field(default="", repr=False)
+    clickhouse_url: str = field(default="", repr=False)
+    pgbouncer_url: str = field(default="", repr=False)
     strategy: str = ""
     """Strategy asked for; :meth:`strategy_for` resolves it per scenario."""
     fault: str = "none"
@@ -212,6 +224,11 @@ class Settings:
             out.update(vars(ns))
         return out
 
+    def service_urls(self) -> dict[str, str]:
+        """The services the user pointed at, by environment variable (``{"REDIS_URL": ...}``)."""
+        return {opt.env: getattr(self, opt.name) for opt in OPTIONS
+                if opt.name.endswith("_url") and getattr(self, opt.name)}
+
     def validate(self) -> None:
         """Raise :class:`SettingsError` if a value is out of range."""
         if self.profile not in PROFILES:
@@ -242,13 +259,22 @@ class Settings:
             raise SettingsError("--stage-gate-conflict-low and --stage-gate-conflict-high must be between 0 and 1")
         if self.run_id and not _RUN_ID_RE.fullmatch(self.run_id):
             raise SettingsError(f"--run-id {self.run_id!r} may hold only letters, digits, '.', '_' and '-'")
-        if self.database_url:
-            check_database_url(self.database_url)
+        for name, var in (("database_url", "DATABASE_URL"), ("auth_database_url", "AUTH_DATABASE_URL"),
+                          ("pgbouncer_url", "PGBOUNCER_URL")):
+            if getattr(self, name):
+                check_database_url(getattr(self, name), var)
+        for name, var, schemes in (("redis_url", "REDIS_URL", ("redis://",)),
+                                   ("clickhouse_url", "CLICKHOUSE_URL", ("clickhouse://",))):
+            url = getattr(self, name)
+            if url and not url.startswith(schemes):
+                raise SettingsError(f"{var} {mask_url(url)!r} must start with {' or '.join(schemes)}")
 
     def public(self) -> dict[str, Any]:
         """All settings as plain data with secrets masked (for options.json and summaries)."""
         out = self.values()
-        out["database_url"] = mask_url(self.database_url) if self.database_url else ""
+        for opt in OPTIONS:
+            if opt.is_secret and isinstance(out.get(opt.name), str) and out[opt.name]:
+                out[opt.name] = mask_url(out[opt.name])
         out["scenarios"] = list(self.scenarios)
         out["strategies"] = {name: self.strategy_for(name) for name in self.scenarios}
         out["faults"] = {name: self.fault_for(name) for name in self.scenarios}
@@ -272,20 +298,20 @@ def _coerce(opt: Option, value: Any) -> Any:
         raise SettingsError(f"{opt.flag} expects a {opt.type.__name__}, got {value!r}") from None
 
 
-def check_database_url(url: str) -> None:
+def check_database_url(url: str, var: str = "DATABASE_URL") -> None:
     """Raise :class:`SettingsError` unless libpq accepts *url* as a PostgreSQL URL (never echoes a password)."""
     from psycopg2.extensions import parse_dsn
 
     hint = "use postgresql://user:password@host:port/dbname"
     if not url.startswith(("postgresql://", "postgres://")):
-        raise SettingsError(f"DATABASE_URL {mask_url(url)!r} is not a PostgreSQL URL; {hint}")
+        raise SettingsError(f"{var} {mask_url(url)!r} is not a PostgreSQL URL; {hint}")
     try:
         parsed = parse_dsn(url)
     except Exception:  # noqa: BLE001 - libpq's message may quote the password
-        raise SettingsError(f"DATABASE_URL {mask_url(url)!r} is not a valid URL; {hint}") from None
+        raise SettingsError(f"{var} {mask_url(url)!r} is not a valid URL; {hint}") from None
     port = parsed.get("port")
     if port is not None and not (port.isdigit() and 0 < int(port) < 65536):
-        raise SettingsError(f"DATABASE_URL {mask_url(url)!r} has a port that is not a number from 1 to 65535; {hint}")
+        raise SettingsError(f"{var} {mask_url(url)!r} has a port that is not a number from 1 to 65535; {hint}")
 
 
 def mask_url(url: str) -> str:

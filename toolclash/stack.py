@@ -660,7 +660,14 @@ class PostgresService(Service):
         return was_running
 
 
-SERVICES: dict[str, type[Service]] = {"postgres": PostgresService}
+class AuthPostgresService(PostgresService):
+    """A second private PostgreSQL cluster: the auth service's database (cross-service scenario)."""
+
+    name = "auth_postgres"
+    env_var = "AUTH_DATABASE_URL"
+
+
+SERVICES: dict[str, type[Service]] = {"postgres": PostgresService, "auth_postgres": AuthPostgresService}
 
 
 # ---------------------------------------------------------------------------------------------- stack

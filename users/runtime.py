@@ -42,11 +42,13 @@ from toolclash import db
 from toolclash.history import HistoryReceiver, HistoryWriter, process_name
 from toolclash.retry import RetryPolicy
 from toolclash.run import (
+    Backend,
     application_name,
     capture_final,
     create_run_dir,
     new_run_id,
     scenario_module,
+    services_of,
     write_json,
 )
 from toolclash.settings import OPTIONS, Settings, SettingsError, mask_url
@@ -73,7 +75,8 @@ class Runtime:
         self.environment: Environment | None = None
         self.settings: Settings | None = None
         self.stack: Any = None
-        self.database_url = ""
+        self.urls: dict[str, str] = {}
+        """Every service of the run by environment variable (DATABASE_URL, REDIS_URL, …)."""
         self.run_id = ""
         self.run_dir: Path | None = None
         self.history: HistoryWriter | None = None
@@ -94,6 +97,17 @@ class Runtime:
         """Master: writes the history batches workers ship (no shared filesystem needed)."""
         self._connections: set[Any] = set()
         """Every connection this process opened for the run; closed at stop (see close_connections)."""
+        self._handles: dict[str, Any] = {}
+        """Master: what each scenario's ``start`` hook returned, for its ``finish`` hook."""
+
+    @property
+    def database_url(self) -> str:
+        return self.urls.get("DATABASE_URL", "")
+
+    def backend(self) -> Backend:
+        """The run's services (URLs) and run id, for tool modules' hooks and agents' extra clients."""
+        timeout = self.settings.connect_timeout_s if self.settings else 10.0
+        return Backend(self.urls, self.run_id, timeout)
 
     # --- helpers used by users ---
 
@@ -114,13 +128,19 @@ class Runtime:
             raise RuntimeError("toolclash settings are not loaded yet (test not started)")
         return self.settings
 
-    def connect(self, who: str) -> Any:
-        """An agent's connection, registered so that stop closes it however the agent ended."""
+    def connect(self, who: str, env_var: str = "DATABASE_URL") -> Any:
+        """An agent's PostgreSQL connection to *env_var*'s server, registered so that stop closes it
+        however the agent ended."""
         s = self.require_settings()
-        conn = db.connect(self.database_url, timeout=s.connect_timeout_s,
+        conn = db.connect(self.urls[env_var], timeout=s.connect_timeout_s,
                           application_name=application_name(self.run_id, who))
         self._connections.add(conn)
         return conn
+
+    def track(self, client: Any) -> Any:
+        """Register any other client with a ``close()`` (Redis, ClickHouse…) so that stop closes it."""
+        self._connections.add(client)
+        return client
 
     def forget(self, conn: Any) -> None:
         self._connections.discard(conn)
@@ -129,9 +149,15 @@ class Runtime:
         """Close every agent connection still open. Agents close their own in on_stop, but Ctrl-C raises
         KeyboardInterrupt in whichever greenlet runs at that instant, and Locust's User.run() lets that
         through without on_stop: the session would then stay open until the process exits."""
-        left = [c for c in self._connections if not c.closed]
+        left = [c for c in self._connections if not getattr(c, "closed", False)]
         for conn in left:
-            db.close_quietly(conn)
+            if hasattr(conn, "closed"):
+                db.close_quietly(conn)
+            else:
+                try:
+                    conn.close()
+                except Exception:  # noqa: BLE001 - closing at stop must not fail the stop
+                    pass
         self._connections.clear()
         if left:
             log.info("closed %d agent connection(s) left open at stop", len(left))
@@ -155,6 +181,10 @@ class Runtime:
             self._bump("timeouts")
         if attempts.backoff_s:
             self._bump("backoff_ms", round(attempts.backoff_s * 1000.0))
+
+    def bump(self, key: str, n: int = 1) -> None:
+        """Add to a live counter here and to the delta this process still owes the master (summed there)."""
+        self._bump(key, n)
 
     def _bump(self, key: str, n: int = 1) -> None:
         """Add to a live counter here and to the delta this process still owes the master."""
@@ -258,10 +288,10 @@ class Runtime:
         if settings.run_id and (Path(settings.reports_dir) / settings.run_id).exists():
             fail_fast(f"run directory {Path(settings.reports_dir) / settings.run_id} exists already; "
                       "choose another --run-id or leave it empty for a fresh one")
-        if settings.database_url:
-            self.database_url = settings.database_url
-        else:
-            self._start_stack()
+        self.urls = settings.service_urls()
+        needed = [name for name in services_of(self.scenarios) if self._service_var(name) not in self.urls]
+        if needed:
+            self._start_stack(needed)
         self._check_database()
         if isinstance(runner, MasterRunner):
             runner.register_message("tc_history_batch", self._master_on_batch)
@@ -270,31 +300,51 @@ class Runtime:
         if web_ui is not None:
             web_ui.app.add_url_rule("/toolclash/verdict", "toolclash_verdict", self._serve_verdict)
 
-    def _start_stack(self) -> None:
+    @staticmethod
+    def _service_var(name: str) -> str:
+        from toolclash.stack import SERVICES
+
+        return SERVICES[name].env_var
+
+    def _start_stack(self, services: list[str]) -> None:
         from toolclash.stack import Stack, StackError
 
         try:
-            self.stack = Stack(services=("postgres",))
+            self.stack = Stack(services=services)
             env = self.stack.up()
         except StackError as exc:
             if self.stack is not None:
                 self.stack.down()
             fail_fast(str(exc))
-        self.database_url = env["DATABASE_URL"]
+        for var, url in env.items():
+            self.urls.setdefault(var, url)
         atexit.register(self._stop_stack)  # also on an abnormal exit
         notes = "; ".join(f"{name}: {', '.join(st['notes']) if isinstance(st['notes'], list) else st['notes']}"
                           for name, st in self.stack.status().items() if st.get("notes"))
-        log.info("embedded stack up: %s%s", mask_url(self.database_url), f" ({notes})" if notes else "")
+        log.info("embedded stack up: %s%s", ", ".join(mask_url(url) for url in env.values()),
+                 f" ({notes})" if notes else "")
 
     def _check_database(self) -> None:
+        """Every PostgreSQL URL answers, then each scenario's own ``preflight`` (else one line, exit 2)."""
         settings = self.require_settings()
-        try:
-            conn = db.connect(self.database_url, timeout=settings.connect_timeout_s,
-                              application_name="toolclash:preflight")
-        except db.ConnectError as exc:
-            self._stop_stack()
-            fail_fast(f"{exc}. Check DATABASE_URL (or unset it to use the embedded server).")
-        db.close_quietly(conn)
+        for var, url in self.urls.items():
+            if not url.startswith(("postgresql://", "postgres://")):
+                continue
+            try:
+                conn = db.connect(url, timeout=settings.connect_timeout_s, application_name="toolclash:preflight")
+            except db.ConnectError as exc:
+                self._stop_stack()
+                fail_fast(f"{exc}. Check {var} (or unset it to use the embedded server).")
+            db.close_quietly(conn)
+        for name in self.scenarios:
+            preflight = getattr(scenario_module(name), "preflight", None)
+            if preflight is None:
+                continue
+            try:
+                preflight(self.backend())
+            except Exception as exc:  # noqa: BLE001 - one line, exit 2
+                self._stop_stack()
+                fail_fast(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
 
     def on_test_start(self, environment: Environment, **_: Any) -> None:
         if self.is_worker:
@@ -307,8 +357,7 @@ class Runtime:
             self._abort(environment, str(exc))
             return
         settings = self.settings
-        if settings.database_url and settings.database_url != self.database_url:
-            self.database_url = settings.database_url
+        self.urls.update(settings.service_urls())
         self.run_id = settings.run_id or new_run_id()
         if self.run_dir is not None and self.run_dir.name == self.run_id:  # a second run from the web UI
             self.run_id = f"{self.run_id}-{new_run_id()}"
@@ -325,18 +374,24 @@ class Runtime:
         self._stages = []  # Locust resets the shape's clock right after test_start; stage 1 is marked again
         try:
             conn = self.connect("admin")
+            backend = self.backend()
             try:
                 for name in self.scenarios:
-                    scenario_module(name).reset(conn, **vars(settings.options_of(name)))
+                    scenario_module(name).reset(conn, backend=backend, **vars(settings.options_of(name)))
             finally:
                 db.close_quietly(conn)
+            self._handles = {}
+            for name in self.scenarios:
+                start = getattr(scenario_module(name), "start", None)
+                if start is not None:
+                    self._handles[name] = start(backend, settings.options_of(name), self.run_dir)
         except Exception as exc:  # noqa: BLE001 - could not run: say so in one line, leave no half report
             shutil.rmtree(self.run_dir, ignore_errors=True)
             self.run_dir = None
             self._abort(environment, f"could not prepare the database: {str(exc).strip().splitlines()[0]}")
             return
-        settings_data = {k: v for k, v in settings.values().items() if k != "database_url"}
-        vars(opts).update(tc_run_id=self.run_id, tc_run_dir=str(self.run_dir), tc_database_url=self.database_url,
+        settings_data = {k: v for k, v in settings.values().items() if not k.endswith("_url")}
+        vars(opts).update(tc_run_id=self.run_id, tc_run_dir=str(self.run_dir), tc_urls=dict(self.urls),
                           tc_settings=settings_data)
         self._run_active = True
         if isinstance(environment.runner, MasterRunner):
@@ -359,7 +414,7 @@ class Runtime:
         opts = vars(environment.parsed_options)
         self.settings = Settings.from_mapping(opts["tc_settings"], self.scenarios)
         self._barriers = {}
-        self.run_id, self.database_url = opts["tc_run_id"], opts["tc_database_url"]
+        self.run_id, self.urls = opts["tc_run_id"], dict(opts["tc_urls"])
         self.run_dir = Path(opts["tc_run_dir"])  # the master's; a worker never writes there
         runner = environment.runner
         assert isinstance(runner, WorkerRunner)
@@ -392,10 +447,20 @@ class Runtime:
         if self._stages:
             self.mark_stage(None, 0, time.time())
             write_json(self.run_dir / "stages.json", self._stages)
+        backend = self.backend()
+        settings = self.require_settings()
+        for name in self.scenarios:
+            finish = getattr(scenario_module(name), "finish", None)
+            if finish is None:
+                continue
+            try:
+                finish(backend, settings.options_of(name), self._handles.get(name), HANDOFF_TIMEOUT_S)
+            except Exception as exc:  # noqa: BLE001 - the checks judge what the state shows
+                log.error("%s: finishing the run failed: %s", name, str(exc).strip().splitlines()[0])
         try:
             conn = self.connect("capture")
             try:
-                capture_final(conn, self.run_dir, self.scenarios, self.run_id)
+                capture_final(conn, self.run_dir, self.scenarios, self.run_id, backend)
             finally:
                 db.close_quietly(conn)
         except Exception as exc:  # noqa: BLE001 - the verdict says what is missing

@@ -177,7 +177,7 @@ def reset(conn: Any, *, accounts: int, initial_balance: int, **_: Any) -> None:
     conn.commit()
 
 
-def snapshot(conn: Any) -> dict[str, list[dict[str, Any]]]:
+def snapshot(conn: Any, backend: Any = None) -> dict[str, list[dict[str, Any]]]:
     """The final state the credits checks need: every account and every ledger row."""
     out: dict[str, list[dict[str, Any]]] = {}
     with conn.cursor() as cur:
