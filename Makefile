@@ -4,7 +4,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-APT_PACKAGES := postgresql postgresql-contrib
+APT_PACKAGES := postgresql postgresql-contrib pgbouncer redis-server clickhouse-server prometheus \
+  prometheus-postgres-exporter prometheus-redis-exporter prometheus-pgbouncer-exporter chromium chromium-driver \
+  docker-compose iproute2
 # `make run`: every agent kind through a one-minute ramp 5 -> 10 -> 25 -> 50 -> 100 agents
 # (override: make run STAGE_SECONDS=30 ARGS="--strategy serializable").
 STAGES ?= 5,10,25,50,100

@@ -19,16 +19,20 @@ from typing import Any
 import psycopg2
 import pytest
 
-from toolclash.stack import Stack
+from toolclash.stack import SERVICES, Stack
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCUST = str(Path(sys.executable).with_name("locust"))
 
 
+SERVICE_VARS = tuple(cls.env_var for cls in SERVICES.values())
+
+
 @pytest.fixture(scope="session")
 def stack() -> Iterator[dict[str, str]]:
-    """One private PostgreSQL for the whole session (free port, temp dir, stopped at the end)."""
-    st = Stack(services=("postgres",))
+    """Every service of the embedded stack, once for the whole session (free ports, temp dir, stopped at
+    the end): ``{"DATABASE_URL": …, "REDIS_URL": …, …}``."""
+    st = Stack(services=list(SERVICES))
     try:
         yield st.up()
     finally:
@@ -71,10 +75,16 @@ class LocustRun:
 
 
 def run_locust(args: list[str], *, reports: Path, database_url: str | None, run_id: str = "t",
-               locustfile: str = "locustfiles/credits.py", timeout: float = 120) -> LocustRun:
-    """Run a headless Locust subprocess and return its result and run directory."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOCUST_", "TOOLCLASH_"))}
-    env.pop("DATABASE_URL", None)
+               locustfile: str = "locustfiles/credits.py", timeout: float = 120,
+               services: dict[str, str] | None = None) -> LocustRun:
+    """Run a headless Locust subprocess and return its result and run directory.
+
+    *database_url* and *services* (e.g. the ``stack`` fixture's URLs) point it at the session's servers;
+    a service not given is started by the run's own embedded stack.
+    """
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("LOCUST_", "TOOLCLASH_")) and k not in SERVICE_VARS}
+    env.update(services or {})
     if database_url:
         env["DATABASE_URL"] = database_url
     cmd = [LOCUST, "-f", locustfile, "--headless", "--reports-dir", str(reports), "--run-id", run_id,
