@@ -200,11 +200,14 @@ def _shell_safe_path(path: Path) -> None:
 class ServiceContext:
     """What a service needs from its stack: the state dir, the OS user to run as, durability, save()."""
 
-    def __init__(self, root: Path, run_as: RunAs | None, durable: bool, save: Callable[[], None]) -> None:
+    def __init__(self, root: Path, run_as: RunAs | None, durable: bool, save: Callable[[], None],
+                 listen: Sequence[str] = ()) -> None:
         self.root = root
         self.run_as = run_as
         self.durable = durable
         self.save = save
+        self.listen = tuple(listen)
+        """Addresses to listen on besides 127.0.0.1 (multi-host runs: workers on other hosts connect there)."""
 
     def own(self, path: Path) -> None:
         """chown path to the run-as user (no-op when not root)."""
@@ -415,15 +418,22 @@ class PostgresService(Service):
             return None
         return f"postgresql://{self.user}:{'***' if masked else password}@{LOOPBACK}:{port}/{self.database}"
 
+    def remote_urls(self) -> list[str]:
+        """The URLs other hosts use (one per --listen address); password masked in notes."""
+        port, password = self.state.get("port"), self.state.get("password")
+        return [f"postgresql://{self.user}:{password}@{host}:{port}/{self.database}"
+                for host in self.state.get("listen") or []]
+
     def notes(self) -> list[str]:
+        out = [f"other hosts connect to {mask_url(url)}" for url in self.remote_urls()]
         if self.state.get("durable") is False:
             note = (
                 "non-durable: fsync=off, synchronous_commit=off, full_page_writes=off "
                 "(fast; a machine crash may lose data; for durability use your own DATABASE_URL "
                 "or `python -m toolclash.stack up --durable`)"
             )
-            return [note]
-        return []
+            out.append(note)
+        return out
 
     def _bindir(self) -> Path:
         recorded = self.state.get("bindir")
@@ -435,7 +445,7 @@ class PostgresService(Service):
 
     def _settings(self, port: int) -> dict[str, str]:
         settings = {
-            "listen_addresses": f"'{LOOPBACK}'",
+            "listen_addresses": "'" + ",".join((LOOPBACK, *self.ctx.listen)) + "'",
             "port": str(port),
             "unix_socket_directories": "''",
             "max_connections": "400",
@@ -502,10 +512,18 @@ class PostgresService(Service):
         self.state.update(initialized=True, phase="initialized")
         self.ctx.save()
 
+    HBA_MARK = "# toolclash.stack: clients of other hosts (rewritten on every start)"
+
     def _write_conf(self, settings: dict[str, str]) -> None:
         lines = ["# written by toolclash.stack on every start; edits are lost"]
         lines += [f"{key} = {value}" for key, value in settings.items()]
         self.ctx.write_file(self.data_dir / "toolclash.conf", "\n".join(lines) + "\n")
+        # With --listen, hosts on the listen addresses' own subnets (samenet) may log in, with the password.
+        hba = self.data_dir / "pg_hba.conf"
+        text = hba.read_text(encoding="utf-8").split("\n" + self.HBA_MARK)[0].rstrip("\n") + "\n"
+        if self.ctx.listen:
+            text += f"\n{self.HBA_MARK}\nhost all all samenet scram-sha-256\n"
+        self.ctx.write_file(hba, text)
 
     def _log_size(self) -> int:
         try:
@@ -563,6 +581,7 @@ class PostgresService(Service):
             )
         self.state.update(
             port=last_port,
+            listen=list(self.ctx.listen),
             pid=self._pidfile_pid(),
             durable=self.ctx.durable,
             settings={k: v.strip("'") for k, v in settings.items()},
@@ -686,6 +705,7 @@ class Stack:
         *,
         services: Sequence[str] = ("postgres",),
         durable: bool = False,
+        listen: Sequence[str] = (),
     ) -> None:
         unknown = [name for name in services if name not in SERVICES]
         if unknown:
@@ -694,6 +714,12 @@ class Stack:
         self._temp_dir: Path | None = None
         self._services = list(dict.fromkeys(services))
         self.durable = durable
+        self.listen = tuple(listen)
+        for address in self.listen:
+            try:
+                socket.inet_aton(address)
+            except OSError:
+                raise StackError(f"--listen {address!r} is not an IPv4 address of this host") from None
 
     # -- state dir ------------------------------------------------------------------------------------
 
@@ -762,7 +788,7 @@ class Stack:
     def _open(
         self, root: Path, state: dict[str, Any], run_as: RunAs | None, names: Sequence[str]
     ) -> list[Service]:
-        ctx = ServiceContext(root, run_as, self.durable, save=lambda: self._save(ctx, state))
+        ctx = ServiceContext(root, run_as, self.durable, save=lambda: self._save(ctx, state), listen=self.listen)
         return [
             SERVICES[name](ctx, state["services"].setdefault(name, {})) for name in names if name in SERVICES
         ]
@@ -898,6 +924,15 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--timeout", type=float, default=60.0, help="seconds `up` waits for readiness (default 60)"
     )
+    parser.add_argument(
+        "--services", default="postgres",
+        help=f"comma-separated services to start (default postgres; known: {', '.join(SERVICES)})",
+    )
+    parser.add_argument(
+        "--listen", action="append", default=[], metavar="ADDR",
+        help="also listen on this IPv4 address of the host, for workers on other hosts (PostgreSQL; "
+        "clients on that address's subnet log in with the password); repeatable",
+    )
     return parser
 
 
@@ -932,7 +967,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the exit code (2 on any StackError, printed as one line)."""
     args = _build_parser().parse_args(argv)
     try:
-        stack = Stack(args.dir, durable=args.durable)
+        services = [name.strip() for name in args.services.split(",") if name.strip()]
+        stack = Stack(args.dir, durable=args.durable, services=services, listen=args.listen)
         if args.command == "up":
             stack.up(timeout=args.timeout)
             status = stack.status()
