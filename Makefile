@@ -49,7 +49,7 @@ distributed: setup ## the full ramp with a master and WORKERS worker processes o
 	  --stages $(STAGES) --stage-seconds 30 --stop-timeout 5 $(ARGS)
 
 ui: setup ## open Locust's web UI on http://127.0.0.1:8089 (embedded stack)
-	$(VENV)/bin/locust -f $(LOCUSTFILE) --web-host 127.0.0.1 $(ARGS)
+	$(VENV)/bin/locust -f $(LOCUSTFILE) --class-picker --web-host 127.0.0.1 $(ARGS)
 
 test: setup ## run the whole test suite against real servers
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -240,3 +240,51 @@ def test_a_killed_worker_makes_the_verdict_unknown_and_is_named(database_url: st
     assert complete["valid"] == "unknown" and complete["evidence"][0]["process"] == lost
     assert not any(c["valid"] is False for c in verdict["checks"])  # a lost worker is doubt, never an anomaly
     assert lost in out
+
+
+def test_web_ui_runs_the_ramp_shape_live_and_serves_per_stage_gates(database_url: str, tmp_path: Path) -> None:
+    """mixed.py in the web UI with the class picker: start the ramp from the form, watch agents and counters
+    move through /stats/requests and /toolclash/verdict, and get the verdict with every stage's gates."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOCUST_", "TOOLCLASH_"))}
+    env["DATABASE_URL"] = database_url
+    proc = subprocess.Popen(
+        [LOCUST, "-f", "locustfiles/mixed.py", "--class-picker", "--web-host", "127.0.0.1", "--web-port", str(port),
+         "--reports-dir", str(tmp_path), "--loglevel", "WARNING"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        def index() -> str | None:
+            try:
+                return str(http(base + "/"))
+            except OSError:
+                return None
+        page = wait_for(index, 30, "the web UI")
+        for option in ("stages", "stage_seconds", "stage_spawn_rate", "stage_gate_conflict_high"):
+            assert f'"{option}"' in page, option  # the ramp's options are in the start form
+        assert "RampShape" in page
+        started = http(base + "/swarm", {"user_classes": "CreditAgent", "shape_class": "RampShape", "host": "",
+                                         "stages": "2,5", "stage_seconds": "3", "stage_spawn_rate": "50",
+                                         "strategy": "pessimistic", "wait_min": "0", "wait_max": "0.05"})
+        assert started["success"] is True and "RampShape" in started["message"], started
+        seen = set()
+
+        def ramped() -> bool:
+            seen.add(http(base + "/stats/requests")["user_count"])
+            return 5 in seen
+        wait_for(ramped, 30, "the ramp to reach its second stage")
+        assert 2 in seen or min(seen) < 5, seen  # the agents came in stages, not all at once
+        live = http(base + "/toolclash/verdict")
+        assert live["active"] is True and live["counters"].get("commits", 0) > 0, live  # counters move live
+        verdict = wait_for(lambda: http(base + "/toolclash/verdict")["verdict"], 30, "the shape to end the run")
+        assert all(c["valid"] is True for c in verdict["checks"]), verdict["checks"]
+        scopes = {g["scope"] for g in verdict["gates"]}
+        assert {"credits.stage1(2)", "credits.stage2(5)"} <= scopes, scopes
+        assert verdict["counters"]["commits"] == verdict["figures"]["credits"]["ok"] > 0
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
