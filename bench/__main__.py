@@ -92,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--skip-floor", action="store_true",
                         help="skip the reference run of psycopg2 + gevent alone (no Locust, no toolclash)")
     parser.add_argument("--skip-checker", action="store_true", help="skip the checker-speed phase")
+    parser.add_argument("--skip-distributed", action="store_true",
+                        help="skip the distributed phase (one process vs master + 2 and + 4 workers)")
+    parser.add_argument("--distributed-users", type=_positive_int, default=100, metavar="N",
+                        help="agents of the distributed phase (default 100)")
     parser.add_argument("--ops", type=_positive_int, default=1_000_000, metavar="N",
                         help="operations in the synthetic history of the checker phase (default 1,000,000)")
     parser.add_argument("--checker-accounts", type=_positive_int, default=100, metavar="N",
@@ -262,6 +266,32 @@ def summarize(out: dict[str, Any], report: dict[str, Any]) -> None:
         out["summary"].setdefault("per_round", {})[key] = values
 
 
+def distributed_phase(args: argparse.Namespace, ts: str, report: dict[str, Any], say: Progress) -> None:
+    from bench import distributed
+    from toolclash.stack import Stack, StackError
+
+    bench_dir = ROOT / "reports" / f"bench-{ts}"
+    bench_dir.mkdir(parents=True, exist_ok=True)
+    stack = Stack(services=("postgres",))
+    try:
+        say("stack: starting a private PostgreSQL on 127.0.0.1 for the distributed phase")
+        try:
+            url = stack.up(timeout=120)["DATABASE_URL"]
+        except StackError as exc:
+            raise SystemExit(f"python -m bench: {exc}") from None
+        cores = report["machine"].get("cpus_usable") or os.cpu_count() or 1
+        report["distributed"] = distributed.run(
+            url=url, workdir=bench_dir, ts=ts, users=args.distributed_users, duration=args.duration,
+            accounts=args.accounts, ramp=args.ramp, postmaster=stack.status()["postgres"]["pid"], cores=cores,
+            say=say)
+    except BenchError as exc:
+        report["distributed"] = {"error": str(exc)}
+        say(f"  FAILED: {exc}")
+    finally:
+        with contextlib.suppress(StackError):
+            stack.down()
+
+
 def checker_phase(args: argparse.Namespace, ts: str, report: dict[str, Any], say: Progress) -> None:
     from bench.checker import run_checker
 
@@ -288,6 +318,12 @@ def _cpu_row(cpu: dict[str, Any] | None) -> str:
     return (f"{cpu['client_cores']:.2f} / {cpu['server_cores']:.2f} cores "
             f"(softirq {cpu['irq_cores']:.2f}, other {cpu['other_cores']:.2f}, idle {cpu['idle_cores']:.2f}), "
             f"{_num(cpu['client_us_per_tx'], '.0f')} / {_num(cpu['server_us_per_tx'], '.0f')} us/tx")
+
+
+def distributed_target() -> float:
+    from bench.distributed import TARGET_VERDICT_DELAY_S
+
+    return TARGET_VERDICT_DELAY_S
 
 
 def render(report: dict[str, Any]) -> str:
@@ -357,6 +393,20 @@ def render(report: dict[str, Any]) -> str:
             ratio_row("  ratio to pgbench", f"locust_{label}_vs_pgbench", TARGET_RATIO)
             ratio_row("  ratio to the psycopg2+gevent floor", f"locust_{label}_vs_floor")
             per_round_rows(lambda rnd, lb=label: rnd["locust"].get(lb))
+    ds = report.get("distributed")
+    if ds:
+        if "error" in ds:
+            row("distributed", "FAILED")
+        else:
+            for label, fig in ds["runs"].items():
+                who = "1 process" if label == "p1" else f"master + {label[1:]} workers"
+                row(f"{ds['users']} agents, {who}: ok ops/s", _num(fig["tps"]))
+                row("  records/s handed to the master", _num(fig["records_per_s"], ",.0f"))
+                if fig.get("master_cpu_share") is not None and label != "p1":
+                    row("  master's share of Locust CPU", f"{fig['master_cpu_share']:.0%}")
+            row("  ratio master + 2 workers to 1 process", _num(ds["ratio_p2_vs_p1"], ".2f") + "x")
+            row("verdict delay after -t, 4 workers (s)", _num(ds["verdict_delay_p4_s"], ".2f"),
+                f"< {distributed_target()}", ds["verdict_delay_target_met"])
     ck = report.get("checker")
     if ck:
         if "error" in ck:
@@ -408,10 +458,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.ramp >= args.duration:
         build_parser().error(f"--ramp ({args.ramp:g}) must be shorter than --duration ({args.duration})")
-    if args.skip_pgbench_ratio and args.skip_checker:
-        build_parser().error("--skip-pgbench-ratio and --skip-checker together leave nothing to measure")
+    if args.skip_pgbench_ratio and args.skip_checker and args.skip_distributed:
+        build_parser().error("--skip-pgbench-ratio, --skip-checker and --skip-distributed together leave nothing "
+                             "to measure")
     signal.signal(signal.SIGTERM, _raise_interrupt)
     load_phases = 0 if args.skip_pgbench_ratio else (3 if args.skip_floor else 4) * args.rounds
+    load_phases += 0 if args.skip_distributed else 3
     say = Progress(phases=load_phases + (0 if args.skip_checker else 1))
     ts = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     report: dict[str, Any] = {
@@ -440,6 +492,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not args.skip_pgbench_ratio:
             throughput_phase(args, ts, report, say)
+        if not args.skip_distributed:
+            distributed_phase(args, ts, report, say)
         if not args.skip_checker:
             checker_phase(args, ts, report, say)
     except KeyboardInterrupt:
@@ -459,7 +513,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"python -m bench: {report['error']}", file=sys.stderr)
         code = EXIT_FAILED
     tp_errors = (report.get("throughput") or {}).get("errors") or []
-    if code == EXIT_OK and (tp_errors or "error" in (report.get("checker") or {})):
+    if code == EXIT_OK and (tp_errors or "error" in (report.get("checker") or {})
+                            or "error" in (report.get("distributed") or {})):
         code = EXIT_FAILED
     report["exit_code"] = code
     write_json(path, report)

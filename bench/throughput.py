@@ -303,7 +303,9 @@ class LocustSpec:
     cores: int
 
 
-def run_locust(spec: LocustSpec, *, say: Say) -> dict[str, Any]:
+def run_locust(spec: LocustSpec, *, say: Say, on_tick: Callable[[], None] | None = None,
+               on_start: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Run the credits locustfile per *spec*; *on_start(pid)* and *on_tick()* let a phase sample the processes."""
     argv = [str(locust_bin()), "-f", LOCUSTFILE, "--headless", "-u", str(spec.users), "-r", str(spec.users),
             "-t", f"{spec.duration}s", "--stop-timeout", str(STOP_TIMEOUT_S), "--strategy", STRATEGY,
             "--accounts", str(spec.accounts), "--profile", "stress", "--initial-balance", str(spec.initial_balance),
@@ -315,15 +317,23 @@ def run_locust(spec: LocustSpec, *, say: Say) -> dict[str, Any]:
     counter = LineCounter()
 
     def tick(elapsed: float, _log: Path) -> None:
+        if on_tick is not None:
+            on_tick()
         n = counter.update(sorted((run_dir / "history").glob("*.jsonl")))
         say(f"  locust {spec.run_id}: {elapsed:4.0f} s, {n} operations recorded so far")
 
     sampler = CpuSampler(spec.postmaster)
+
+    def started(pid: int) -> None:
+        sampler.start(pid)
+        if on_start is not None:
+            on_start(pid)
+
     try:
         child: ChildResult = run_child(argv, env=clean_env({"DATABASE_URL": spec.url}), cwd=ROOT,
                                        log=spec.reports_dir / f"{spec.run_id}.log",
                                        timeout=spec.duration + STOP_TIMEOUT_S + 180, tick=tick,
-                                       on_start=sampler.start)
+                                       on_start=started)
     finally:
         sampler.stop()
     out: dict[str, Any] = {"argv": argv[1:], "processes": spec.processes, "exit_code": child.returncode,
