@@ -209,30 +209,35 @@ def lost_updates(v: ConfigView) -> CheckResult:
         return _no_log(name)
     ev = Evidence()
     lost_fields: set[str] = set()
-    overwritten_unacknowledged = 0
+    lost_ops: set[str] = set()
+    overwritten_unacknowledged: set[str] = set()
     for rid, record in sorted(v.records.items()):
-        current: dict[str, tuple[Any, str | None]] = {f: (INITIAL_VALUE, None) for f in record["doc"]}
-        rows = v.log.get(rid, [])
-        for row in rows:
-            current[row["field"]] = (row["value"], row["op_id"])
+        latest: dict[str, tuple[Any, str | None]] = {f: (INITIAL_VALUE, None) for f in record["doc"]}
+        for row in v.log.get(rid, []):
+            latest[row["field"]] = (row["value"], row["op_id"])
             after = row["doc_after"]
-            for field, (value, op_id) in current.items():
+            for field, (value, op_id) in latest.items():
                 got = after.get(field)
-                if got == value:
+                if got == value or op_id is None:
                     continue
-                if op_id is not None and v.outcome(op_id) == OK:
-                    lost_fields.add(field)
-                    ev.add({"op_id": op_id, "field": field, "record": rid, "lost_value": value,
-                            "overwritten_by": row["op_id"], "overwriter_agent": row["agent"],
-                            "which_had_read_version": row["version_read"], "wrote_version": row["version_after"],
-                            "put_back": got, "put_back_from_op": v.who(got),
-                            "what": "acknowledged change overwritten by a writer that had read an older document"})
-                elif op_id is not None:
-                    overwritten_unacknowledged += 1
-                current[field] = (got, v.who(got))
+                if op_id in lost_ops or op_id in overwritten_unacknowledged:
+                    continue  # reported when it was first overwritten
+                if v.outcome(op_id) != OK:
+                    overwritten_unacknowledged.add(op_id)
+                    continue
+                lost_ops.add(op_id)
+                lost_fields.add(field)
+                ev.add({"op_id": op_id, "field": field, "record": rid, "lost_value": value,
+                        "overwritten_by": row["op_id"], "overwriter_agent": row["agent"],
+                        "which_had_read_version": row["version_read"], "wrote_version": row["version_after"],
+                        "put_back": got, "put_back_from_op": v.who(got),
+                        "what": "acknowledged change overwritten by a writer that had read an older document"})
         final_doc = record["doc"]
-        for field, (value, op_id) in current.items():
-            if final_doc.get(field) != value and op_id is not None and v.outcome(op_id) == OK:
+        for field, (value, op_id) in latest.items():
+            if op_id is None or op_id in lost_ops or v.outcome(op_id) != OK:
+                continue
+            if final_doc.get(field) != value:
+                lost_ops.add(op_id)
                 lost_fields.add(field)
                 ev.add({"op_id": op_id, "field": field, "record": rid, "lost_value": value,
                         "overwritten_by": None, "found": final_doc.get(field),
@@ -243,7 +248,7 @@ def lost_updates(v: ConfigView) -> CheckResult:
             ev.add({"op_id": op_id, "field": op["args"]["field"], "record": op["args"]["record"],
                     "what": "acknowledged (ok) but never committed: no log row"})
     counts = {"writes_logged": len(v.rows), "lost_updates": ev.total, "lost_fields": sorted(lost_fields),
-              "unacknowledged_overwritten": overwritten_unacknowledged}
+              "unacknowledged_overwritten": len(overwritten_unacknowledged)}
     if ev:
         return result(name, False, counts, ev, f"{ev.total} acknowledged change(s) lost; fields: "
                       f"{', '.join(sorted(lost_fields))}")

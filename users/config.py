@@ -73,22 +73,27 @@ class ConfigAgent(User):
         record = self.rng.randint(1, self.opts.records)
         value = f"{self.agent}#{self.round}"  # unique in the run: the checks trace every value to its op
         call = self.client.call(TOOL, self.strategy, {"record": record, "field": self.field, "value": value},
-                                lambda c: tool.update(c, record, value))
-        self._count(call)
+                                lambda c: self._update(tool, c, record, value))
+        self._count_outcome(call)
         if call.reason and call.reason.startswith("connection"):
             db.close_quietly(self.conn)
             self.conn = None
 
-    def _count(self, call: Call) -> None:
+    def _update(self, tool: ConfigTool, call: Call, record: int, value: str) -> Call:
+        try:
+            return tool.update(call, record, value)
+        finally:  # conflicts and backoff count even for a call cut short at stop (the history has them too)
+            attempts = call.attempts
+            if attempts.conflicts:
+                self.rt.bump("config_conflicts", attempts.conflicts)
+            if attempts.backoff_s:
+                self.rt.bump("config_backoff_ms", round(attempts.backoff_s * 1000.0))
+
+    def _count_outcome(self, call: Call) -> None:
         """The scenario's own live counters (the runtime's generic ones are summed over every scenario)."""
-        attempts = call.attempts
         if call.outcome == OK:
             self.rt.bump("config_writes")
-        if attempts.conflicts:
-            self.rt.bump("config_conflicts", attempts.conflicts)
-        if attempts.backoff_s:
-            self.rt.bump("config_backoff_ms", round(attempts.backoff_s * 1000.0))
-        if call.outcome == FAIL and call.reason == CONFLICT_EXHAUSTED:
+        elif call.outcome == FAIL and call.reason == CONFLICT_EXHAUSTED:
             self.rt.bump("config_conflict_exhausted")
         elif call.outcome == FAIL and call.reason == STALE_TIMESTAMP:
             self.rt.bump("config_stale_timestamp")
