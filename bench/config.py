@@ -5,6 +5,8 @@ record with as many fields as agents (every agent owns a different field, the se
 under the normal profile (agents think 0.5–1.5 s between calls) and under ``--profile stress`` (no
 think time). Figures per run, from the run's own verdict and history:
 
+* conflict rate after start — the same ratio over calls invoked after the first 2 s (all agents start
+  at once, so their first calls all collide): shown next to the gate's figure, never instead of it;
 * writes/s — ok writes whose ``complete_ts`` lies in the steady window (``bench.throughput.steady_window``);
 * conflict rate — version conflicts / attempts, exactly the SLA gate's figure (``checks.sla``), and
   conflicts per acknowledged write; P95 including retries; success after retries; conflict-exhausted.
@@ -53,22 +55,34 @@ def one_run(url: str, workdir: Path, *, strategy: str, agents: int, profile: str
     if not (run_dir / "checks.json").is_file():
         out["error"] = f"no verdict written (exit {child.returncode})"
         return out
+    out.update(figures_of(run_dir, duration=duration, profile=profile))
+    return out
+
+
+def figures_of(run_dir: Path, *, duration: int, profile: str) -> dict[str, Any]:
+    """The phase's figures from a finished run directory (its verdict and history)."""
     verdict = orjson.loads((run_dir / "checks.json").read_bytes())
     fig = verdict["figures"]["config"]
     ops = [op for op in read_history(run_dir).ops if op["tool"] == "update_config"]
     window = steady_window(ops, duration=duration, ramp=RAMP_S)
-    out.update({
+    # The same ratio over calls invoked after the first RAMP_S seconds: every agent starts at once and its
+    # first call meets all the others' first calls; shown next to the gate's whole-run figure, never instead.
+    t0 = min((op["invoke_ts"] for op in ops), default=0.0)
+    later = [op for op in ops if op["invoke_ts"] >= t0 + RAMP_S]
+    later_attempts = sum(int(op.get("attempts") or 0) for op in later)
+    later_conflicts = sum(sum(((op.get("result") or {}).get("retries") or {}).values()) for op in later)
+    return {
         "checks_valid": all(c["valid"] is True for c in verdict["checks"]),
         "writes_per_s": round(window["tps"], 1), "writes": fig["ok"], "attempts": fig["attempts"],
         "conflicts": fig["conflicts"], "conflict_rate": fig["conflict_rate"],
+        "conflict_rate_after_start": later_conflicts / later_attempts if later_attempts else None,
         "conflicts_per_write": fig.get("conflicts_per_write"), "retries_per_success": fig.get("retries_per_success"),
         "p95_ms": fig["p95_ms"], "success_rate": fig["success_rate"],
         "conflict_exhausted": fig.get("conflict_exhausted"), "backoff_s": fig.get("backoff_s"),
         "target_conflict_rate": TARGETS[profile],
         "conflict_target_met": fig["conflict_rate"] < TARGETS[profile],
         "gates_missed": [f"{g['scope']}.{g['gate']}" for g in verdict["gates"] if not g["met"]],
-    })
-    return out
+    }
 
 
 def config_phase(args: argparse.Namespace, ts: str, report: dict[str, Any], say: Progress) -> None:
@@ -102,7 +116,7 @@ def config_phase(args: argparse.Namespace, ts: str, report: dict[str, Any], say:
 
 def render(rows: list[dict[str, Any]]) -> str:
     head = (f"{'profile':<7} {'agents':>6} {'strategy':<13} {'writes/s':>9} {'conflict rate':>13} {'target':>7} "
-            f"{'met':<4} {'confl/write':>11} {'p95 ms':>8} {'success':>8} {'exhausted':>9} checks")
+            f"{'met':<4} {'after start':>11} {'confl/write':>11} {'p95 ms':>8} {'success':>8} {'exhausted':>9} checks")
     lines = [head, "-" * len(head)]
     for r in rows:
         if "error" in r:
@@ -110,10 +124,15 @@ def render(rows: list[dict[str, Any]]) -> str:
             continue
         lines.append(f"{r['profile']:<7} {r['agents']:>6} {r['strategy']:<13} {r['writes_per_s']:>9.1f} "
                      f"{r['conflict_rate']:>13.1%} {r['target_conflict_rate']:>7.0%} "
-                     f"{'yes' if r['conflict_target_met'] else 'NO':<4} {r['conflicts_per_write']:>11.2f} "
+                     f"{'yes' if r['conflict_target_met'] else 'NO':<4} {_pct(r['conflict_rate_after_start']):>11} "
+                     f"{r['conflicts_per_write']:>11.2f} "
                      f"{r['p95_ms']:>8.1f} {r['success_rate']:>8.2%} {r['conflict_exhausted']:>9} "
                      f"{'valid' if r['checks_valid'] else 'NOT VALID'}")
     return "\n".join(lines)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
