@@ -15,7 +15,7 @@ import pytest
 from tests.conftest import ROOT, LocustRun, run_locust
 
 LOCUSTFILE = "locustfiles/config.py"
-HOT = ["-u", "15", "-r", "15", "--profile", "stress", "-t", "3s"]
+HOT = ["-u", "15", "-r", "15", "--profile", "stress", "-t", "2s"]
 
 
 def run(args: list[str], database_url: str | None, tmp_path: Path) -> LocustRun:
