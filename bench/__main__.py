@@ -25,6 +25,7 @@ from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 from bench import Progress
+from bench import config as config_bench
 from bench.cpu import machine_busy_s
 from bench.throughput import (
     ROOT,
@@ -104,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="timed repetitions of evaluate() and check_all(); the median counts (default 3)")
     parser.add_argument("--keep-synthetic", action="store_true",
                         help="keep the synthetic run directory under reports/bench-<ts>/ (for profiling)")
+    parser.add_argument("--skip-config", action="store_true", help="skip the config phase (bench/config.py)")
+    config_bench.add_arguments(parser)
     return parser
 
 
@@ -496,6 +499,8 @@ def main(argv: list[str] | None = None) -> int:
             distributed_phase(args, ts, report, say)
         if not args.skip_checker:
             checker_phase(args, ts, report, say)
+        if not args.skip_config:
+            config_bench.config_phase(args, ts, report, say)
     except KeyboardInterrupt:
         report["interrupted"] = True
         say("interrupted: servers and child processes stopped; writing a partial report")
