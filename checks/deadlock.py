@@ -167,16 +167,15 @@ def counters(v: DeadlockView) -> CheckResult:
         return result(name, UNKNOWN, {}, None, "final state has no resources")
     expected: dict[str, int] = defaultdict(int)
     rows: dict[str, int] = defaultdict(int)
-    for op_id, wrote in v.writes.items():
+    for wrote in v.writes.values():
         for res in wrote:
             rows[res] += 1
     doubt: dict[str, int] = defaultdict(int)
     for op_id, op in v.ops.items():
         args = op["args"]
         for res in (args["first"], args["second"]):
-            if op["outcome"] == OK:
-                expected[res] += 1
-            elif op["outcome"] != FAIL and res in v.writes.get(op_id, ()):
+            applied_in_doubt = op["outcome"] != FAIL and res in v.writes.get(op_id, ())
+            if op["outcome"] == OK or applied_in_doubt:
                 expected[res] += 1
     for op_id, wrote in v.writes.items():
         if op_id not in v.ops and v.from_incomplete_process(op_id):
@@ -381,8 +380,7 @@ def figures(ops: list[Mapping[str, Any]], final: Mapping[str, Any]) -> dict[str,
         "planned_deadlock_retries": planned,
         "cycles": sum(1 for c in cycles if c["complete"]),
         "detection": detection(cycles),
-        "victims_by_priority": dict(sorted(
-            (str(p), n) for p, n in _count(int(vv["args"]["priority"]) for c in cycles for vv in c["victims"]).items())),
+        "victims_by_priority": _count(str(vv["args"]["priority"]) for c in cycles for vv in c["victims"]),
         "progress": progress(ops),
         "cascades": all_cascades,
         "cascade_recovery_max_s": max((c["recovery_s"] for c in measured), default=None),
@@ -392,11 +390,11 @@ def figures(ops: list[Mapping[str, Any]], final: Mapping[str, Any]) -> dict[str,
     }
 
 
-def _count(values: Iterable[int]) -> dict[int, int]:
-    out: dict[int, int] = defaultdict(int)
+def _count(values: Iterable[str]) -> dict[str, int]:
+    out: dict[str, int] = defaultdict(int)
     for x in values:
         out[x] += 1
-    return out
+    return dict(sorted(out.items()))
 
 
 def _gate(scope: str, gate: str, value: Any, op: str, limit: float, empty_note: str) -> dict[str, Any]:
