@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -103,8 +103,11 @@ def check_all(ops: Iterable[Mapping[str, Any]], final: Mapping[str, Any],
               incomplete_processes: Iterable[str] = ()) -> list[CheckResult]:
     with gc_paused():
         view = DeadlockView(ops, final, incomplete_processes)
-        return [atomic_rounds(view), counters(view), no_open_transaction(view), victims(view),
-                server_deadlocks(view)]
+        out = [atomic_rounds(view), counters(view), no_open_transaction(view), victims(view),
+               server_deadlocks(view)]
+        if final.get("server_log") is not None:  # only when the server's log could be read
+            out.append(server_log(view, final["server_log"]))
+        return out
 
 
 # --- checks --------------------------------------------------------------------------------------------------
@@ -278,6 +281,45 @@ def server_deadlocks(v: DeadlockView) -> CheckResult:
     ev.add({"server_deadlocks": delta, "client_deadlocks": seen,
             "what": "the server's deadlock counter and the agents' 40P01 errors disagree"})
     return result(name, False, counts, ev, f"server counted {delta} deadlock(s), agents saw {seen}")
+
+
+def _victim_pids(ops: Iterable[Mapping[str, Any]], state: str) -> Counter[str]:
+    out: Counter[str] = Counter()
+    for op in ops:
+        pid = (op.get("args") or {}).get("backend_pid")
+        for t in _tries(op):
+            if t.get("sqlstate") == state:
+                out[str(pid)] += 1
+    return out
+
+
+def server_log(v: DeadlockView, log: Mapping[str, Any]) -> CheckResult:
+    """The server log's reports (``deadlock detected``, ``lock timeout``) name the backends of the agents'
+    victims, one report per victim error: none missing, none extra (beyond calls cut short by the stop)."""
+    name = "deadlock.server_log"
+    cut_short = sum(1 for op in v.ops.values() if op["outcome"] not in (OK, FAIL))
+    ev = Evidence()
+    missing = extra = 0
+    for state, key in ((DEADLOCK_STATE, "deadlock_victim_pids"), ("55P03", "lock_timeout_pids")):
+        seen = _victim_pids(v.ops.values(), state)
+        logged: Counter[str] = Counter({str(k): int(n) for k, n in (log.get(key) or {}).items()})
+        for pid, n in sorted((seen - logged).items()):
+            missing += n
+            ev.add({"backend_pid": pid, "sqlstate": state, "agent_errors": seen[pid], "log_reports": logged[pid],
+                    "what": "the agent saw the error but the server's log has no report of it"})
+        over = logged - seen
+        extra += sum(over.values())
+        if sum(over.values()) > cut_short:
+            for pid in sorted(over):
+                ev.add({"backend_pid": pid, "sqlstate": state, "agent_errors": seen[pid], "log_reports": logged[pid],
+                        "what": "the server's log reports a victim no agent saw"})
+    counts = {"deadlock_reports": log.get("deadlock_reports"), "lock_timeout_reports": log.get("lock_timeout_reports"),
+              "lock_wait_lines": log.get("lock_wait_lines"), "missing_in_log": missing, "extra_in_log": extra,
+              "calls_cut_short": cut_short}
+    if ev:
+        return result(name, False, counts, ev, f"server log and agents disagree: {missing} missing, {extra} extra")
+    return result(name, True, counts, ev, f"server log reports {log.get('deadlock_reports')} deadlock(s) and "
+                  f"{log.get('lock_timeout_reports')} lock timeout(s), matching the agents' victims by backend pid")
 
 
 # --- figures and gates ---------------------------------------------------------------------------------------

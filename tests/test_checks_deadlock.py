@@ -23,6 +23,7 @@ def op(seq: int, member: int, outcome: str = "ok", *, cycle: str = "p1:r1:g0", s
                             "first": f"{group}:r{member}", "second": f"{group}:r{(member + 1) % size}"}
     if cascade is not None:
         args["cascade"] = cascade
+    args["backend_pid"] = 100 + member
     result: dict[str, Any] = {"tries": tries if tries is not None else [{"t_first": T, "t_req": T + 0.01}]}
     retries = sum(1 for t in result["tries"] if t.get("sqlstate")) if outcome == "ok" else 0
     if retries:
@@ -235,3 +236,21 @@ def test_other_tools_are_ignored() -> None:
     other = {**op(9, 0), "tool": "deduct"}
     res = by_name([*ops, other], state(ops))
     assert res["deadlock.atomic_rounds"].counts["ops"] == 3
+
+
+def test_server_log_reports_match_the_victims_by_pid() -> None:
+    ops = cycle_ops()  # the victim is member 0, backend pid 100
+    log = {"deadlock_reports": 1, "deadlock_victim_pids": {"100": 1}, "lock_timeout_pids": {}}
+    res = by_name_with_log(ops, log)
+    assert res.valid is True and res.counts["missing_in_log"] == 0
+    wrong_pid = by_name_with_log(ops, {**log, "deadlock_victim_pids": {"102": 1}})
+    assert wrong_pid.valid is False and wrong_pid.counts["missing_in_log"] == 1
+    assert {e["backend_pid"] for e in wrong_pid.evidence} == {"100", "102"}
+    nothing_logged = by_name_with_log(ops, {"deadlock_reports": 0})
+    assert nothing_logged.valid is False and nothing_logged.evidence[0]["backend_pid"] == "100"
+    assert "deadlock.server_log" not in {r.name for r in cd.check_all(ops, state(ops))}  # log unreadable: no check
+
+
+def by_name_with_log(ops: list[dict[str, Any]], log: dict[str, Any]) -> Any:
+    got = {r.name: r for r in cd.check_all(ops, {**state(ops), "server_log": log})}
+    return got["deadlock.server_log"]

@@ -34,6 +34,8 @@ def test_three_way_cycles_pick_the_lowest_priority_victim(database_url: str, tmp
     assert 0 < fig["detection"]["p50_ms"] < fig["detection"]["max_ms"] + 1e-9
     assert fig["progress"]["agents"] == 12 and fig["progress"]["min_ok_rounds"] > 0
     assert fig["server_deadlocks"] >= fig["client_deadlocks"] >= victims["cycles_resolved"]
+    log = r.check("deadlock.server_log")  # the embedded server's log is readable: reports matched by pid
+    assert log["counts"]["deadlock_reports"] == fig["server_deadlocks"] and log["counts"]["missing_in_log"] == 0
     assert fig["conflict_rate_all"] > 0.2 and fig["conflict_rate"] < 0.05  # the planned victims are set apart
     gates = {g["gate"]: g for g in r.verdict["gates"]}
     assert gates["detection_p99_ms"]["met"] and gates["detection_p99_ms"]["figure"] > 0

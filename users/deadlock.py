@@ -121,7 +121,7 @@ class DeadlockAgent(User):
     def _call(self, first: str, second: str, cycle: str, args: dict[str, Any], between: Any) -> None:
         assert self.tool is not None
         tool = self.tool
-        args = {**args, "cycle": cycle, "first": first, "second": second}
+        args = {**args, "cycle": cycle, "first": first, "second": second, "backend_pid": self.conn.get_backend_pid()}
         call = self.client.call(dl.TOOL, self.strategy, args,
                                 lambda c: tool.lock_round(c, first, second, cycle=cycle, between=between))
         if call.reason and call.reason.startswith("connection"):

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -301,6 +302,10 @@ def reset(conn: Any, *, backend: Any = None, priority: str = "role_timeout", pri
         cur.execute("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()")
         cur.execute("INSERT INTO toolclash.deadlock_meta VALUES ('deadlocks_at_start', %s), ('started_at', %s)",
                     (str(cur.fetchone()[0]), str(time.time())))
+        log = _server_log(cur)
+        if log is not None:
+            cur.execute("INSERT INTO toolclash.deadlock_meta VALUES ('log_path', %s), ('log_offset', %s)",
+                        (log[0], str(log[1])))
         if priority == "role_timeout":
             cur.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
             if not cur.fetchone()[0]:
@@ -322,6 +327,52 @@ def reset(conn: Any, *, backend: Any = None, priority: str = "role_timeout", pri
                 raise SettingsError(f"--lock-timeout-ms {lock_timeout_ms} must be below the server's "
                                     f"deadlock_timeout ({server_ms} ms), or the server picks the victim")
     conn.commit()
+
+
+def _server_log(cur: Any) -> tuple[str, int] | None:
+    """(path, size) of the server's log if this session can read it: the embedded stack's ``postgres.log``
+    next to the data directory, read through ``pg_read_file`` (superuser). None otherwise."""
+    cur.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+    if not cur.fetchone()[0]:
+        return None
+    cur.execute("SELECT current_setting('logging_collector'), current_setting('data_directory')")
+    collector, data_dir = cur.fetchone()
+    if collector == "on":
+        return None
+    path = data_dir.rstrip("/").rsplit("/", 1)[0] + "/postgres.log"
+    cur.execute("SELECT size FROM pg_stat_file(%s, true)", (path,))
+    row = cur.fetchone()
+    return None if row is None or row[0] is None else (path, int(row[0]))
+
+
+_DEADLOCK_REPORT = re.compile(r"\[(\d+)\] ERROR:  deadlock detected")
+_LOCK_TIMEOUT_REPORT = re.compile(r"\[(\d+)\] ERROR:  canceling statement due to lock timeout")
+_LOG_CHUNK = 4 << 20
+
+
+def read_server_log(cur: Any, path: str, offset: int) -> dict[str, Any]:
+    """Deadlock and lock-timeout reports the server logged since *offset*, by victim backend pid."""
+    deadlocks: dict[str, int] = {}
+    timeouts: dict[str, int] = {}
+    waits = 0
+    cur.execute("SELECT size FROM pg_stat_file(%s, true)", (path,))
+    end = int((cur.fetchone() or [0])[0] or 0)
+    carry = ""
+    pos = offset
+    while pos < end:
+        n = min(_LOG_CHUNK, end - pos)
+        cur.execute("SELECT pg_read_binary_file(%s, %s, %s)", (path, pos, n))
+        text = carry + bytes(cur.fetchone()[0]).decode("utf-8", "replace")
+        pos += n
+        text, _, carry = text.rpartition("\n") if pos < end else (text, "", "")
+        for m in _DEADLOCK_REPORT.finditer(text):
+            deadlocks[m.group(1)] = deadlocks.get(m.group(1), 0) + 1
+        for m in _LOCK_TIMEOUT_REPORT.finditer(text):
+            timeouts[m.group(1)] = timeouts.get(m.group(1), 0) + 1
+        waits += text.count("still waiting for")
+    return {"path": path, "bytes": end - offset, "deadlock_reports": sum(deadlocks.values()),
+            "deadlock_victim_pids": deadlocks, "lock_timeout_reports": sum(timeouts.values()),
+            "lock_timeout_pids": timeouts, "lock_wait_lines": waits}
 
 
 class _Opts:
@@ -353,6 +404,8 @@ def snapshot(conn: Any, backend: Any = None) -> dict[str, Any]:
         cur.execute("SELECT pid, usename, application_name, state, EXTRACT(EPOCH FROM now() - xact_start)::float8 "
                     "FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND xact_start IS NOT NULL "
                     "AND application_name LIKE %s", (prefix.replace("_", r"\_") + "%",))
+        out["server_log"] = (read_server_log(cur, meta["log_path"], int(meta["log_offset"]))
+                             if "log_path" in meta else None)
         out["open_transactions"] = [dict(zip(("pid", "user", "application_name", "state", "xact_age_s"), r,
                                              strict=True)) for r in cur.fetchall()]
     conn.rollback()
