@@ -26,6 +26,8 @@ from urllib.parse import urlsplit
 
 from bench import Progress
 from bench.cpu import machine_busy_s
+from bench.deadlock import deadlock_phase
+from bench.deadlock import rows as deadlock_rows
 from bench.throughput import (
     ROOT,
     STRATEGY,
@@ -92,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--skip-floor", action="store_true",
                         help="skip the reference run of psycopg2 + gevent alone (no Locust, no toolclash)")
     parser.add_argument("--skip-checker", action="store_true", help="skip the checker-speed phase")
+    parser.add_argument("--skip-deadlock", action="store_true",
+                        help="skip the deadlock phase (detection time of 200 cycles, cascade recovery)")
     parser.add_argument("--ops", type=_positive_int, default=1_000_000, metavar="N",
                         help="operations in the synthetic history of the checker phase (default 1,000,000)")
     parser.add_argument("--checker-accounts", type=_positive_int, default=100, metavar="N",
@@ -357,6 +361,8 @@ def render(report: dict[str, Any]) -> str:
             ratio_row("  ratio to pgbench", f"locust_{label}_vs_pgbench", TARGET_RATIO)
             ratio_row("  ratio to the psycopg2+gevent floor", f"locust_{label}_vs_floor")
             per_round_rows(lambda rnd, lb=label: rnd["locust"].get(lb))
+    for dl_row in deadlock_rows(report.get("deadlock") or {}):
+        row(*dl_row)
     ck = report.get("checker")
     if ck:
         if "error" in ck:
@@ -408,11 +414,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.ramp >= args.duration:
         build_parser().error(f"--ramp ({args.ramp:g}) must be shorter than --duration ({args.duration})")
-    if args.skip_pgbench_ratio and args.skip_checker:
-        build_parser().error("--skip-pgbench-ratio and --skip-checker together leave nothing to measure")
+    if args.skip_pgbench_ratio and args.skip_checker and args.skip_deadlock:
+        build_parser().error("--skip-pgbench-ratio, --skip-checker and --skip-deadlock together leave nothing to "
+                             "measure")
     signal.signal(signal.SIGTERM, _raise_interrupt)
     load_phases = 0 if args.skip_pgbench_ratio else (3 if args.skip_floor else 4) * args.rounds
-    say = Progress(phases=load_phases + (0 if args.skip_checker else 1))
+    say = Progress(phases=load_phases + (0 if args.skip_checker else 1) + (0 if args.skip_deadlock else 1))
     ts = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     report: dict[str, Any] = {
         "bench": ts,
@@ -442,6 +449,9 @@ def main(argv: list[str] | None = None) -> int:
             throughput_phase(args, ts, report, say)
         if not args.skip_checker:
             checker_phase(args, ts, report, say)
+        if not args.skip_deadlock:
+            say.phase("deadlock: detection time of 200 three-way cycles, cascade recovery (50 agents)")
+            report["deadlock"] = deadlock_phase(ts, say)
     except KeyboardInterrupt:
         report["interrupted"] = True
         say("interrupted: servers and child processes stopped; writing a partial report")
@@ -459,7 +469,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"python -m bench: {report['error']}", file=sys.stderr)
         code = EXIT_FAILED
     tp_errors = (report.get("throughput") or {}).get("errors") or []
-    if code == EXIT_OK and (tp_errors or "error" in (report.get("checker") or {})):
+    dl_errors = [k for k, v in (report.get("deadlock") or {}).items() if isinstance(v, dict) and "error" in v]
+    if code == EXIT_OK and (tp_errors or dl_errors or "error" in (report.get("checker") or {})):
         code = EXIT_FAILED
     report["exit_code"] = code
     write_json(path, report)
