@@ -2,11 +2,13 @@
 
 The n-th agent of a process is member ``(n-1) % k`` of group ``(n-1) // k`` (k = cycle size) and
 has priority level = its member number (0 is the lowest: the intended victim). Every round the
-agents meet at a barrier (``rt.barrier``: every agent of the run, across workers), take their first
-lock, meet again, then ask for their second lock: each complete group forms its cycle.
+members of a group meet at the group's barrier (:class:`GroupBarrier`, per process: a group lives in
+one process), take their first lock, meet again, then ask for their second lock: the group's cycle
+forms. A group that is not complete yet (agents still spawning) runs its rounds without a cycle.
 
 Cascade mode: agents run rounds on private rows (no waits); every ``--cascade-every-s`` seconds all
-of them meet and form their cycles at once, then go back to private rows.
+of them meet at the run-wide barrier (``rt.barrier``, across workers: ``--sync-parties`` must then be
+the number of deadlock agents when other agents run too) and form their cycles at once.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import gevent.event
 from locust import User, task
 from locust.exception import StopUser
 
@@ -23,6 +26,66 @@ from toolclash.settings import Settings
 from toolclash.tools import deadlock as dl
 from users.client import ToolClient, ToolFailure
 from users.runtime import runtime
+
+
+class GroupBarrier:
+    """The rendezvous of one cycle group's members, reused round after round.
+
+    ``go``: released when every current member has arrived. ``locked``: released when every member
+    that the last ``go`` released has arrived (an agent that joins mid-round waits at the next ``go``).
+    A member that stops leaves, which may release the others.
+    """
+
+    def __init__(self) -> None:
+        self.members: set[str] = set()
+        self.in_round: set[str] = set()
+        self.round = 0
+        """Rounds released so far: members read it right after ``go`` to name their common round."""
+        self.arrived: dict[str, set[str]] = {"go": set(), "locked": set()}
+        self.events: dict[str, gevent.event.Event] = {"go": gevent.event.Event(), "locked": gevent.event.Event()}
+
+    def join(self, agent: str) -> None:
+        self.members.add(agent)
+
+    def leave(self, agent: str) -> None:
+        self.members.discard(agent)
+        self.in_round.discard(agent)
+        for phase in ("go", "locked"):
+            self.arrived[phase].discard(agent)
+            self._maybe_release(phase)
+
+    def _expected(self, phase: str) -> set[str]:
+        return self.members if phase == "go" else self.in_round & self.members
+
+    def _maybe_release(self, phase: str) -> None:
+        arrived = self.arrived[phase]
+        if arrived and arrived >= self._expected(phase):
+            if phase == "go":
+                self.in_round = set(arrived)
+                self.round += 1
+            event = self.events[phase]
+            self.events[phase], self.arrived[phase] = gevent.event.Event(), set()
+            event.set()
+
+    def wait(self, phase: str, agent: str, timeout: float) -> bool:
+        """Wait until the group is there; False on timeout (the agent goes on alone)."""
+        event = self.events[phase]
+        self.arrived[phase].add(agent)
+        self._maybe_release(phase)
+        if event.wait(timeout):
+            return True
+        self.arrived[phase].discard(agent)
+        return False
+
+
+_groups: dict[tuple[str, int], GroupBarrier] = {}
+"""This process's cycle groups, by (run id, group)."""
+
+
+def group_barrier(run_id: str, group: int) -> GroupBarrier:
+    for key in [k for k in _groups if k[0] != run_id]:  # a new run from the web UI: forget the old groups
+        del _groups[key]
+    return _groups.setdefault((run_id, group), GroupBarrier())
 
 
 class DeadlockAgent(User):
@@ -62,7 +125,9 @@ class DeadlockAgent(User):
         self.process = self.rt.process
         self.first, self.second = dl.cycle_resources(self.process, self.cycle_group, self.member, self.size)
         self.own = dl.own_resources(self.agent)
+        self.barrier = group_barrier(self.rt.run_id, self.cycle_group)
         self._connect()
+        self.barrier.join(self.agent)
 
     def _connect(self) -> bool:
         start = time.perf_counter()
@@ -88,8 +153,14 @@ class DeadlockAgent(User):
         assert self.t0 is not None
         return self.t0 + (self.cascades + 1) * self.opts.cascade_every_s
 
-    def _meet(self, name: str) -> None:
-        self.rt.barrier(name, self.settings.sync_timeout_s)
+    def _meet(self, name: str) -> bool:
+        """Cascade mode: the run-wide barrier; cycle mode: the group's (``name`` ends in its phase)."""
+        if self.opts.deadlock_mode == "cascade":
+            return self.rt.barrier(name, self.settings.sync_timeout_s)
+        if self.barrier.wait(name.rsplit("-", 1)[1], self.agent, self.settings.sync_timeout_s):
+            return True
+        self.rt.bump("deadlock_group_barrier_timeouts")
+        return False
 
     @task
     def lock_round(self) -> None:
@@ -97,26 +168,33 @@ class DeadlockAgent(User):
             return
         if self.opts.deadlock_mode == "cycle":
             self.round += 1
-            self._cycle_round(f"r{self.round}")
+            self._cycle_round()
             return
         if self.t0 is None:  # every agent starts its clock at the same instant
             self._meet("dl-start")
             self.t0 = time.monotonic()
         if time.monotonic() >= self._next_cascade_at():
             self.cascades += 1
-            self._cycle_round(f"c{self.cascades}", cascade=self.cascades)
+            self._cycle_round(cascade=self.cascades)
         else:
             self._call(self.own[0], self.own[1], f"{self.agent}:solo", {"kind": "solo"}, None)
 
-    def _cycle_round(self, label: str, cascade: int | None = None) -> None:
-        self._meet(f"dl-{label}-go")
+    def _cycle_round(self, cascade: int | None = None) -> None:
+        if cascade is not None:
+            label = f"c{cascade}"
+            self._meet(f"dl-{label}-go")
+        elif self._meet("dl-group-go"):
+            label = f"r{self.barrier.round}"  # the group's round: the same for every member it released
+        else:
+            label = f"x{self.round}-{self.agent}"  # went on alone: a cycle of one, never judged
         args = {"kind": "cycle", "round": label, "group": self.cycle_group, "member": self.member,
                 "priority": self.level, "size": self.size, "priority_mode": self.opts.priority,
                 "deadlock_timeout": self.session["deadlock_timeout"], "lock_timeout": self.session["lock_timeout"]}
         if cascade is not None:
             args["cascade"] = cascade
         cycle = f"{self.process}:{label}:g{self.cycle_group}"
-        self._call(self.first, self.second, cycle, args, lambda: self._meet(f"dl-{label}-locked"))
+        self._call(self.first, self.second, cycle, args,
+                   lambda: self._meet(f"dl-{label}-locked" if cascade is not None else "dl-group-locked"))
 
     def _call(self, first: str, second: str, cycle: str, args: dict[str, Any], between: Any) -> None:
         assert self.tool is not None
@@ -129,5 +207,7 @@ class DeadlockAgent(User):
             self.conn = None
 
     def on_stop(self) -> None:
+        if hasattr(self, "barrier"):
+            self.barrier.leave(self.agent)
         db.close_quietly(self.conn)
         self.conn = None

@@ -74,7 +74,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("gate_detection_ms", float, 500.0, "SLA gate: most p99 deadlock detection time (cycle complete → "
            "victim's error), in ms"),
     Option("gate_recovery_s", float, 2.0, "SLA gate: most time from a cascade's start until throughput is "
-           "back to 90 %% of its pre-cascade rate, in seconds"),
+           "back to 90 percent of its pre-cascade rate, in seconds"),
     Option("cascade_min_cycles", int, 20, "SLA gate: least simultaneous cycles in each measured cascade"),
 )
 
