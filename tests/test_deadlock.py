@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg2
 
 from tests.conftest import LOCUST, ROOT, run_locust
 
@@ -73,8 +76,29 @@ def test_without_priorities_the_victim_check_fails(database_url: str, tmp_path: 
     assert checks_of(r)["deadlock.atomic_rounds"] is True
 
 
+def plain_user_url(database_url: str) -> str:
+    """A login role without superuser, allowed to create the project's schema."""
+    parts = urlsplit(database_url)
+    conn = psycopg2.connect(database_url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_roles WHERE rolname = 'tc_plain'")
+            cur.execute(("ALTER" if cur.fetchone() else "CREATE") + " ROLE tc_plain LOGIN PASSWORD 'plain-pw'")
+            cur.execute(f"GRANT CREATE ON DATABASE {parts.path.lstrip('/')} TO tc_plain")
+        conn.commit()
+    finally:
+        conn.close()
+    return urlunsplit((parts.scheme, f"tc_plain:plain-pw@{parts.hostname}:{parts.port}", parts.path, "", ""))
+
+
 def test_lock_timeout_priorities_for_non_superusers(database_url: str, tmp_path: Path) -> None:
-    r = run([*CYCLES, "--priority", "lock_timeout"], database_url, tmp_path)
+    plain = plain_user_url(database_url)
+    refused = run_locust([*CYCLES, "--priority", "role_timeout"], reports=tmp_path, database_url=plain,
+                         locustfile=LOCUSTFILE, run_id="refused")
+    assert refused.code == 2, refused.output()
+    assert "needs a superuser" in refused.proc.stderr and "--priority lock_timeout" in refused.proc.stderr
+    assert "Traceback" not in refused.proc.stderr
+    r = run([*CYCLES, "--priority", "lock_timeout"], plain, tmp_path)
     assert r.code == 0, r.output()
     victims = r.check("deadlock.victims")["counts"]
     assert victims["cycles_resolved"] > 0 and victims["other_victim"] == 0

@@ -102,6 +102,7 @@ class DeadlockAgent(User):
         self.round = 0
         self.cascades = 0
         self.t0: float | None = None
+        self.aborted = False
 
     def wait_time(self) -> float:
         think = self.rng.uniform(self.settings.wait_min, self.settings.wait_max)
@@ -110,9 +111,11 @@ class DeadlockAgent(User):
         return think
 
     def on_start(self) -> None:
-        if self.rt.history is None or self.rt.settings is None:  # the run was aborted at test_start
-            raise StopUser
-        self.settings: Settings = self.rt.settings
+        settings = self.rt.settings
+        if self.rt.history is None or settings is None:  # the run was aborted at test_start
+            self.aborted = True  # StopUser here would be logged with a traceback by Locust; the task raises it
+            return
+        self.settings: Settings = settings
         self.opts = self.settings.options_of("deadlock")
         self.fault = self.settings.fault_for("deadlock")
         self.strategy = self.settings.strategy_for("deadlock")
@@ -164,6 +167,8 @@ class DeadlockAgent(User):
 
     @task
     def lock_round(self) -> None:
+        if self.aborted:
+            raise StopUser
         if (self.conn is None or self.conn.closed) and not self._connect():
             return
         if self.opts.deadlock_mode == "cycle":

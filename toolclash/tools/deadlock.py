@@ -67,8 +67,9 @@ OPTIONS: tuple[Option, ...] = (
            "any user) or none (known-bad: victim at random)", choices=PRIORITIES),
     Option("priority_timeouts_ms", str, "100,400,1000", "deadlock_timeout of priority levels 0 (lowest, the "
            "victim), 1, 2…, comma-separated, ascending (role_timeout)"),
-    Option("lock_timeout_ms", int, 50, "lock_timeout of the lowest priority level (lock_timeout priority); "
-           "must be below the server's deadlock_timeout"),
+    Option("lock_timeout_ms", int, 25, "lock_timeout of the lowest priority level (lock_timeout priority); "
+           "must be below the server's deadlock_timeout, the further below the surer (a member that asks late "
+           "can otherwise be picked by the server's own check)"),
     Option("cascade_every_s", float, 3.0, "cascade mode: seconds between cascades (the first comes after one "
            "period of steady load)"),
     Option("gate_detection_ms", float, 500.0, "SLA gate: most p99 deadlock detection time (cycle complete → "
@@ -292,7 +293,7 @@ def _server_deadlock_timeout_ms(cur: Any) -> int:
 
 
 def reset(conn: Any, *, backend: Any = None, priority: str = "role_timeout", priority_timeouts_ms: str = "100,400,1000",
-          lock_timeout_ms: int = 50, **_: Any) -> None:
+          lock_timeout_ms: int = 25, **_: Any) -> None:
     """Create the schema, empty it, record the server's deadlock counter; make the priority roles."""
     schema.apply(conn, NAME)
     with conn.cursor() as cur:
