@@ -1,6 +1,6 @@
 """Deadlock agents: groups of agents lock resources in a cycle, released together from barriers.
 
-The n-th agent of a process is member ``(n-1) % k`` of group ``(n-1) // k`` (k = cycle size) and
+The n-th deadlock agent of a process is member ``(n-1) % k`` of group ``(n-1) // k`` (k = cycle size) and
 has priority level = its member number (0 is the lowest: the intended victim). Every round the
 members of a group meet at the group's barrier (:class:`GroupBarrier`, per process: a group lives in
 one process), take their first lock, meet again, then ask for their second lock: the group's cycle
@@ -13,6 +13,7 @@ the number of deadlock agents when other agents run too) and form their cycles a
 
 from __future__ import annotations
 
+import itertools
 import time
 from typing import Any
 
@@ -80,6 +81,14 @@ class GroupBarrier:
 
 _groups: dict[tuple[str, int], GroupBarrier] = {}
 """This process's cycle groups, by (run id, group)."""
+_indexes: dict[str, itertools.count[int]] = {}
+"""Per run: the next deadlock agent's 1-based index in this process (other agent classes don't count)."""
+
+
+def next_index(run_id: str) -> int:
+    for key in [k for k in _indexes if k != run_id]:
+        del _indexes[key]
+    return next(_indexes.setdefault(run_id, itertools.count(1)))
 
 
 def group_barrier(run_id: str, group: int) -> GroupBarrier:
@@ -122,7 +131,7 @@ class DeadlockAgent(User):
         self.size = dl.cycle_size(self.opts)
         self.client = ToolClient(self.environment, self.rt, self.agent)
         self.rng = self.client.rng
-        index = int(self.agent.rsplit("-a", 1)[1])
+        index = next_index(self.rt.run_id)
         self.cycle_group, self.member = dl.member_of(index, self.size)
         self.level = self.member
         self.process = self.rt.process
