@@ -252,7 +252,9 @@ def victims(v: DeadlockView) -> CheckResult:
         return result(name, UNKNOWN, counts, ev, "no complete cycle was resolved: nothing to judge")
     if right / resolved < VICTIM_SHARE:
         return result(name, False, counts, ev, f"victim was the lowest priority in only {right}/{resolved} cycles")
-    return result(name, True, counts, ev, f"victim was the lowest priority in {right}/{resolved} cycles")
+    levels = ", ".join(f"level {p}: {n}" for p, n in sorted(by_priority.items()))
+    return result(name, True, counts, ev, f"victim was the lowest priority in {right}/{resolved} cycles "
+                  f"(victims by priority {levels})")
 
 
 def client_deadlocks(ops: Iterable[Mapping[str, Any]]) -> int:

@@ -129,3 +129,29 @@ def test_bad_priority_timeouts_is_one_line_exit_2(tmp_path: Path) -> None:
                           text=True, timeout=60, check=False)
     assert proc.returncode == 2, proc.stderr
     assert "--priority-timeouts-ms" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_group_barrier_releases_whole_groups_and_on_leave() -> None:
+    import gevent
+
+    from users.groups import GroupBarrier  # gevent only: importing Locust here would monkey-patch pytest
+
+    barrier = GroupBarrier()
+    for agent in ("a", "b", "c"):
+        barrier.join(agent)
+    got: dict[str, bool] = {}
+
+    def go(agent: str) -> None:
+        got[agent] = barrier.wait("go", agent, 5.0)
+
+    waiters = [gevent.spawn(go, a) for a in ("a", "b")]
+    gevent.sleep(0.01)
+    assert got == {}  # c has not arrived: nobody goes
+    barrier.leave("c")  # c stops: the group is a and b now
+    gevent.joinall(waiters, timeout=5)
+    assert got == {"a": True, "b": True} and barrier.round == 1 and barrier.in_round == {"a", "b"}
+    barrier.join("d")  # joins mid-round: 'locked' waits only for the members the last 'go' released
+    waiters = [gevent.spawn(lambda a=a: got.update({a + "-locked": barrier.wait("locked", a, 5.0)})) for a in "ab"]
+    gevent.joinall(waiters, timeout=5)
+    assert got["a-locked"] and got["b-locked"]
+    assert barrier.wait("go", "d", 0.01) is False  # the next round needs a and b too: d times out alone

@@ -2,7 +2,7 @@
 
 The n-th deadlock agent of a process is member ``(n-1) % k`` of group ``(n-1) // k`` (k = cycle size) and
 has priority level = its member number (0 is the lowest: the intended victim). Every round the
-members of a group meet at the group's barrier (:class:`GroupBarrier`, per process: a group lives in
+members of a group meet at the group's barrier (:class:`users.groups.GroupBarrier`, per process: a group lives in
 one process), take their first lock, meet again, then ask for their second lock: the group's cycle
 forms. A group that is not complete yet (agents still spawning) runs its rounds without a cycle.
 
@@ -13,11 +13,9 @@ the number of deadlock agents when other agents run too) and form their cycles a
 
 from __future__ import annotations
 
-import itertools
 import time
 from typing import Any
 
-import gevent.event
 from locust import User, task
 from locust.exception import StopUser
 
@@ -26,75 +24,8 @@ from toolclash.run import application_name
 from toolclash.settings import Settings
 from toolclash.tools import deadlock as dl
 from users.client import ToolClient, ToolFailure
+from users.groups import group_barrier, next_index
 from users.runtime import runtime
-
-
-class GroupBarrier:
-    """The rendezvous of one cycle group's members, reused round after round.
-
-    ``go``: released when every current member has arrived. ``locked``: released when every member
-    that the last ``go`` released has arrived (an agent that joins mid-round waits at the next ``go``).
-    A member that stops leaves, which may release the others.
-    """
-
-    def __init__(self) -> None:
-        self.members: set[str] = set()
-        self.in_round: set[str] = set()
-        self.round = 0
-        """Rounds released so far: members read it right after ``go`` to name their common round."""
-        self.arrived: dict[str, set[str]] = {"go": set(), "locked": set()}
-        self.events: dict[str, gevent.event.Event] = {"go": gevent.event.Event(), "locked": gevent.event.Event()}
-
-    def join(self, agent: str) -> None:
-        self.members.add(agent)
-
-    def leave(self, agent: str) -> None:
-        self.members.discard(agent)
-        self.in_round.discard(agent)
-        for phase in ("go", "locked"):
-            self.arrived[phase].discard(agent)
-            self._maybe_release(phase)
-
-    def _expected(self, phase: str) -> set[str]:
-        return self.members if phase == "go" else self.in_round & self.members
-
-    def _maybe_release(self, phase: str) -> None:
-        arrived = self.arrived[phase]
-        if arrived and arrived >= self._expected(phase):
-            if phase == "go":
-                self.in_round = set(arrived)
-                self.round += 1
-            event = self.events[phase]
-            self.events[phase], self.arrived[phase] = gevent.event.Event(), set()
-            event.set()
-
-    def wait(self, phase: str, agent: str, timeout: float) -> bool:
-        """Wait until the group is there; False on timeout (the agent goes on alone)."""
-        event = self.events[phase]
-        self.arrived[phase].add(agent)
-        self._maybe_release(phase)
-        if event.wait(timeout):
-            return True
-        self.arrived[phase].discard(agent)
-        return False
-
-
-_groups: dict[tuple[str, int], GroupBarrier] = {}
-"""This process's cycle groups, by (run id, group)."""
-_indexes: dict[str, itertools.count[int]] = {}
-"""Per run: the next deadlock agent's 1-based index in this process (other agent classes don't count)."""
-
-
-def next_index(run_id: str) -> int:
-    for key in [k for k in _indexes if k != run_id]:
-        del _indexes[key]
-    return next(_indexes.setdefault(run_id, itertools.count(1)))
-
-
-def group_barrier(run_id: str, group: int) -> GroupBarrier:
-    for key in [k for k in _groups if k[0] != run_id]:  # a new run from the web UI: forget the old groups
-        del _groups[key]
-    return _groups.setdefault((run_id, group), GroupBarrier())
 
 
 class DeadlockAgent(User):
