@@ -450,12 +450,15 @@ def _gate(scope: str, gate: str, value: Any, op: str, limit: float, empty_note: 
 
 
 def gates(ops: list[Mapping[str, Any]], final: Mapping[str, Any], settings: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Detection p99 < --gate-detection-ms; no starved agent; in cascade mode recovery and cascade size."""
+    """Detection p99 < --gate-detection-ms; no starved agent; longest call < --gate-max-wait-ms; in cascade
+    mode recovery and cascade size."""
     fig = figures(ops, final)
     out = [
         _gate("deadlock", "detection_p99_ms", fig["detection"]["p99_ms"], "<",
               float(settings.get("gate_detection_ms", 500.0)), "no cycle was resolved"),
         _gate("deadlock", "starved_agents", fig["progress"]["starved_agents"], "<", 1, "no agent ran"),
+        _gate("deadlock", "max_wait_ms", fig["progress"]["max_wait_ms"], "<",
+              float(settings.get("gate_max_wait_ms", 5000.0)), "no call completed"),
     ]
     if any((op.get("args") or {}).get("cascade") is not None for op in ops if op["tool"] == TOOL):
         out.append(_gate("deadlock", "cascade_recovery_s", fig["cascade_recovery_max_s"], "<",

@@ -254,3 +254,13 @@ def test_server_log_reports_match_the_victims_by_pid() -> None:
 def by_name_with_log(ops: list[dict[str, Any]], log: dict[str, Any]) -> Any:
     got = {r.name: r for r in cd.check_all(ops, {**state(ops), "server_log": log})}
     return got["deadlock.server_log"]
+
+
+def test_longest_wait_is_reported_and_gated() -> None:
+    ops = cycle_ops()
+    ops[2]["complete_ts"] = T + 6.0  # member 2 waited 6 s for its round
+    fig = cd.figures(ops, state(ops))["progress"]
+    assert fig["max_wait_agent"] == "p1-a3" and math.isclose(fig["max_wait_ms"], 6000.0)
+    gates = {g["gate"]: g for g in cd.gates(ops, state(ops), {"gate_max_wait_ms": 5000.0})}
+    assert gates["max_wait_ms"]["met"] is False
+    assert {g["gate"]: g["met"] for g in cd.gates(cycle_ops(), state(ops), {})}["max_wait_ms"] is True
