@@ -27,6 +27,8 @@ from urllib.parse import urlsplit
 from bench import Progress
 from bench import config as config_bench
 from bench.cpu import machine_busy_s
+from bench.deadlock import deadlock_phase
+from bench.deadlock import rows as deadlock_rows
 from bench.throughput import (
     ROOT,
     STRATEGY,
@@ -45,6 +47,8 @@ TARGET_RATIO = 0.8
 TARGET_CHECKER_OPS = 200_000
 INITIAL_BALANCE = 10**12
 EXPECTED_LOCUST_CODES = (0, 4)
+SKIP_FLAGS = ("skip_pgbench_ratio", "skip_checker", "skip_distributed", "skip_config", "skip_deadlock")
+"""Every phase's skip flag: skipping all of them leaves nothing to measure."""
 OTHER_LOAD_WARN = 0.2
 """Cores busy outside client, server and softirq above which a phase is flagged."""
 
@@ -97,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="skip the distributed phase (one process vs master + 2 and + 4 workers)")
     parser.add_argument("--distributed-users", type=_positive_int, default=100, metavar="N",
                         help="agents of the distributed phase (default 100)")
+    parser.add_argument("--skip-deadlock", action="store_true",
+                        help="skip the deadlock phase (detection time of 200 cycles, cascade recovery)")
     parser.add_argument("--ops", type=_positive_int, default=1_000_000, metavar="N",
                         help="operations in the synthetic history of the checker phase (default 1,000,000)")
     parser.add_argument("--checker-accounts", type=_positive_int, default=100, metavar="N",
@@ -410,6 +416,8 @@ def render(report: dict[str, Any]) -> str:
             row("  ratio master + 2 workers to 1 process", _num(ds["ratio_p2_vs_p1"], ".2f") + "x")
             row("verdict delay after -t, 4 workers (s)", _num(ds["verdict_delay_p4_s"], ".2f"),
                 f"< {distributed_target()}", ds["verdict_delay_target_met"])
+    for dl_row in deadlock_rows(report.get("deadlock") or {}):
+        row(*dl_row)
     ck = report.get("checker")
     if ck:
         if "error" in ck:
@@ -461,13 +469,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.ramp >= args.duration:
         build_parser().error(f"--ramp ({args.ramp:g}) must be shorter than --duration ({args.duration})")
-    if args.skip_pgbench_ratio and args.skip_checker and args.skip_distributed:
-        build_parser().error("--skip-pgbench-ratio, --skip-checker and --skip-distributed together leave nothing "
-                             "to measure")
+    if all(getattr(args, flag) for flag in SKIP_FLAGS):
+        build_parser().error(", ".join("--" + f.replace("_", "-") for f in SKIP_FLAGS)
+                             + " together leave nothing to measure")
     signal.signal(signal.SIGTERM, _raise_interrupt)
     load_phases = 0 if args.skip_pgbench_ratio else (3 if args.skip_floor else 4) * args.rounds
     load_phases += 0 if args.skip_distributed else 3
-    say = Progress(phases=load_phases + (0 if args.skip_checker else 1))
+    say = Progress(phases=load_phases + (0 if args.skip_checker else 1) + (0 if args.skip_deadlock else 1))
     ts = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     report: dict[str, Any] = {
         "bench": ts,
@@ -501,6 +509,9 @@ def main(argv: list[str] | None = None) -> int:
             checker_phase(args, ts, report, say)
         if not args.skip_config:
             config_bench.config_phase(args, ts, report, say)
+        if not args.skip_deadlock:
+            say.phase("deadlock: detection time of 200 three-way cycles, cascade recovery (50 agents)")
+            report["deadlock"] = deadlock_phase(ts, say)
     except KeyboardInterrupt:
         report["interrupted"] = True
         say("interrupted: servers and child processes stopped; writing a partial report")
@@ -518,7 +529,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"python -m bench: {report['error']}", file=sys.stderr)
         code = EXIT_FAILED
     tp_errors = (report.get("throughput") or {}).get("errors") or []
-    if code == EXIT_OK and (tp_errors or "error" in (report.get("checker") or {})
+    dl_errors = [k for k, v in (report.get("deadlock") or {}).items() if isinstance(v, dict) and "error" in v]
+    if code == EXIT_OK and (tp_errors or dl_errors or "error" in (report.get("checker") or {})
                             or "error" in (report.get("distributed") or {})):
         code = EXIT_FAILED
     report["exit_code"] = code

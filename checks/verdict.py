@@ -34,6 +34,7 @@ CHECKS: dict[str, str] = {
     # BUSINESS_REJECTIONS (fail reasons that are correct answers, left out of the success rate).
     "credits": "checks.credits",
     "config": "checks.config",
+    "deadlock": "checks.deadlock",
 }
 
 GATE_DEFAULTS = {"gate_conflict_rate": 0.05, "gate_p95_ms": 2000.0, "gate_success_rate": 0.999,
@@ -102,6 +103,8 @@ def _evaluate(run_dir: str | Path) -> dict[str, Any]:
             limit = settings["stage_gate_conflict_low" if stage["users"] <= SMALL_STAGE else "stage_gate_conflict_high"]
             scope = f"{scenario}.stage{stage['stage']}({stage['users']})"
             stage_fig = sla.figures(stage_ops, rejections)
+            if final is not None and hasattr(module, "figures"):  # a scenario's own definitions hold per stage too
+                stage_fig.update(module.figures(stage_ops, final))
             figures[scope] = stage_fig
             gates.extend(sla.gates(stage_fig, {**settings, "gate_conflict_rate": limit}, scope))
     results.append(server_checks.sessions_closed(server))

@@ -23,6 +23,7 @@ SCENARIOS: dict[str, str] = {
     # scenario name -> tool module; one registry line per scenario (the contract is below)
     "credits": "toolclash.tools.credits",
     "config": "toolclash.tools.config",
+    "deadlock": "toolclash.tools.deadlock",
 }
 """A scenario's tool module declares:
 

@@ -1,0 +1,158 @@
+"""Deadlock agents: groups of agents lock resources in a cycle, released together from barriers.
+
+The n-th deadlock agent of a process is member ``(n-1) % k`` of group ``(n-1) // k`` (k = cycle size) and
+has priority level = its member number (0 is the lowest: the intended victim). Every round the
+members of a group meet at the group's barrier (:class:`users.groups.GroupBarrier`, per process: a group lives in
+one process), take their first lock, meet again, then ask for their second lock: the group's cycle
+forms. A group that is not complete yet (agents still spawning) runs its rounds without a cycle.
+
+Cascade mode: agents run rounds on private rows (no waits); every ``--cascade-every-s`` seconds all
+of them meet at the run-wide barrier (``rt.barrier``, across workers: ``--sync-parties`` must then be
+the number of deadlock agents when other agents run too) and form their cycles at once.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from locust import User, task
+from locust.exception import StopUser
+
+from toolclash import db
+from toolclash.run import application_name
+from toolclash.settings import Settings
+from toolclash.tools import deadlock as dl
+from users.client import ToolClient, ToolFailure
+from users.groups import group_barrier, next_index
+from users.runtime import runtime
+
+
+class DeadlockAgent(User):
+    """An AI agent that updates two shared resources per tool call, in an order that closes a cycle."""
+
+    abstract = False
+
+    def __init__(self, environment: Any) -> None:
+        super().__init__(environment)
+        self.rt = runtime()
+        self.agent = self.rt.next_agent()
+        self.conn: Any = None
+        self.tool: dl.DeadlockTool | None = None
+        self.round = 0
+        self.cascades = 0
+        self.t0: float | None = None
+        self.aborted = False
+
+    def wait_time(self) -> float:
+        think = self.rng.uniform(self.settings.wait_min, self.settings.wait_max)
+        if self.opts.deadlock_mode == "cascade" and self.t0 is not None:
+            return max(0.0, min(think, self._next_cascade_at() - time.monotonic()))
+        return think
+
+    def on_start(self) -> None:
+        settings = self.rt.settings
+        if self.rt.history is None or settings is None:  # the run was aborted at test_start
+            self.aborted = True  # StopUser here would be logged with a traceback by Locust; the task raises it
+            return
+        self.settings: Settings = settings
+        self.opts = self.settings.options_of("deadlock")
+        self.fault = self.settings.fault_for("deadlock")
+        self.strategy = self.settings.strategy_for("deadlock")
+        self.size = dl.cycle_size(self.opts)
+        self.client = ToolClient(self.environment, self.rt, self.agent)
+        self.rng = self.client.rng
+        index = next_index(self.rt.run_id)
+        self.cycle_group, self.member = dl.member_of(index, self.size)
+        self.level = self.member
+        self.process = self.rt.process
+        self.first, self.second = dl.cycle_resources(self.process, self.cycle_group, self.member, self.size)
+        self.own = dl.own_resources(self.agent)
+        self.barrier = group_barrier(self.rt.run_id, self.cycle_group)
+        self._connect()
+        self.barrier.join(self.agent)
+
+    def _connect(self) -> bool:
+        start = time.perf_counter()
+        url = dl.agent_url(self.rt.urls["DATABASE_URL"], self.level, self.opts.priority)
+        try:
+            self.conn = self.rt.track(db.connect(url, timeout=self.settings.connect_timeout_s,
+                                                 application_name=application_name(self.rt.run_id, self.agent)))
+            self.session = dl.prepare_session(self.conn, self.level, self.opts.priority, self.opts.lock_timeout_ms)
+            dl.ensure_resources(self.conn, [self.first, self.second, *self.own])
+        except (db.ConnectError, db.psycopg2.Error) as exc:  # counted as a failure; the next task tries again
+            db.close_quietly(self.conn)
+            self.conn = None
+            self.environment.events.request.fire(
+                request_type="connect", name="postgresql", response_time=(time.perf_counter() - start) * 1000.0,
+                response_length=0, exception=ToolFailure(str(exc).strip().splitlines()[0]),
+                context={"agent": self.agent})
+            return False
+        self.tool = dl.DeadlockTool(self.conn, agent=self.agent, priority=self.opts.priority, fault=self.fault,
+                                    rng=self.rng)
+        return True
+
+    def _next_cascade_at(self) -> float:
+        assert self.t0 is not None
+        return self.t0 + (self.cascades + 1) * self.opts.cascade_every_s
+
+    def _meet(self, name: str) -> bool:
+        """Cascade mode: the run-wide barrier; cycle mode: the group's (``name`` ends in its phase)."""
+        if self.opts.deadlock_mode == "cascade":
+            return self.rt.barrier(name, self.settings.sync_timeout_s)
+        if self.barrier.wait(name.rsplit("-", 1)[1], self.agent, self.settings.sync_timeout_s):
+            return True
+        self.rt.bump("deadlock_group_barrier_timeouts")
+        return False
+
+    @task
+    def lock_round(self) -> None:
+        if self.aborted:
+            raise StopUser
+        if (self.conn is None or self.conn.closed) and not self._connect():
+            return
+        if self.opts.deadlock_mode == "cycle":
+            self.round += 1
+            self._cycle_round()
+            return
+        if self.t0 is None:  # every agent starts its clock at the same instant
+            self._meet("dl-start")
+            self.t0 = time.monotonic()
+        if time.monotonic() >= self._next_cascade_at():
+            self.cascades += 1
+            self._cycle_round(cascade=self.cascades)
+        else:
+            self._call(self.own[0], self.own[1], f"{self.agent}:solo", {"kind": "solo"}, None)
+
+    def _cycle_round(self, cascade: int | None = None) -> None:
+        if cascade is not None:
+            label = f"c{cascade}"
+            self._meet(f"dl-{label}-go")
+        elif self._meet("dl-group-go"):
+            label = f"r{self.barrier.round}"  # the group's round: the same for every member it released
+        else:
+            label = f"x{self.round}-{self.agent}"  # went on alone: a cycle of one, never judged
+        args = {"kind": "cycle", "round": label, "group": self.cycle_group, "member": self.member,
+                "priority": self.level, "size": self.size, "priority_mode": self.opts.priority,
+                "deadlock_timeout": self.session["deadlock_timeout"], "lock_timeout": self.session["lock_timeout"]}
+        if cascade is not None:
+            args["cascade"] = cascade
+        cycle = f"{self.process}:{label}:g{self.cycle_group}"
+        self._call(self.first, self.second, cycle, args,
+                   lambda: self._meet(f"dl-{label}-locked" if cascade is not None else "dl-group-locked"))
+
+    def _call(self, first: str, second: str, cycle: str, args: dict[str, Any], between: Any) -> None:
+        assert self.tool is not None
+        tool = self.tool
+        args = {**args, "cycle": cycle, "first": first, "second": second, "backend_pid": self.conn.get_backend_pid()}
+        call = self.client.call(dl.TOOL, self.strategy, args,
+                                lambda c: tool.lock_round(c, first, second, cycle=cycle, between=between))
+        if call.reason and call.reason.startswith("connection"):
+            db.close_quietly(self.conn)
+            self.conn = None
+
+    def on_stop(self) -> None:
+        if hasattr(self, "barrier"):
+            self.barrier.leave(self.agent)
+        db.close_quietly(self.conn)
+        self.conn = None
