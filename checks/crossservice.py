@@ -235,6 +235,6 @@ def figures(ops: Iterable[Mapping[str, Any]], final: Mapping[str, Any]) -> dict[
     sagas = Counter(r["state"] for r in final.get("sagas", []))
     return {"analytics_lag_p95_ms": percentile(lags, 95), "analytics_lag_max_ms": lags[-1] if lags else None,
             "clickhouse_raw_rows": final.get("clickhouse_raw_rows"), "clickhouse_events": events,
-            "decisions_by": dict(by), "sagas_by_state": dict(sagas),
+            "decisions_by": dict(by), "sagas_by_state": dict(sagas), "relay": final.get("relay"),
             "saga_compensated_by_recovery": sum(1 for r in final.get("sagas", [])
                                                 if r["state"] == "compensated" and r["updated_by"] != "agent")}

@@ -29,8 +29,7 @@ from typing import Any, NoReturn
 
 import psycopg2
 
-from toolclash import schema
-from toolclash.tools.crossservice import AUTH_SCHEMA, GID_PREFIX, NAME, compensate, decide, finish_prepared, op_of_gid
+from toolclash.tools.crossservice import GID_PREFIX, compensate, decide, ensure_schemas, finish_prepared, op_of_gid
 
 
 def prepared(conn: Any) -> list[tuple[str, float]]:
@@ -134,8 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_database_url(url, var)
             conns.append(db.connect(url, application_name="toolclash:recover"))
         main_conn, auth_conn = conns
-        schema.apply(main_conn, NAME)
-        schema.apply(auth_conn, AUTH_SCHEMA)
+        ensure_schemas(main_conn, auth_conn)
         counts = recover(main_conn, auth_conn, min_age_s=args.min_age_s, sagas=not args.prepared_only)
         left = {"main": len(prepared(main_conn)), "auth": len(prepared(auth_conn))}
     except (SettingsError, db.ConnectError) as exc:

@@ -128,6 +128,19 @@ _REVOKE = ("INSERT INTO toolclash.xs_grants (op_id, agent, tool, granted, revoke
            "excluded.revoked_at)")
 
 
+def ensure_schemas(main: Any, auth: Any) -> None:
+    """Apply both schemas unless present. Not re-applied when present: ``CREATE INDEX IF NOT EXISTS`` takes a
+    SHARE lock first, which would wait forever behind the row locks of a transaction left prepared."""
+    for conn, name, probe in ((main, NAME, "toolclash.xs_local_grants"), (auth, AUTH_SCHEMA, "toolclash.xs_grants")):
+        with conn.cursor() as cur:
+            cur.execute("SELECT to_regclass(%s) IS NOT NULL", (probe,))
+            present = bool(cur.fetchone()[0])
+        if not conn.autocommit:
+            conn.rollback()
+        if not present:
+            schema.apply(conn, name)
+
+
 def _no_funds(cur: Any, agent: str) -> Reject:
     cur.execute("SELECT balance FROM toolclash.xs_accounts WHERE agent = %s", (agent,))
     row = cur.fetchone()
@@ -718,10 +731,9 @@ def reset(conn: Any, *, backend: Any, xs_agents: int, xs_initial_credits: int, *
     """Apply both schemas, resolve what earlier runs left in doubt (always), then empty and seed."""
     from toolclash.recover import recover
 
-    schema.apply(conn, NAME)
     auth = backend.pg("admin", "AUTH_DATABASE_URL")
     try:
-        schema.apply(auth, AUTH_SCHEMA)
+        ensure_schemas(conn, auth)
         recover(conn, auth, who="recovery-start")
         conn.autocommit = False
         auth.autocommit = False
@@ -764,6 +776,10 @@ def start(backend: Any, opts: Any, run_dir: Path | None, fault: str | None = Non
     return relay.start()
 
 
+_RELAY_COUNTS: dict[str, dict[str, int]] = {}
+"""What each run's relay did (by run id), written by :func:`finish` for :func:`snapshot` (master process)."""
+
+
 def finish(backend: Any, opts: Any, handle: Relay | None, deadline_s: float) -> None:
     """After the load: stop the relay, run full recovery (2PC and sagas), drain the outbox to ClickHouse."""
     if handle is None:
@@ -784,6 +800,7 @@ def finish(backend: Any, opts: Any, handle: Relay | None, deadline_s: float) -> 
         handle.counts["drained"] = int(handle.drain(deadline_s))
     finally:
         handle.close()
+        _RELAY_COUNTS[backend.run_id] = dict(handle.counts)
 
 
 def snapshot(conn: Any, backend: Any = None) -> dict[str, Any]:
@@ -814,6 +831,7 @@ def snapshot(conn: Any, backend: Any = None) -> dict[str, Any]:
     conn.rollback()
     if backend is None:
         return out
+    out["relay"] = _RELAY_COUNTS.pop(backend.run_id, None)
     auth = backend.pg("capture", "AUTH_DATABASE_URL")
     try:
         out["grants"] = rows(auth, "SELECT op_id, agent, tool, granted, revoked_at IS NOT NULL "
