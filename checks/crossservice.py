@@ -200,9 +200,9 @@ def analytics_exactly_once(v: View) -> CheckResult:
             if got_usage > want_usage or got_refund > want_refund or not pending:
                 ev.add({"op_id": op_id, "store": "clickhouse", "usage_events": got_usage, "expected_usage": want_usage,
                         "refund_events": got_refund, "expected_refund": want_refund,
-                        "what": "counted more than once" if got_usage > want_usage or got_refund > want_refund
-                        else ("missing" if got_usage < want_usage or got_refund < want_refund
-                              else "an event of an operation that did not happen")})
+                        "what": "an event of an operation that did not happen" if not want_usage
+                        else "counted more than once" if got_usage > want_usage or got_refund > want_refund
+                        else "missing"})
     spend_main: dict[str, int] = defaultdict(int)
     for r in v.debits.values():
         spend_main[r["agent"]] += int(r["cost"])
