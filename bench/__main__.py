@@ -98,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="accounts of the synthetic history (default 100)")
     parser.add_argument("--repeat", type=_positive_int, default=3, metavar="N",
                         help="timed repetitions of evaluate() and check_all(); the median counts (default 3)")
+    parser.add_argument("--skip-crossservice", action="store_true",
+                        help="skip the crossservice phase (2PC vs saga vs one database; recovery time)")
+    parser.add_argument("--xs-clients", type=_positive_int, default=25, metavar="N",
+                        help="agents of the crossservice phase (default 25)")
     parser.add_argument("--keep-synthetic", action="store_true",
                         help="keep the synthetic run directory under reports/bench-<ts>/ (for profiling)")
     return parser
@@ -412,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
         build_parser().error("--skip-pgbench-ratio and --skip-checker together leave nothing to measure")
     signal.signal(signal.SIGTERM, _raise_interrupt)
     load_phases = 0 if args.skip_pgbench_ratio else (3 if args.skip_floor else 4) * args.rounds
-    say = Progress(phases=load_phases + (0 if args.skip_checker else 1))
+    say = Progress(phases=load_phases + (0 if args.skip_checker else 1) + (0 if args.skip_crossservice else 1))
     ts = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     report: dict[str, Any] = {
         "bench": ts,
@@ -442,6 +446,10 @@ def main(argv: list[str] | None = None) -> int:
             throughput_phase(args, ts, report, say)
         if not args.skip_checker:
             checker_phase(args, ts, report, say)
+        if not args.skip_crossservice:
+            from bench.crossservice import phase as crossservice_phase
+
+            crossservice_phase(args, ts, report, say)
     except KeyboardInterrupt:
         report["interrupted"] = True
         say("interrupted: servers and child processes stopped; writing a partial report")
