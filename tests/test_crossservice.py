@@ -158,7 +158,7 @@ def test_relay_redelivers_and_clickhouse_deduplicates_by_event_id(xs: dict[str, 
 
 
 def test_2pc_with_coordinator_crashes_exits_0_after_recovery(xs: dict[str, str], tmp_path: Path) -> None:
-    run = run_locust([*LOAD, "-t", "4s", "--mode", "2pc", "--inject", "coordinator_crash", "--inject-rate", "0.2",
+    run = run_locust([*LOAD, "-t", "3s", "--mode", "2pc", "--inject", "coordinator_crash", "--inject-rate", "0.2",
                       "--relay-redeliver-rate", "0.3"],
                      reports=tmp_path, database_url=None, services=xs, locustfile=LOCUSTFILE)
     assert run.code == 0, run.output()
@@ -183,9 +183,19 @@ def test_saga_with_terminated_participant_compensates(xs: dict[str, str], tmp_pa
     assert run.check("crossservice.analytics")["valid"] is True
 
 
+def test_clickhouse_outage_backs_up_the_outbox_which_drains_after(xs: dict[str, str], tmp_path: Path) -> None:
+    run = run_locust([*LOAD, "-t", "2s", "--mode", "saga", "--inject", "clickhouse_outage", "--outage-after-s", "0.3",
+                      "--outage-s", "1.2"], reports=tmp_path, database_url=None, services=xs, locustfile=LOCUSTFILE)
+    assert run.code == 0, run.output()
+    fig = run.verdict["figures"]["crossservice"]
+    assert fig["relay"]["outages"] == 1 and fig["relay"]["errors"] > 0 and fig["relay"]["drained"] == 1, fig
+    assert fig["analytics_lag_max_ms"] >= 1000, fig  # events waited out the outage in the outbox
+    assert run.check("crossservice.analytics")["counts"]["events"] == fig["clickhouse_events"] > 0
+
+
 def test_no_recovery_leaves_in_doubt_transactions_and_the_cli_resolves_them(xs: dict[str, str],
                                                                             tmp_path: Path) -> None:
-    run = run_locust([*LOAD, "-t", "3s", "--mode", "2pc", "--inject", "coordinator_crash", "--inject-rate", "0.2",
+    run = run_locust([*LOAD, "-t", "2s", "--mode", "2pc", "--inject", "coordinator_crash", "--inject-rate", "0.2",
                       "--fault", "no_recovery"], reports=tmp_path, database_url=None, services=xs,
                      locustfile=LOCUSTFILE)
     assert run.code == 1, run.output()
@@ -228,7 +238,6 @@ def test_relay_without_dedup_double_counts_and_is_caught(xs: dict[str, str], tmp
 
 @pytest.mark.parametrize(("args", "env", "message"), [
     (["--mode", "3pc"], {}, "--mode"),
-    (["--inject-rate", "2"], {}, "--inject-rate"),
     ([], {"CLICKHOUSE_URL": "http://127.0.0.1:1/x"}, "CLICKHOUSE_URL"),
 ])
 def test_bad_input_is_one_line_and_exit_2(xs: dict[str, str], tmp_path: Path, args: list[str],

@@ -56,7 +56,7 @@ SERVICES = ("postgres", "auth_postgres", "clickhouse")
 STRATEGIES = ("2pc", "saga")
 DEFAULT_STRATEGY = "2pc"
 FAULTS = ("no_recovery", "skip_compensation", "relay_without_dedup")
-INJECTIONS = ("none", "coordinator_crash", "participant_terminate")
+INJECTIONS = ("none", "coordinator_crash", "participant_terminate", "clickhouse_outage")
 TOOL = "grant_tool_access"
 TOOL_NAMES = ("web_search", "code_exec", "sql_query", "browser", "email")
 AUTH_SCHEMA = "crossservice_auth"
@@ -71,12 +71,15 @@ OPTIONS: tuple[Option, ...] = (
     Option("mode", str, "", "cross-service mode: 2pc (two-phase commit) or saga (compensations); empty: "
            "--strategy, else 2pc", choices=("", *STRATEGIES)),
     Option("inject", str, "none", "failure injected into cross-service calls: coordinator_crash (connections "
-           "dropped between prepare and commit), participant_terminate (auth backend terminated between steps)",
-           choices=INJECTIONS),
+           "dropped between prepare and commit), participant_terminate (auth backend terminated between steps), "
+           "clickhouse_outage (analytics unavailable for --outage-s from --outage-after-s)", choices=INJECTIONS),
     Option("inject_rate", float, 0.1, "share of cross-service calls the --inject failure hits"),
     Option("xs_agents", int, 10, "cross-service: business agents (credit accounts) the calls charge"),
     Option("xs_initial_credits", int, 1_000_000, "cross-service: starting credits of every account"),
     Option("xs_cost_max", int, 10, "cross-service: largest cost of one call (credits; the smallest is 1)"),
+    Option("outage_after_s", float, 1.0, "cross-service: --inject clickhouse_outage starts this many seconds "
+           "after the run started"),
+    Option("outage_s", float, 2.0, "cross-service: how long the ClickHouse outage lasts, seconds"),
     Option("relay_interval_s", float, 0.1, "cross-service: pause of the outbox relay between batches, seconds"),
     Option("relay_redeliver_rate", float, 0.1, "cross-service: share of relay batches whose acknowledgement is "
            "lost after the ClickHouse insert (a relay crash): they are delivered again"),
@@ -96,6 +99,8 @@ def validate(opts: Any) -> None:
         raise SettingsError("--relay-redeliver-rate must be at least 0 and below 1")
     if opts.xs_agents <= 0 or opts.xs_cost_max <= 0 or opts.xs_initial_credits < 0:
         raise SettingsError("--xs-agents and --xs-cost-max must be greater than 0, --xs-initial-credits 0 or more")
+    if opts.outage_after_s < 0 or opts.outage_s <= 0:
+        raise SettingsError("--outage-after-s must be 0 or more and --outage-s greater than 0")
     if opts.relay_interval_s <= 0 or opts.recovery_min_age_s < 0:
         raise SettingsError("--relay-interval-s must be greater than 0 and --recovery-min-age-s 0 or more")
 
@@ -560,7 +565,7 @@ class Relay:
 
     def __init__(self, backend: Any, *, dedup: bool = True, redeliver_rate: float = 0.0, interval_s: float = 0.1,
                  recover_2pc: bool = True, min_age_s: float = 0.5, batch: int = 500,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, outage: tuple[float, float] | None = None) -> None:
         self.backend = backend
         self.dedup = dedup
         self.redeliver_rate = redeliver_rate
@@ -571,6 +576,10 @@ class Relay:
         self.rng = rng or random.Random()
         self.counts = {"relayed": 0, "deliveries": 0, "redelivered_batches": 0, "errors": 0, "recovered": 0}
         self.last_error = ""
+        self.outage = outage
+        """(start, length) in seconds after :meth:`start`: ClickHouse's table is detached meanwhile."""
+        self._outage_state = "before"
+        self._started_at = time.monotonic()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._main: Any = None
@@ -639,13 +648,41 @@ class Relay:
         main.rollback()
         return n
 
+    def _outage_tick(self) -> None:
+        """``--inject clickhouse_outage``: detach the analytics table for a while, then attach it again.
+
+        ClickHouse then answers every relay insert with an error (table unknown), as a stopped server
+        fails every insert: the outbox backs up and drains once the table is back."""
+        if self.outage is None or self._outage_state == "after":
+            return
+        elapsed = time.monotonic() - self._started_at
+        start, length = self.outage
+        if self._outage_state == "before" and elapsed >= start:
+            self._admin_ch("DETACH TABLE xs_usage")
+            self._outage_state, self.counts["outages"] = "during", 1
+        elif self._outage_state == "during" and elapsed >= start + length:
+            self.end_outage()
+
+    def end_outage(self) -> None:
+        if self._outage_state == "during":
+            self._admin_ch("ATTACH TABLE xs_usage")
+        self._outage_state = "after"
+
+    def _admin_ch(self, sql: str) -> None:
+        ch = clickhouse_client(self.backend.url("CLICKHOUSE_URL"), self.backend.connect_timeout_s)
+        try:
+            ch.execute(sql)
+        finally:
+            ch.disconnect()
+
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
+                self._outage_tick()
                 if self.recover_2pc:
                     self.recover_once(self.min_age_s)
-                while self.run_once() and not self._stop.is_set():
-                    pass
+                while self.run_once() >= self.batch and not self._stop.is_set():
+                    pass  # a full batch: more may be waiting
             except Exception as exc:  # noqa: BLE001 - keep relaying; the outbox keeps what was not moved
                 self._error(exc)
             self._stop.wait(self.interval_s)
@@ -663,6 +700,7 @@ class Relay:
         self._ch = None
 
     def start(self) -> Relay:
+        self._started_at = time.monotonic()
         self._thread = threading.Thread(target=self._loop, name="toolclash-relay", daemon=True)
         self._thread.start()
         return self
@@ -771,7 +809,8 @@ def start(backend: Any, opts: Any, run_dir: Path | None, fault: str | None = Non
     fault = fault if fault is not None else _fault_of(run_dir)
     relay = Relay(backend, dedup=fault != "relay_without_dedup", redeliver_rate=opts.relay_redeliver_rate,
                   interval_s=opts.relay_interval_s, recover_2pc=fault != "no_recovery",
-                  min_age_s=opts.recovery_min_age_s)
+                  min_age_s=opts.recovery_min_age_s,
+                  outage=(opts.outage_after_s, opts.outage_s) if opts.inject == "clickhouse_outage" else None)
     relay.fault = fault  # type: ignore[attr-defined]
     return relay.start()
 
@@ -786,6 +825,7 @@ def finish(backend: Any, opts: Any, handle: Relay | None, deadline_s: float) -> 
         return
     try:
         handle.stop()
+        handle.end_outage()
         if getattr(handle, "fault", "none") != "no_recovery":
             from toolclash.recover import recover
 
