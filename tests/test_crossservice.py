@@ -222,6 +222,10 @@ def test_skip_compensation_leaves_a_debit_and_is_caught(xs: dict[str, str], tmp_
     assert atomic["valid"] is False
     ev = atomic["evidence"][0]
     assert ev["op_id"] and ev["store"] == "main" and ev["main_debit"] and not ev["auth_grant"], ev
+    # the verdict is a function of the run directory alone: the same without any server
+    again = subprocess.run([sys.executable, "-m", "checks", "--run", str(run.run_dir)], cwd=ROOT,
+                           capture_output=True, text=True, check=False, timeout=60)
+    assert again.returncode == 1 and ev["op_id"] in again.stdout, again.stdout + again.stderr
 
 
 def test_relay_without_dedup_double_counts_and_is_caught(xs: dict[str, str], tmp_path: Path) -> None:
@@ -247,3 +251,10 @@ def test_bad_input_is_one_line_and_exit_2(xs: dict[str, str], tmp_path: Path, ar
     assert run.code == 2, run.output()
     lines = [line for line in run.proc.stderr.splitlines() if line.strip()]
     assert any(message in line for line in lines) and "Traceback" not in run.proc.stderr, run.output()
+
+
+def test_recover_cli_without_urls_is_one_line_and_exit_2() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "AUTH_DATABASE_URL")}
+    cli = subprocess.run([sys.executable, "-m", "toolclash.recover"], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=60, check=False)
+    assert cli.returncode == 2 and cli.stderr.count("\n") == 1 and "DATABASE_URL is not set" in cli.stderr, cli

@@ -789,6 +789,8 @@ def reset(conn: Any, *, backend: Any, xs_agents: int, xs_initial_credits: int, *
     conn.commit()
     ch = clickhouse_client(backend.url("CLICKHOUSE_URL"), backend.connect_timeout_s)
     try:
+        with contextlib.suppress(Exception):  # a run that died during --inject clickhouse_outage left it detached
+            ch.execute("ATTACH TABLE xs_usage")
         ch.execute("DROP TABLE IF EXISTS xs_usage")
         ch.execute(_CH_TABLE)
     finally:
