@@ -193,6 +193,20 @@ def test_clickhouse_outage_backs_up_the_outbox_which_drains_after(xs: dict[str, 
     assert run.check("crossservice.analytics")["counts"]["events"] == fig["clickhouse_events"] > 0
 
 
+def test_saga_survives_the_auth_server_stopped_immediately_and_started(xs: dict[str, str], tmp_path: Path) -> None:
+    """pg_ctl stop -m immediate of the auth server mid-run, then start: calls in flight fail or complete as a whole
+    (sagas compensate once auth is back), agents reconnect, and acknowledged grants survive the crash."""
+    run = run_locust([*LOAD, "-t", "3s", "--mode", "saga", "--inject", "auth_restart", "--outage-after-s", "0.5",
+                      "--outage-s", "1"], reports=tmp_path, database_url=None, services=xs, locustfile=LOCUSTFILE)
+    assert run.code == 0, run.output()
+    fig = run.verdict["figures"]["crossservice"]
+    assert fig["relay"]["outages"] == 1, fig
+    atomic = run.check("crossservice.atomic")["counts"]
+    assert atomic.get("ok_committed", 0) > 0 and atomic.get("ok_partial", 0) == 0, atomic
+    assert atomic.get("fail_compensated", 0) > 0, atomic  # calls caught by the stop were undone, not left half
+    assert _prepared_counts(xs) == (0, 0)  # the auth server is back and answers
+
+
 def test_no_recovery_leaves_in_doubt_transactions_and_the_cli_resolves_them(xs: dict[str, str],
                                                                             tmp_path: Path) -> None:
     run = run_locust([*LOAD, "-t", "2s", "--mode", "2pc", "--inject", "coordinator_crash", "--inject-rate", "0.2",

@@ -46,7 +46,7 @@ import psycopg2
 import psycopg2.errorcodes
 
 from toolclash import schema
-from toolclash.db import classify, close_quietly
+from toolclash.db import ConnectError, classify, close_quietly
 from toolclash.history import FAIL, OK, UNKNOWN
 from toolclash.settings import Option, SettingsError
 from toolclash.tools import Call, Reject, transact
@@ -56,7 +56,7 @@ SERVICES = ("postgres", "auth_postgres", "clickhouse")
 STRATEGIES = ("2pc", "saga")
 DEFAULT_STRATEGY = "2pc"
 FAULTS = ("no_recovery", "skip_compensation", "relay_without_dedup")
-INJECTIONS = ("none", "coordinator_crash", "participant_terminate", "clickhouse_outage")
+INJECTIONS = ("none", "coordinator_crash", "participant_terminate", "clickhouse_outage", "auth_restart")
 TOOL = "grant_tool_access"
 TOOL_NAMES = ("web_search", "code_exec", "sql_query", "browser", "email")
 AUTH_SCHEMA = "crossservice_auth"
@@ -72,14 +72,16 @@ OPTIONS: tuple[Option, ...] = (
            "--strategy, else 2pc", choices=("", *STRATEGIES)),
     Option("inject", str, "none", "failure injected into cross-service calls: coordinator_crash (connections "
            "dropped between prepare and commit), participant_terminate (auth backend terminated between steps), "
-           "clickhouse_outage (analytics unavailable for --outage-s from --outage-after-s)", choices=INJECTIONS),
+           "clickhouse_outage (analytics unavailable for --outage-s from --outage-after-s), auth_restart (the "
+           "embedded auth server stopped with pg_ctl -m immediate for --outage-s, then started)", choices=INJECTIONS),
     Option("inject_rate", float, 0.1, "share of cross-service calls the --inject failure hits"),
     Option("xs_agents", int, 10, "cross-service: business agents (credit accounts) the calls charge"),
     Option("xs_initial_credits", int, 1_000_000, "cross-service: starting credits of every account"),
     Option("xs_cost_max", int, 10, "cross-service: largest cost of one call (credits; the smallest is 1)"),
-    Option("outage_after_s", float, 1.0, "cross-service: --inject clickhouse_outage starts this many seconds "
-           "after the run started"),
-    Option("outage_s", float, 2.0, "cross-service: how long the ClickHouse outage lasts, seconds"),
+    Option("outage_after_s", float, 1.0, "cross-service: --inject clickhouse_outage or auth_restart starts this "
+           "many seconds after the run started"),
+    Option("outage_s", float, 2.0, "cross-service: how long the ClickHouse outage or the auth server's stop lasts, "
+           "seconds"),
     Option("relay_interval_s", float, 0.1, "cross-service: pause of the outbox relay between batches, seconds"),
     Option("relay_redeliver_rate", float, 0.1, "cross-service: share of relay batches whose acknowledgement is "
            "lost after the ClickHouse insert (a relay crash): they are delivered again"),
@@ -252,6 +254,11 @@ class CrossServiceTool:
         conn.autocommit = True
         with conn.cursor() as cur:  # a lock held by a transaction left in doubt must not hang the agent
             cur.execute("SET lock_timeout = %s", (f"{int(LOCK_TIMEOUT_S * 1000)}ms",))
+            # each local commit of a saga (and the single-database baseline) must survive a server crash once
+            # acknowledged; with the embedded servers' synchronous_commit=off, a pg_ctl stop -m immediate of auth
+            # lost acknowledged grants (caught by crossservice.atomic). 2PC's PREPARE and COMMIT PREPARED are
+            # flushed whatever this says.
+            cur.execute("SET synchronous_commit = on")
         conn.autocommit = self.mode == "2pc"
         setattr(self, which, conn)
         return conn
@@ -385,8 +392,15 @@ class CrossServiceTool:
             if call.phase == "decide":  # the decision may or may not be durable
                 return call.finish(UNKNOWN, f"{kind.kind}-during-decision", kind.error_class)
             self._abort(op, prepared)  # no commit decision was written: this operation never commits
-            reason = INJECTED if terminate else ("connection-lost" if kind.kind == "connection" else kind.kind)
+            reason = self._why(terminate, kind.kind)
             return call.finish(FAIL, reason, kind.error_class, failed_in=call.phase)
+
+    def _why(self, terminated: bool, kind: str) -> str:
+        """Fail reason: ``injected-fault`` when an injection caused it (a participant terminated, or a lost
+        connection while ``--inject auth_restart`` stops servers), else what the error was."""
+        if terminated or (kind == "connection" and self.inject == "auth_restart"):
+            return INJECTED
+        return "connection-lost" if kind == "connection" else kind
 
     def _lost(self, exc: BaseException) -> None:
         """Forget connections an error left unusable."""
@@ -458,7 +472,7 @@ class CrossServiceTool:
             else:
                 with contextlib.suppress(psycopg2.Error):
                     self.auth.rollback()
-            why = INJECTED if terminate else ("connection-lost" if kind.kind == "connection" else kind.kind)
+            why = self._why(terminate, kind.kind)
             return self._compensate(call, why, kind.error_class)
         call.phase = "saga-done"
         try:
@@ -493,7 +507,7 @@ class CrossServiceTool:
                 self._bump("compensations")
                 return call.finish(FAIL, why, error_class, compensated=state == "compensated",
                                    compensation_tries=tries)
-            except psycopg2.Error:
+            except (psycopg2.Error, ConnectError):  # e.g. the auth server is down: retried until the deadline
                 for which in ("main", "auth"):
                     conn = getattr(self, which)
                     if conn is None or conn.closed:
@@ -565,7 +579,8 @@ class Relay:
 
     def __init__(self, backend: Any, *, dedup: bool = True, redeliver_rate: float = 0.0, interval_s: float = 0.1,
                  recover_2pc: bool = True, min_age_s: float = 0.5, batch: int = 500,
-                 rng: random.Random | None = None, outage: tuple[float, float] | None = None) -> None:
+                 rng: random.Random | None = None, outage: tuple[float, float] | None = None,
+                 auth_server: AuthServerControl | None = None) -> None:
         self.backend = backend
         self.dedup = dedup
         self.redeliver_rate = redeliver_rate
@@ -577,7 +592,9 @@ class Relay:
         self.counts = {"relayed": 0, "deliveries": 0, "redelivered_batches": 0, "errors": 0, "recovered": 0}
         self.last_error = ""
         self.outage = outage
-        """(start, length) in seconds after :meth:`start`: ClickHouse's table is detached meanwhile."""
+        """(start, length) in seconds after :meth:`start`: ClickHouse's table is detached meanwhile (or, with
+        *auth_server*, the auth server is stopped)."""
+        self.auth_server = auth_server
         self._outage_state = "before"
         self._started_at = time.monotonic()
         self._stop = threading.Event()
@@ -658,14 +675,20 @@ class Relay:
         elapsed = time.monotonic() - self._started_at
         start, length = self.outage
         if self._outage_state == "before" and elapsed >= start:
-            self._admin_ch("DETACH TABLE xs_usage")
             self._outage_state, self.counts["outages"] = "during", 1
+            if self.auth_server is not None:
+                self.auth_server.stop()
+            else:
+                self._admin_ch("DETACH TABLE xs_usage")
         elif self._outage_state == "during" and elapsed >= start + length:
             self.end_outage()
 
     def end_outage(self) -> None:
         if self._outage_state == "during":
-            self._admin_ch("ATTACH TABLE xs_usage")
+            if self.auth_server is not None:
+                self.auth_server.start()
+            else:
+                self._admin_ch("ATTACH TABLE xs_usage")
         self._outage_state = "after"
 
     def _admin_ch(self, sql: str) -> None:
@@ -734,6 +757,55 @@ class Relay:
             if self._ch is not None:
                 self._ch.disconnect()
         self._main = self._auth = self._ch = None
+
+
+class AuthServerControl:
+    """Stop (``pg_ctl stop -m immediate``) and start the auth PostgreSQL server: only a local one this machine
+    runs (the embedded stack's), as the OS user that owns its data directory."""
+
+    def __init__(self, data_dir: Path, uid: int, gid: int) -> None:
+        self.data_dir, self.uid, self.gid = data_dir, uid, gid
+
+    @classmethod
+    def of(cls, backend: Any) -> AuthServerControl:
+        url = backend.url("AUTH_DATABASE_URL")
+        conn = backend.pg("admin", "AUTH_DATABASE_URL")
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SHOW data_directory")
+                data_dir = Path(str(cur.fetchone()[0]))
+        finally:
+            close_quietly(conn)
+        host = urlsplit(url).hostname
+        if host not in ("127.0.0.1", "localhost", "::1") or not (data_dir / "postmaster.pid").exists():
+            raise SettingsError("--inject auth_restart stops and starts the auth server with pg_ctl: it needs a "
+                                "local server (leave AUTH_DATABASE_URL unset to use the embedded one)")
+        st = data_dir.stat()
+        return cls(data_dir, st.st_uid, st.st_gid)
+
+    def _pg_ctl(self, *args: str) -> None:
+        import os
+        import subprocess
+
+        from toolclash.stack import find_pg_bindir
+
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        env["LC_ALL"] = "C"
+        extra: dict[str, Any] = {}
+        if os.geteuid() == 0 and self.uid != 0:
+            extra = {"user": self.uid, "group": self.gid, "extra_groups": []}
+        result = subprocess.run([str(find_pg_bindir() / "pg_ctl"), *args, "-D", str(self.data_dir), "-w", "-t", "60",
+                                 "-s"], capture_output=True, text=True, timeout=75, check=False, env=env,
+                                stdin=subprocess.DEVNULL, cwd=str(self.data_dir.parent), **extra)
+        if result.returncode != 0:
+            raise RuntimeError(f"pg_ctl {args[0]} failed: {(result.stderr or result.stdout).strip()[:200]}")
+
+    def stop(self) -> None:
+        self._pg_ctl("stop", "-m", "immediate")
+
+    def start(self) -> None:
+        log = self.data_dir.parent / "postgres.log"
+        self._pg_ctl("start", "-l", str(log if log.exists() else self.data_dir / "restart.log"))
 
 
 # ------------------------------------------------------------------------------------- run hooks
@@ -809,10 +881,12 @@ def _fault_of(run_dir: Path | None) -> str:
 def start(backend: Any, opts: Any, run_dir: Path | None, fault: str | None = None) -> Relay:
     """Start the outbox relay (with mid-run 2PC recovery unless the planted fault ``no_recovery``)."""
     fault = fault if fault is not None else _fault_of(run_dir)
+    auth_server = AuthServerControl.of(backend) if opts.inject == "auth_restart" else None
     relay = Relay(backend, dedup=fault != "relay_without_dedup", redeliver_rate=opts.relay_redeliver_rate,
                   interval_s=opts.relay_interval_s, recover_2pc=fault != "no_recovery",
                   min_age_s=opts.recovery_min_age_s,
-                  outage=(opts.outage_after_s, opts.outage_s) if opts.inject == "clickhouse_outage" else None)
+                  outage=(opts.outage_after_s, opts.outage_s) if opts.inject in ("clickhouse_outage", "auth_restart")
+                  else None, auth_server=auth_server)
     relay.fault = fault  # type: ignore[attr-defined]
     return relay.start()
 
