@@ -580,7 +580,7 @@ class Relay:
     def __init__(self, backend: Any, *, dedup: bool = True, redeliver_rate: float = 0.0, interval_s: float = 0.1,
                  recover_2pc: bool = True, min_age_s: float = 0.5, batch: int = 500,
                  rng: random.Random | None = None, outage: tuple[float, float] | None = None,
-                 auth_server: AuthServerControl | None = None) -> None:
+                 auth_server: AuthServerControl | None = None, fault: str = "none") -> None:
         self.backend = backend
         self.dedup = dedup
         self.redeliver_rate = redeliver_rate
@@ -595,6 +595,7 @@ class Relay:
         """(start, length) in seconds after :meth:`start`: ClickHouse's table is detached meanwhile (or, with
         *auth_server*, the auth server is stopped)."""
         self.auth_server = auth_server
+        self.fault = fault
         self._outage_state = "before"
         self._started_at = time.monotonic()
         self._stop = threading.Event()
@@ -886,8 +887,7 @@ def start(backend: Any, opts: Any, run_dir: Path | None, fault: str | None = Non
                   interval_s=opts.relay_interval_s, recover_2pc=fault != "no_recovery",
                   min_age_s=opts.recovery_min_age_s,
                   outage=(opts.outage_after_s, opts.outage_s) if opts.inject in ("clickhouse_outage", "auth_restart")
-                  else None, auth_server=auth_server)
-    relay.fault = fault  # type: ignore[attr-defined]
+                  else None, auth_server=auth_server, fault=fault)
     return relay.start()
 
 
@@ -902,7 +902,7 @@ def finish(backend: Any, opts: Any, handle: Relay | None, deadline_s: float) -> 
     try:
         handle.stop()
         handle.end_outage()
-        if getattr(handle, "fault", "none") != "no_recovery":
+        if handle.fault != "no_recovery":
             from toolclash.recover import recover
 
             main = backend.pg("recovery")
