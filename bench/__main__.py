@@ -47,7 +47,8 @@ TARGET_RATIO = 0.8
 TARGET_CHECKER_OPS = 200_000
 INITIAL_BALANCE = 10**12
 EXPECTED_LOCUST_CODES = (0, 4)
-SKIP_FLAGS = ("skip_pgbench_ratio", "skip_checker", "skip_distributed", "skip_config", "skip_deadlock")
+SKIP_FLAGS = ("skip_pgbench_ratio", "skip_checker", "skip_distributed", "skip_config", "skip_deadlock",
+              "skip_crossservice")
 """Every phase's skip flag: skipping all of them leaves nothing to measure."""
 OTHER_LOAD_WARN = 0.2
 """Cores busy outside client, server and softirq above which a phase is flagged."""
@@ -109,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="accounts of the synthetic history (default 100)")
     parser.add_argument("--repeat", type=_positive_int, default=3, metavar="N",
                         help="timed repetitions of evaluate() and check_all(); the median counts (default 3)")
+    parser.add_argument("--skip-crossservice", action="store_true",
+                        help="skip the crossservice phase (2PC vs saga vs one database; recovery time)")
+    parser.add_argument("--xs-clients", type=_positive_int, default=25, metavar="N",
+                        help="agents of the crossservice phase (default 25)")
     parser.add_argument("--keep-synthetic", action="store_true",
                         help="keep the synthetic run directory under reports/bench-<ts>/ (for profiling)")
     parser.add_argument("--skip-config", action="store_true", help="skip the config phase (bench/config.py)")
@@ -475,7 +480,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _raise_interrupt)
     load_phases = 0 if args.skip_pgbench_ratio else (3 if args.skip_floor else 4) * args.rounds
     load_phases += 0 if args.skip_distributed else 3
-    say = Progress(phases=load_phases + (0 if args.skip_checker else 1) + (0 if args.skip_deadlock else 1))
+    load_phases += sum(not getattr(args, flag) for flag in ("skip_checker", "skip_deadlock", "skip_crossservice"))
+    say = Progress(phases=load_phases)
     ts = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     report: dict[str, Any] = {
         "bench": ts,
@@ -512,6 +518,10 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_deadlock:
             say.phase("deadlock: detection time of 200 three-way cycles, cascade recovery (50 agents)")
             report["deadlock"] = deadlock_phase(ts, say)
+        if not args.skip_crossservice:
+            from bench.crossservice import phase as crossservice_phase
+
+            crossservice_phase(args, ts, report, say)
     except KeyboardInterrupt:
         report["interrupted"] = True
         say("interrupted: servers and child processes stopped; writing a partial report")

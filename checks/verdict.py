@@ -35,6 +35,7 @@ CHECKS: dict[str, str] = {
     "credits": "checks.credits",
     "config": "checks.config",
     "deadlock": "checks.deadlock",
+    "crossservice": "checks.crossservice",
 }
 
 GATE_DEFAULTS = {"gate_conflict_rate": 0.05, "gate_p95_ms": 2000.0, "gate_success_rate": 0.999,

@@ -297,3 +297,53 @@ def test_import_has_no_side_effects() -> None:
 )
 def test_mask_url(url: str, masked: str) -> None:
     assert mask_url(url) == masked
+
+
+# ------------------------------------------------------------------------------------------ ClickHouse
+
+
+def test_clickhouse_private_server_native_protocol_loopback_password_and_down() -> None:
+    from clickhouse_driver import Client
+    from clickhouse_driver.errors import Error as ClickHouseError
+
+    state_dir = private_dir()
+    s = Stack(state_dir, services=["clickhouse"])
+    try:
+        url = s.up(timeout=60)["CLICKHOUSE_URL"]
+        assert re.fullmatch(r"clickhouse://toolclash:[\w-]+@127\.0\.0\.1:\d+/toolclash", url)
+        info = s.status()["clickhouse"]
+        assert info["running"] is True and "***" in info["url"] and url.split(":")[2].split("@")[0] not in str(info)
+        client = Client.from_url(url)
+        try:
+            assert client.execute("SELECT version(), currentDatabase()") == [("18.16.1", "toolclash")]
+        finally:
+            client.disconnect()
+        # runs as an unprivileged user, with its data inside the state dir
+        uid = int(next(line for line in Path(f"/proc/{info['pid']}/status").read_text().splitlines()
+                       if line.startswith("Uid:")).split()[1])
+        assert uid != 0 or os.geteuid() != 0
+        assert (state_dir / "clickhouse" / "data").is_dir()
+        # both of its ports listen on 127.0.0.1 only; interserver replication is off (no third port)
+        ports = {int(info["settings"]["tcp_port"]), int(info["settings"]["http_port"])}
+        listeners = set()
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                address, port_hex = fields[1].split(":")
+                inode = fields[9]
+                if fields[3] == "0A" and os.path.exists(f"/proc/{info['pid']}/fd") and any(
+                        os.readlink(f"/proc/{info['pid']}/fd/{fd}") == f"socket:[{inode}]"
+                        for fd in os.listdir(f"/proc/{info['pid']}/fd")):
+                    listeners.add((address, int(port_hex, 16)))
+        assert listeners == {("0100007F", port) for port in ports}
+        wrong = Client.from_url(re.sub(r"toolclash:[^@]+@", "toolclash:wrong@", url))
+        with pytest.raises(ClickHouseError, match=r"(?i)password"):
+            wrong.execute("SELECT 1")
+        wrong.disconnect()
+        assert Stack(state_dir, services=["clickhouse"]).env() == {"CLICKHOUSE_URL": url}  # seen across processes
+    finally:
+        s.down()
+    assert s.status()["clickhouse"]["running"] is False
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1].split("/")[0])), timeout=2).close()
+    shutil.rmtree(state_dir)

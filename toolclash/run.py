@@ -24,6 +24,7 @@ SCENARIOS: dict[str, str] = {
     "credits": "toolclash.tools.credits",
     "config": "toolclash.tools.config",
     "deadlock": "toolclash.tools.deadlock",
+    "crossservice": "toolclash.tools.crossservice",
 }
 """A scenario's tool module declares:
 

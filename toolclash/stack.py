@@ -49,6 +49,7 @@ from toolclash.settings import mask_url
 
 __all__ = [
     "SERVICES",
+    "ClickHouseService",
     "PostgresService",
     "Service",
     "ServiceContext",
@@ -686,7 +687,201 @@ class AuthPostgresService(PostgresService):
     env_var = "AUTH_DATABASE_URL"
 
 
-SERVICES: dict[str, type[Service]] = {"postgres": PostgresService, "auth_postgres": AuthPostgresService}
+def find_clickhouse_server() -> Path:
+    """The ``clickhouse-server`` binary (Debian's package puts it in /usr/sbin)."""
+    for cand in (shutil.which("clickhouse-server"), "/usr/sbin/clickhouse-server", "/usr/bin/clickhouse-server"):
+        if cand and os.access(cand, os.X_OK):
+            return Path(cand)
+    raise StackError("clickhouse-server not found; install it: apt-get install -y clickhouse-server "
+                     "(or set CLICKHOUSE_URL to your own server)")
+
+
+class ClickHouseService(Service):
+    """A private ClickHouse server (Debian's 18.16): its own config.xml/users.xml, 127.0.0.1 only.
+
+    Native (tcp) and HTTP ports are picked free at start, interserver replication is off, data, tmp and
+    logs live in the service's dir, one user ``toolclash`` with a generated password, database
+    ``toolclash``. Clients speak the native protocol (``clickhouse-driver``); the URL is
+    ``clickhouse://toolclash:PASSWORD@127.0.0.1:PORT/toolclash``.
+    """
+
+    name = "clickhouse"
+    env_var = "CLICKHOUSE_URL"
+    user = "toolclash"
+    database = "toolclash"
+
+    @property
+    def config_file(self) -> Path:
+        return self.dir / "config.xml"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.dir / "clickhouse.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.dir / "clickhouse-server.log"
+
+    @property
+    def err_file(self) -> Path:
+        return self.dir / "clickhouse-server.err.log"
+
+    def _pid(self) -> int | None:
+        """pid of the server serving *our* config, checked against its command line."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            pid = self.state.get("pid") or 0
+        if pid <= 0 or not _pid_alive(pid):
+            return None
+        cmdline = _proc_cmdline(pid)
+        if cmdline is not None and f"--config-file={self.config_file}".encode() not in cmdline.split(b"\0"):
+            return None  # a stale pid now used by another process (or a zombie)
+        return int(pid)
+
+    def is_running(self) -> bool:
+        return self._pid() is not None
+
+    def url(self, *, masked: bool = False) -> str | None:
+        port, password = self.state.get("port"), self.state.get("password")
+        if port is None or password is None:
+            return None
+        return f"clickhouse://{self.user}:{'***' if masked else password}@{LOOPBACK}:{port}/{self.database}"
+
+    def _write_config(self, tcp_port: int, http_port: int) -> None:
+        from xml.sax.saxutils import escape
+
+        d = self.dir
+        config = f"""<?xml version="1.0"?>
+<!-- written by toolclash.stack on every start; edits are lost -->
+<yandex>
+    <logger>
+        <level>warning</level>
+        <log>{escape(str(self.log_file))}</log>
+        <errorlog>{escape(str(self.err_file))}</errorlog>
+        <size>10M</size>
+        <count>2</count>
+    </logger>
+    <listen_host>{LOOPBACK}</listen_host>
+    <tcp_port>{tcp_port}</tcp_port>
+    <http_port>{http_port}</http_port>
+    <max_connections>1024</max_connections>
+    <max_concurrent_queries>200</max_concurrent_queries>
+    <mark_cache_size>268435456</mark_cache_size>
+    <uncompressed_cache_size>268435456</uncompressed_cache_size>
+    <path>{escape(str(d / "data"))}/</path>
+    <tmp_path>{escape(str(d / "tmp"))}/</tmp_path>
+    <user_files_path>{escape(str(d / "user_files"))}/</user_files_path>
+    <format_schema_path>{escape(str(d / "format_schemas"))}/</format_schema_path>
+    <users_config>{escape(str(d / "users.xml"))}</users_config>
+    <default_profile>default</default_profile>
+    <default_database>default</default_database>
+    <timezone>UTC</timezone>
+    <mlock_executable>false</mlock_executable>
+</yandex>
+"""
+        users = f"""<?xml version="1.0"?>
+<!-- written by toolclash.stack on every start; edits are lost -->
+<yandex>
+    <profiles><default><max_memory_usage>2000000000</max_memory_usage></default></profiles>
+    <users>
+        <{self.user}>
+            <password>{escape(self.state["password"])}</password>
+            <networks><ip>{LOOPBACK}</ip></networks>
+            <profile>default</profile>
+            <quota>default</quota>
+        </{self.user}>
+    </users>
+    <quotas><default></default></quotas>
+</yandex>
+"""
+        self.ctx.write_file(self.config_file, config)
+        self.ctx.write_file(d / "users.xml", users)
+
+    def start(self, deadline: float) -> None:
+        binary = find_clickhouse_server()
+        self.ctx.makedir(self.dir)
+        if not self.state.get("password"):
+            self.state.update(password=secrets.token_urlsafe(24), log=str(self.err_file))
+            self.ctx.save()
+        for attempt in range(PORT_ATTEMPTS):
+            if time.monotonic() >= deadline:
+                break
+            tcp_port, http_port = _free_port(), _free_port()
+            while http_port == tcp_port:
+                http_port = _free_port()
+            self._write_config(tcp_port, http_port)
+            offset = _file_size(self.err_file)
+            self.pid_file.unlink(missing_ok=True)
+            result = self.ctx.run([binary, "--daemon", f"--config-file={self.config_file}",
+                                   f"--pid-file={self.pid_file}"], timeout=deadline - time.monotonic(), cwd=self.dir)
+            if result.returncode != 0:
+                raise StackError(f"clickhouse-server failed to start (exit {result.returncode}): "
+                                 f"{_tail(result.stderr + result.stdout, 3)}; see {self.err_file}")
+            self.state.update(port=tcp_port, http_port=http_port, durable=True,
+                              settings={"tcp_port": str(tcp_port), "http_port": str(http_port)})
+            if self._wait_ready(deadline, offset):
+                self.state["pid"] = self._pid()
+                self.ctx.save()
+                return
+            log = _read_text(self.err_file, offset)
+            if "Address already in use" not in log or attempt == PORT_ATTEMPTS - 1:
+                self.stop()
+                raise StackError(f"clickhouse-server did not become ready: {_tail(log, 3)}; see {self.err_file}")
+        raise StackError(f"clickhouse-server did not become ready before the deadline; see {self.err_file}; "
+                         "retry with a longer --timeout")
+
+    def _wait_ready(self, deadline: float, offset: int) -> bool:
+        """True once ``SELECT 1`` answers over the native protocol (and the database exists); False if the
+        server exited (its error log says why)."""
+        from clickhouse_driver import Client
+        from clickhouse_driver.errors import Error as ClickHouseError
+
+        spawned = time.monotonic()
+        while time.monotonic() < deadline:
+            if self._pid() is None:
+                if "Address already in use" in _read_text(self.err_file, offset) or time.monotonic() - spawned > 15:
+                    return False  # it exited (or never wrote its pid file)
+                time.sleep(0.05)
+                continue
+            client = Client(host=LOOPBACK, port=self.state["port"], user=self.user, password=self.state["password"],
+                            connect_timeout=2, send_receive_timeout=5)
+            try:
+                client.execute("SELECT 1")
+                client.execute(f"CREATE DATABASE IF NOT EXISTS {self.database}")
+                return True
+            except (ClickHouseError, OSError, EOFError):
+                time.sleep(0.05)
+            finally:
+                client.disconnect()
+        return False
+
+    def stop(self) -> bool:
+        pid = self._pid()
+        if pid is None:
+            self.state["pid"] = None
+            return False
+        for sig, wait in ((signal.SIGTERM, 30.0), (signal.SIGKILL, 10.0)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+            limit = time.monotonic() + wait
+            while time.monotonic() < limit:
+                if self._pid() is None:
+                    self.state["pid"] = None
+                    return True
+                time.sleep(0.05)
+        raise StackError(f"could not stop clickhouse-server (pid {pid}); stop it by hand: kill -9 {pid}")
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+SERVICES: dict[str, type[Service]] = {"postgres": PostgresService, "auth_postgres": AuthPostgresService,
+                                     "clickhouse": ClickHouseService}
 
 
 # ---------------------------------------------------------------------------------------------- stack
