@@ -4,7 +4,7 @@
     locust -f locustfiles/mixed.py --headless --processes 4        # a master and 4 workers
     locust -f locustfiles/mixed.py                                 # web UI: start the ramp from the form
 
-Stages are options (--stages, --stage-seconds, --stage-spawn-rate). Scenarios so far: credits, config, deadlock.
+Stages are options (--stages, --stage-seconds, --stage-spawn-rate). Scenarios so far: credits, config, deadlock, crossservice.
 """
 
 import sys
@@ -14,9 +14,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project r
 
 from users.runtime import setup
 
-setup(scenarios=["credits", "config", "deadlock"])
+setup(scenarios=["credits", "config", "deadlock", "crossservice"])
 
 from users.config import ConfigAgent  # noqa: E402, F401
 from users.credits import CreditAgent  # noqa: E402, F401
+from users.crossservice import CrossServiceAgent  # noqa: E402, F401
 from users.deadlock import DeadlockAgent  # noqa: E402, F401
 from users.shape import RampShape  # noqa: E402, F401
