@@ -64,7 +64,18 @@ class QueueView:
         self.data_lost = bool(self.redis and meta and self.redis.get("marker") != meta.get("marker"))
         self.jobs: Mapping[str, list[Any]] | None = None if self.redis is None or self.data_lost \
             else self.redis.get("jobs")
+        self.queued: frozenset[str] | None = None
+        """Jobs still in the ready set or leased (None: the snapshot did not list them; trust the records)."""
+        if self.redis is not None and "ready_jobs" in self.redis:
+            self.queued = frozenset(self.redis["ready_jobs"]) | frozenset(self.redis.get("inflight_jobs") or ())
         self.incomplete = frozenset(incomplete_processes)
+
+    def still_queued(self, job: str, rec: list[Any]) -> bool:
+        """Queued or leased after the drain: someone will still execute it (a job claimed without a lease
+        whose consumer died is in neither set: nobody ever will)."""
+        if rec[STATE] not in ("q", "f"):
+            return False
+        return self.queued is None or job in self.queued
 
     @property
     def redis_doubt(self) -> str | None:
@@ -107,12 +118,16 @@ def accounting(v: QueueView) -> CheckResult:
             c["acknowledged"] += 1
             if eff:
                 c["executed"] += 1
-            elif rec is not None and rec[STATE] in ("q", "f"):
+            elif rec is not None and v.still_queued(job, rec):
                 c["queued_after_drain"] += 1
-            elif rec is not None:
+            elif rec is not None and rec[STATE] == "d":
                 c["done_without_effect"] += 1
                 ev.add({"job": job, "agent": op["agent"], "what": "a consumer acked it but its effect is missing",
                         "record": rec})
+            elif rec is not None:
+                c["lost"] += 1
+                ev.add({"job": job, "agent": op["agent"], "priority": op["args"].get("priority"), "record": rec,
+                        "what": "acknowledged, claimed, never executed, and neither queued nor leased: lost"})
             elif doubt is not None:
                 c["missing_after_restart"] += 1
             else:
@@ -359,7 +374,8 @@ def figures(ops: Iterable[Mapping[str, Any]], final: Mapping[str, Any]) -> dict[
             "queue_drain": redis.get("drain"), "queue_redis_restarted": v.restarted}
 
 
-def gates(ops: Iterable[Mapping[str, Any]], final: Mapping[str, Any], settings: Mapping[str, Any]) -> list[dict[str, Any]]:
+def gates(ops: Iterable[Mapping[str, Any]], final: Mapping[str, Any],
+          settings: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Critical jobs' queue wait P95 stays under ``--gate-critical-wait-p95-ms`` while bulk jobs may wait."""
     limit = float(settings.get("gate_critical_wait_p95_ms") or DEFAULT_CONFIG["gate_critical_wait_p95_ms"])
     fig = figures(ops, final)["queue_wait_by_priority"]["critical"]

@@ -51,7 +51,9 @@ def final(jobs: dict[str, list[Any]] | None, effects: list[str], *, hwm: int = 1
         out["redis_error"] = "Connection refused"
     else:
         out["redis"] = {"marker": None if lost else "run-t", "server_run_id": "srv-2" if restarted else "srv-1",
-                        "hwm": hwm, "ready": 0, "inflight": 0, "jobs": jobs, "drain": None}
+                        "hwm": hwm, "ready": 0, "inflight": 0, "jobs": jobs, "drain": None,
+                        "ready_jobs": [j for j, r in jobs.items() if r[6] == "q"],
+                        "inflight_jobs": [j for j, r in jobs.items() if r[6] == "f"]}
     return out
 
 
@@ -82,6 +84,13 @@ def test_job_still_queued_after_the_drain_is_explained_not_lost() -> None:
     jobs = {"p1-1": job(claimed_ms=None, done_ms=None, deliveries=0, state="q")}
     res = run([sub(1, "ok")], final(jobs, []))
     assert res["queue.accounting"].valid is True and res["queue.accounting"].counts["queued_after_drain"] == 1
+
+
+def test_job_claimed_without_a_lease_and_never_executed_is_lost() -> None:
+    state = final({"p1-1": job(done_ms=None, state="f")}, [])
+    state["redis"]["inflight_jobs"] = []  # claimed, but no lease holds it: nobody will ever redeliver it
+    acc = run([sub(1, "ok")], state)["queue.accounting"]
+    assert acc.valid is False and acc.counts["lost"] == 1 and "neither queued nor leased" in acc.evidence[0]["what"]
 
 
 def test_rejected_submission_that_was_executed_is_a_phantom() -> None:

@@ -679,7 +679,9 @@ def _is_zombie(pid: int) -> bool:
 
 
 def _port_free(port: int) -> bool:
+    """Whether a server could listen on *port* of 127.0.0.1 now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does: TIME_WAIT is no obstacle
         try:
             sock.bind((LOOPBACK, port))
         except OSError:

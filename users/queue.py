@@ -18,6 +18,7 @@ from locust.exception import StopUser
 
 from toolclash import db
 from toolclash.settings import Settings
+from toolclash.tools import Call
 from toolclash.tools.queue import PRIORITIES, REJECTIONS, QueueTool, priority_mix, redis_client
 from users.client import ToolClient, ToolFailure
 from users.runtime import runtime
@@ -61,8 +62,8 @@ class _QueueAgent(User):
                                                         timeout=self.settings.connect_timeout_s))
             if pg and (self.conn is None or self.conn.closed):
                 self.conn = self.rt.connect(self.agent)
-        except (db.ConnectError, OSError) as exc:
-            self._failure("connect", "postgresql", started, exc)
+        except Exception as exc:  # noqa: BLE001 - PostgreSQL or Redis unreachable: reported, retried next task
+            self._failure("connect", "redis" if self.redis is None else "postgresql", started, exc)
             return False
         self.tool = QueueTool(self.redis, self.conn, agent=self.agent, opts=self.opts, fault=self.fault, rng=self.rng)
         return True
@@ -112,8 +113,11 @@ class QueueSubmitter(_QueueAgent):
         for attempt in range(1, self.opts.queue_submit_tries + 1):
             tool = self.tool
             assert tool is not None
-            call = self.client.call("submit", self.strategy, {"priority": prio, "try": attempt},
-                                    lambda c, t=tool: t.submit(c, prio))
+
+            def submit(c: Call, t: QueueTool = tool) -> Call:
+                return t.submit(c, prio)
+
+            call = self.client.call("submit", self.strategy, {"priority": prio, "try": attempt}, submit)
             if call.outcome == "ok":
                 self.rt.bump("queue_admitted")
                 return True

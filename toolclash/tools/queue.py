@@ -388,15 +388,17 @@ class QueueTool:
 def preflight(backend: Any) -> None:
     """Redis answers an authenticated PING (else one line saying what to fix)."""
     url = backend.url("REDIS_URL")
-    client = redis_client(url, timeout=backend.connect_timeout_s)
+    client = None
     try:
+        client = redis_client(url, timeout=backend.connect_timeout_s)  # connects at once
         client.ping()
     except Exception as exc:  # noqa: BLE001 - one line
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise RuntimeError(f"cannot reach Redis at {mask_url(url)}: {first}. Check REDIS_URL (or unset it to "
                            "use the embedded server)") from None
     finally:
-        client.close()
+        if client is not None:
+            client.close()
 
 
 def clear_keys(client: Any) -> int:
@@ -472,6 +474,8 @@ def snapshot(conn: Any, backend: Any = None) -> dict[str, Any]:
                 "uptime_s": int(info["uptime_in_seconds"]), "aof_enabled": int(persistence.get("aof_enabled", 0)),
                 "hwm": int(client.get(K.hwm) or 0), "ready": int(client.zcard(K.ready)),
                 "inflight": int(client.zcard(K.inflight)), "jobs": jobs,
+                "ready_jobs": [_s(j) for j in client.zrange(K.ready, 0, -1)],
+                "inflight_jobs": [_s(j) for j in client.zrange(K.inflight, 0, -1)],
                 "drain": json.loads(drain) if drain else None,
             }
         finally:
