@@ -26,6 +26,8 @@ from urllib.parse import urlsplit
 
 from bench import Progress
 from bench.cpu import machine_busy_s
+from bench.queue import add_arguments as add_queue_arguments
+from bench.queue import queue_phase
 from bench.throughput import (
     ROOT,
     STRATEGY,
@@ -100,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="timed repetitions of evaluate() and check_all(); the median counts (default 3)")
     parser.add_argument("--keep-synthetic", action="store_true",
                         help="keep the synthetic run directory under reports/bench-<ts>/ (for profiling)")
+    add_queue_arguments(parser)
     return parser
 
 
@@ -442,6 +445,7 @@ def main(argv: list[str] | None = None) -> int:
             throughput_phase(args, ts, report, say)
         if not args.skip_checker:
             checker_phase(args, ts, report, say)
+        queue_phase(args, report, say)
     except KeyboardInterrupt:
         report["interrupted"] = True
         say("interrupted: servers and child processes stopped; writing a partial report")

@@ -22,6 +22,8 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import numpy as np
+
 from checks import UNKNOWN, CheckResult, Evidence, gc_paused, result
 from checks.sla import percentile
 from toolclash.history import FAIL, OK
@@ -110,15 +112,17 @@ def accounting(v: QueueView) -> CheckResult:
     ev = Evidence()
     doubt = v.redis_doubt
     jobs = v.jobs if v.jobs is not None else {}
+    effects = v.effects
+    acknowledged = executed = 0
     for job, op in v.submits.items():
         outcome = op["outcome"]
-        eff = v.effects.get(job)
-        rec = jobs.get(job)
         if outcome == OK:
-            c["acknowledged"] += 1
-            if eff:
-                c["executed"] += 1
-            elif rec is not None and v.still_queued(job, rec):
+            acknowledged += 1
+            if job in effects:  # the common case, first
+                executed += 1
+                continue
+            rec = jobs.get(job)
+            if rec is not None and v.still_queued(job, rec):
                 c["queued_after_drain"] += 1
             elif rec is not None and rec[STATE] == "d":
                 c["done_without_effect"] += 1
@@ -134,7 +138,10 @@ def accounting(v: QueueView) -> CheckResult:
                 c["lost"] += 1
                 ev.add({"job": job, "agent": op["agent"], "priority": op["args"].get("priority"),
                         "what": "acknowledged (ok) but never executed and no longer queued: lost"})
-        elif outcome == FAIL:
+            continue
+        eff = effects.get(job)
+        rec = jobs.get(job)
+        if outcome == FAIL:
             c["rejected" if op.get("reason") in BUSINESS_REJECTIONS else "failed"] += 1
             if eff or rec is not None:
                 c["phantom"] += 1
@@ -142,15 +149,16 @@ def accounting(v: QueueView) -> CheckResult:
                         f"{'executed' if eff else 'admitted'}", "effects": len(eff or ())})
         else:
             c["unknown_admitted" if eff or rec is not None else "unknown_not_admitted"] += 1
+    c["acknowledged"], c["executed"] = acknowledged, executed
     doubtful = 0
-    for job in set(jobs) | set(v.effects):
-        if job in v.submits:
-            continue
+    submits = v.submits
+    strays = [j for j in jobs if j not in submits] + [j for j in effects if j not in submits and j not in jobs]
+    for job in strays:
         if v.from_incomplete_process(job):
             doubtful += 1
             continue
         c["phantom"] += 1
-        ev.add({"job": job, "what": "a job no agent recorded submitting", "effects": len(v.effects.get(job, ())),
+        ev.add({"job": job, "what": "a job no agent recorded submitting", "effects": len(effects.get(job, ())),
                 "record": jobs.get(job)})
     c["from_incomplete_history"] = doubtful
     counts = dict(sorted(c.items()))
@@ -213,18 +221,7 @@ def capacity(v: QueueView) -> CheckResult:
     counts["hwm"] = hwm
     if hwm > cap:
         ev.add({"hwm": hwm, "capacity": cap, "source": "in-Redis high-water mark"})
-    events: list[tuple[int, int, str]] = []
-    for job, rec in v.jobs.items():
-        events.append((rec[ADMITTED], 1, job))
-        if rec[DONE]:
-            events.append((rec[DONE], -1, job))
-    events.sort()  # at equal times the removal (-1) comes first: the benefit of the doubt
-    occ = peak = 0
-    peak_at = 0
-    for ts, delta, _job in events:
-        occ += delta
-        if occ > peak:
-            peak, peak_at = occ, ts
+    peak, peak_at = _replay_peak(v.jobs)
     counts["replayed_peak"] = peak
     if peak > cap:
         ev.add({"replayed_peak": peak, "capacity": cap, "at_us": peak_at, "source": "job records replayed"})
@@ -232,6 +229,23 @@ def capacity(v: QueueView) -> CheckResult:
         return result(name, False, counts, ev, f"occupancy exceeded capacity {cap} (high-water mark {hwm}, "
                       f"replayed peak {peak})")
     return result(name, True, counts, ev, f"occupancy peaked at {max(hwm, peak)} of {cap}")
+
+
+def _replay_peak(jobs: Mapping[str, list[Any]]) -> tuple[int, int]:
+    """Highest occupancy (admitted and not yet done) over time, and when; at equal times a removal counts first
+    (the benefit of the doubt)."""
+    if not jobs:
+        return 0, 0
+    recs = list(jobs.values())
+    admitted = np.fromiter((r[ADMITTED] for r in recs), dtype=np.int64, count=len(recs))
+    done = np.fromiter((r[DONE] for r in recs), dtype=np.int64, count=len(recs))
+    done = done[done > 0]
+    times = np.concatenate((admitted, done))
+    deltas = np.concatenate((np.ones(len(admitted), dtype=np.int64), -np.ones(len(done), dtype=np.int64)))
+    order = np.lexsort((deltas, times))
+    occupancy = np.cumsum(deltas[order])
+    i = int(np.argmax(occupancy))
+    return int(occupancy[i]), int(times[order][i])
 
 
 # ------------------------------------------------------------------------------------------ priority
@@ -283,21 +297,22 @@ def priority(v: QueueView) -> CheckResult:
 # ------------------------------------------------------------------------------------------ rate limits
 
 
-def _window_violations(times: list[tuple[int, str]], limit: int, window_us: int, who: str, ev: Evidence) -> int:
-    """Admissions (sorted) of which more than *limit* fall in some window of *window_us*: t[i] - t[i-limit] < W."""
-    n = 0
-    i = limit
-    while i < len(times):
-        if times[i][0] - times[i - limit][0] < window_us:
-            n += 1
-            span = times[i - limit:i + 1]
-            ev.add({"who": who, "admissions_in_window": len(span), "limit": limit,
-                    "window_ms": window_us / 1000, "span_ms": round((span[-1][0] - span[0][0]) / 1000, 3),
-                    "jobs": [j for _, j in span][:10]})
-            i += limit  # the next violation of this agent that does not share these admissions
-        else:
-            i += 1
-    return n
+def _window_violations(order: np.ndarray, all_times: np.ndarray, all_groups: np.ndarray, jobs: list[str],
+                       who: list[str], limit: int, window_us: int, ev: Evidence) -> int:
+    """Admissions taken in *order* (by group, then time): every admission that is the (limit+1)-th within one
+    window of its group (``t[i] - t[i-limit] < W``) is a violation; the first ones are named."""
+    if len(order) <= limit:
+        return 0
+    times, groups = all_times[order], all_groups[order]
+    bad = (groups[limit:] == groups[:-limit]) & (times[limit:] - times[:-limit] < window_us)
+    hits = np.flatnonzero(bad) + limit
+    for i in hits[:ev.cap]:
+        span = range(int(i) - limit, int(i) + 1)
+        ev.add({"who": who[int(groups[i])], "admissions_in_window": limit + 1, "limit": limit,
+                "window_ms": window_us / 1000, "span_ms": round(int(times[i] - times[i - limit]) / 1000, 3),
+                "jobs": [jobs[int(order[j])] for j in span][:10]})
+    ev.total += max(0, len(hits) - ev.cap)
+    return len(hits)
 
 
 def rate_limit(v: QueueView) -> CheckResult:
@@ -318,17 +333,19 @@ def rate_limit(v: QueueView) -> CheckResult:
             admitted[job] = (int(res["admitted_us"]), op["agent"])
         elif op["outcome"] not in (OK, FAIL) and v.jobs is None:
             unresolved += 1
-    by_agent: dict[str, list[tuple[int, str]]] = defaultdict(list)
-    for job, (ts, agent) in admitted.items():
-        by_agent[agent].append((ts, job))
+    jobs = list(admitted)
+    agents: dict[str, int] = {}
+    codes = np.fromiter((agents.setdefault(a, len(agents)) for _t, a in admitted.values()), dtype=np.int64,
+                        count=len(jobs))
+    times = np.fromiter((t for t, _a in admitted.values()), dtype=np.int64, count=len(jobs))
+    names = list(agents)
     ev = Evidence()
-    agent_violations = 0
-    for agent, times in sorted(by_agent.items()):
-        times.sort()
-        agent_violations += _window_violations(times, per_agent, window_us, agent, ev)
-    everyone = sorted((ts, job) for job, (ts, _agent) in admitted.items())
-    global_violations = _window_violations(everyone, overall, window_us, "all agents", ev)
-    counts = {"admissions": len(admitted), "agents": len(by_agent), "limit_per_agent": per_agent,
+    agent_violations = _window_violations(np.lexsort((times, codes)), times, codes, jobs, names, per_agent,
+                                          window_us, ev)
+    global_violations = _window_violations(np.argsort(times, kind="stable"), times,
+                                           np.zeros(len(jobs), dtype=np.int64), jobs, ["all agents"], overall,
+                                           window_us, ev)
+    counts = {"admissions": len(admitted), "agents": len(agents), "limit_per_agent": per_agent,
               "limit_global": overall, "window_ms": window_us / 1000, "agent_violations": agent_violations,
               "global_violations": global_violations, "unresolved_unknown_submissions": unresolved}
     if ev:

@@ -425,6 +425,8 @@ def reset(conn: Any, *, backend: Any, **opts: Any) -> None:
     client = redis_client(backend.url("REDIS_URL"), timeout=backend.connect_timeout_s)
     try:
         clear_keys(client)
+        for script in (SUBMIT_LUA, CLAIM_LUA, ACK_LUA):  # into the server's script cache: EVALSHA hits at once
+            client.script_load(script)
         marker = backend.run_id or f"run-{time.time():.6f}"
         client.set(K.marker, marker)
         server_run_id = _s(client.info("server")["run_id"])
