@@ -231,17 +231,17 @@ def capacity(v: QueueView) -> CheckResult:
     return result(name, True, counts, ev, f"occupancy peaked at {max(hwm, peak)} of {cap}")
 
 
-def _replay_peak(jobs: Mapping[str, list[Any]]) -> tuple[int, int]:
-    """Highest occupancy (admitted and not yet done) over time, and when; at equal times a removal counts first
-    (the benefit of the doubt)."""
+def _replay_peak(jobs: Mapping[str, list[Any]], start: int = ADMITTED, end: int = DONE) -> tuple[int, int]:
+    """Highest number of jobs inside [record[start], record[end]) over time (end 0: still inside), and when;
+    at equal times a leaving job counts first (the benefit of the doubt)."""
     if not jobs:
         return 0, 0
     recs = list(jobs.values())
-    admitted = np.fromiter((r[ADMITTED] for r in recs), dtype=np.int64, count=len(recs))
-    done = np.fromiter((r[DONE] for r in recs), dtype=np.int64, count=len(recs))
-    done = done[done > 0]
-    times = np.concatenate((admitted, done))
-    deltas = np.concatenate((np.ones(len(admitted), dtype=np.int64), -np.ones(len(done), dtype=np.int64)))
+    starts = np.fromiter((r[start] for r in recs), dtype=np.int64, count=len(recs))
+    ends = np.fromiter((r[end] for r in recs), dtype=np.int64, count=len(recs))
+    ends = ends[ends > 0]
+    times = np.concatenate((starts, ends))
+    deltas = np.concatenate((np.ones(len(starts), dtype=np.int64), -np.ones(len(ends), dtype=np.int64)))
     order = np.lexsort((deltas, times))
     occupancy = np.cumsum(deltas[order])
     i = int(np.argmax(occupancy))
@@ -381,10 +381,15 @@ def figures(ops: Iterable[Mapping[str, Any]], final: Mapping[str, Any]) -> dict[
         values = sorted(waits.get(prio, []))
         wait_by_priority[prio] = {"jobs": len(values), "p50_ms": percentile(values, 50),
                                   "p95_ms": percentile(values, 95)}
+    peak_depth = {}
+    for level, level_name in enumerate(PRIORITY_NAMES):  # ready jobs of a priority: admitted, not yet claimed
+        of_level = {job: rec for job, rec in (v.jobs or {}).items() if rec[PRIO] == level}
+        peak_depth[level_name] = _replay_peak(of_level, ADMITTED, CLAIMED)[0]
     processing = sorted((op["complete_ts"] - op["invoke_ts"]) * 1000.0 for op in v.executes if op["outcome"] == OK)
     redis = v.redis or {}
     return {"queue_admissions": admissions, "queue_rejections": dict(sorted(rejections.items())),
-            "queue_wait_by_priority": wait_by_priority, "queue_redeliveries": redeliveries,
+            "queue_wait_by_priority": wait_by_priority, "queue_peak_depth_by_priority": peak_depth,
+            "queue_redeliveries": redeliveries,
             "queue_executions_in_history": len(v.executes),
             "queue_processing_p95_ms": percentile(processing, 95), "queue_hwm": redis.get("hwm"),
             "queue_final_ready": redis.get("ready"), "queue_final_inflight": redis.get("inflight"),

@@ -210,5 +210,6 @@ def test_figures_and_the_critical_wait_gate() -> None:
     assert fig["queue_wait_by_priority"]["critical"]["p95_ms"] == 10
     assert fig["queue_wait_by_priority"]["bulk"]["p95_ms"] == 900
     assert fig["queue_rejections"] == {"queue-full": 1} and fig["queue_redeliveries"] == 1
+    assert fig["queue_peak_depth_by_priority"] == {"critical": 1, "normal": 0, "bulk": 1}
     (gate,) = cq.gates(ops, state, {"gate_critical_wait_p95_ms": 5.0})
     assert gate["met"] is False and gate["figure"] == 10

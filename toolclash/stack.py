@@ -742,7 +742,7 @@ class RedisService(Service):
     def notes(self) -> list[str]:
         if self.state.get("durable") is False:
             return ["non-durable: appendonly no, no RDB snapshots (a restart starts empty; for persistence "
-                    "use your own REDIS_URL or `python -m toolclash.stack up --durable`)"]
+                    "use your own REDIS_URL or a durable stack, Stack(..., durable=True))"]
         return []
 
     def _settings(self, port: int) -> dict[str, str]:
