@@ -2,12 +2,14 @@
 fault caught with named evidence, a consumer killed mid-job, and Redis restarted mid-run.
 
 Most cases drive the tool directly (deterministic, fast) and judge the result with the same checks a run uses;
-two short headless Locust runs show the whole path (correct strategy exits 0 with backpressure visible,
-``check_then_push`` exits 1).
+short headless Locust runs show the whole path: the correct strategy exits 0 with backpressure visible,
+``check_then_push`` exits 1, a durable Redis SIGKILLed and restarted mid-run loses nothing acknowledged and the
+verdict names the restart, an unreachable Redis is one line and exit 2.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -23,7 +25,7 @@ import pytest
 
 from checks import UNKNOWN, CheckResult
 from checks import queue as cq
-from tests.conftest import ROOT, SERVICE_VARS, run_locust
+from tests.conftest import LOCUST, ROOT, SERVICE_VARS, run_locust
 from tests.test_stack import private_dir
 from toolclash.retry import RetryPolicy
 from toolclash.run import Backend
@@ -341,6 +343,44 @@ def test_redis_restart_mid_run_is_reported_truthfully(harness: Callable[..., Har
 
 
 # ------------------------------------------------------------------------------------------ whole runs
+
+
+def test_redis_killed_and_restarted_during_a_run_with_persistence(database_url: str, tmp_path: Any) -> None:
+    """A headless run against a durable Redis that is SIGKILLed mid-run and restarted on the same port: agents see
+    errors and in-doubt calls, nothing acknowledged is lost, and the verdict names the restart."""
+    state_dir = private_dir()
+    redis_stack = Stack(state_dir, services=("redis",), durable=True)
+    try:
+        url = redis_stack.up(timeout=60)["REDIS_URL"]
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("LOCUST_", "TOOLCLASH_"))
+               and k not in SERVICE_VARS}
+        env.update(DATABASE_URL=database_url, REDIS_URL=url)
+        cmd = [LOCUST, "-f", LOCUSTFILE, "--headless", "--reports-dir", str(tmp_path), "--run-id", "restart",
+               "--loglevel", "WARNING", "-u", "20", "-r", "20", "-t", "5s", "--profile", "stress",
+               "--queue-consumers", "4", "--queue-capacity", "20", "--queue-lease-ms", "300"]
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            probe = q.redis_client(url)
+            wait_until(lambda: probe.hlen(q.K.jobs) >= 40, timeout=60, what="the run to admit jobs")
+            probe.close()
+            _kill_redis(redis_stack)
+            assert redis_stack.up(timeout=60)["REDIS_URL"] == url
+            out, err = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        assert proc.returncode in (0, 4), f"exit {proc.returncode}\n{out[-3000:]}\n{err[-3000:]}"
+        verdict = json.loads((tmp_path / "restart" / "checks.json").read_text())
+        checks = {c["name"]: c for c in verdict["checks"]}
+        assert all(c["valid"] is True for c in checks.values()), checks
+        assert "restarted" in checks["queue.accounting"]["summary"]
+        assert verdict["figures"]["queue"]["queue_redis_restarted"] is True
+        assert checks["queue.accounting"]["counts"]["executed"] >= 40  # admitted before the crash, kept, executed
+    finally:
+        redis_stack.down()
+        shutil.rmtree(state_dir, ignore_errors=True)
+
 
 
 def test_a_run_exits_0_with_backpressure_visible_and_drains(stack: dict[str, str], database_url: str,

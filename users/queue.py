@@ -102,6 +102,7 @@ class QueueSubmitter(_QueueAgent):
     @task
     def submit(self) -> None:
         if self.tool is None and not self._connect(pg=False):
+            time.sleep(POLL_S * 5)  # Redis away (e.g. restarting): no tight reconnect loop without think time
             return
         for _ in range(self.rng.randint(1, self.opts.queue_burst_max)):
             prio = self.rng.choices(range(len(PRIORITIES)), weights=self.weights)[0]
