@@ -385,10 +385,13 @@ def figures(ops: Iterable[Mapping[str, Any]], final: Mapping[str, Any]) -> dict[
     for level, level_name in enumerate(PRIORITY_NAMES):  # ready jobs of a priority: admitted, not yet claimed
         of_level = {job: rec for job, rec in (v.jobs or {}).items() if rec[PRIO] == level}
         peak_depth[level_name] = _replay_peak(of_level, ADMITTED, CLAIMED)[0]
+    claimed = {job: rec for job, rec in (v.jobs or {}).items() if rec[CLAIMED]}
+    peak_inflight = _replay_peak(claimed, CLAIMED, DONE)[0]  # from first claim to done
     processing = sorted((op["complete_ts"] - op["invoke_ts"]) * 1000.0 for op in v.executes if op["outcome"] == OK)
     redis = v.redis or {}
     return {"queue_admissions": admissions, "queue_rejections": dict(sorted(rejections.items())),
             "queue_wait_by_priority": wait_by_priority, "queue_peak_depth_by_priority": peak_depth,
+            "queue_peak_inflight": peak_inflight,
             "queue_redeliveries": redeliveries,
             "queue_executions_in_history": len(v.executes),
             "queue_processing_p95_ms": percentile(processing, 95), "queue_hwm": redis.get("hwm"),

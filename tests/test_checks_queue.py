@@ -202,8 +202,8 @@ def test_job_from_a_process_whose_history_is_incomplete_is_unknown() -> None:
 
 
 def test_figures_and_the_critical_wait_gate() -> None:
-    jobs = {"p1-1": job(prio=0, admitted_ms=0, claimed_ms=10), "p1-2": job(prio=2, admitted_ms=0, claimed_ms=900,
-                                                                          deliveries=2)}
+    jobs = {"p1-1": job(prio=0, admitted_ms=0, claimed_ms=10, done_ms=1000),
+            "p1-2": job(prio=2, admitted_ms=0, claimed_ms=900, done_ms=950, deliveries=2)}
     ops = [sub(1, "ok", prio=0), sub(2, "ok", prio=2), sub(3, "fail", reason="queue-full")]
     state = final(jobs, list(jobs))
     fig = cq.figures(ops, state)
@@ -211,5 +211,6 @@ def test_figures_and_the_critical_wait_gate() -> None:
     assert fig["queue_wait_by_priority"]["bulk"]["p95_ms"] == 900
     assert fig["queue_rejections"] == {"queue-full": 1} and fig["queue_redeliveries"] == 1
     assert fig["queue_peak_depth_by_priority"] == {"critical": 1, "normal": 0, "bulk": 1}
+    assert fig["queue_peak_inflight"] == 2  # p1-1 in flight 10..1000 ms, p1-2 900..950 ms
     (gate,) = cq.gates(ops, state, {"gate_critical_wait_p95_ms": 5.0})
     assert gate["met"] is False and gate["figure"] == 10
