@@ -411,6 +411,10 @@ def test_check_then_push_overfills_the_queue_and_exits_1(stack: dict[str, str], 
     assert cap["valid"] is False and cap["counts"]["hwm"] > 20
     assert cap["evidence"][0]["source"] == "admission reply" and cap["evidence"][0]["job"]
     assert "queue.capacity" in run.proc.stdout and "FALSE" in run.proc.stdout
+    # the servers are the session's, but the verdict needs none of them: the run directory alone gives it again
+    again = subprocess.run([sys.executable, "-m", "checks", "--run", str(run.run_dir)], cwd=ROOT,
+                           capture_output=True, text=True, check=False)
+    assert again.returncode == 1 and "occupancy exceeded capacity 20" in again.stdout, again.stdout + again.stderr
 
 
 def test_unreachable_redis_is_one_line_and_exit_2(database_url: str, tmp_path: Any) -> None:
