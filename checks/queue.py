@@ -348,6 +348,10 @@ def rate_limit(v: QueueView) -> CheckResult:
     counts = {"admissions": len(admitted), "agents": len(agents), "limit_per_agent": per_agent,
               "limit_global": overall, "window_ms": window_us / 1000, "agent_violations": agent_violations,
               "global_violations": global_violations, "unresolved_unknown_submissions": unresolved}
+    if ev and v.data_lost:
+        return result(name, UNKNOWN, counts, ev, f"{agent_violations + global_violations} window(s) over the limit, "
+                      "but Redis lost its data and the limiter's windows with it: a limiter fault and the restart "
+                      "cannot be told apart")
     if ev:
         return result(name, False, counts, ev, f"rate limit exceeded: {agent_violations} per-agent, "
                       f"{global_violations} global window(s)")

@@ -161,6 +161,13 @@ def test_three_admissions_of_one_agent_within_a_second_break_its_limit() -> None
     assert rl.evidence[0]["who"] == "p1-a1" and rl.evidence[0]["jobs"] == ["p1-2", "p1-3", "p1-4"]
 
 
+def test_a_window_over_the_limit_after_redis_lost_its_data_is_unknown() -> None:
+    times = (0, 600, 900)  # only the history knows them: the limiter's state went with the data
+    ops = [sub(i, "ok", at_ms=t) for i, t in enumerate(times, start=1)]
+    rl = run(ops, final({}, ["p1-1", "p1-2", "p1-3"], lost=True))["queue.rate_limit"]
+    assert rl.valid == UNKNOWN and rl.counts["agent_violations"] == 1 and rl.evidence[0]["who"] == "p1-a1"
+
+
 def test_admissions_exactly_one_window_apart_are_within_the_limit() -> None:
     times = (0, 500, 1000, 1500)
     ops = [sub(i, "ok", at_ms=t) for i, t in enumerate(times, start=1)]
