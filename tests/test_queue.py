@@ -29,7 +29,7 @@ from tests.conftest import LOCUST, ROOT, SERVICE_VARS, run_locust
 from tests.test_stack import private_dir
 from toolclash.retry import RetryPolicy
 from toolclash.run import Backend
-from toolclash.settings import Settings
+from toolclash.settings import Settings, SettingsError
 from toolclash.stack import Stack
 from toolclash.tools import Call
 from toolclash.tools import queue as q
@@ -183,6 +183,34 @@ def test_fixed_window_fault_admits_twice_the_limit_across_a_boundary(harness: Ca
             assert second == ["fail", "fail"] and rl.valid is True
 
 
+def test_one_redis_round_trip_each_for_submit_claim_and_ack(harness: Callable[..., Harness]) -> None:
+    h = harness()
+    producer, consumer = h.tool("s"), h.tool("c", pg=True)
+    sent: list[Any] = []
+    for tool in (producer, consumer):
+        original = tool.redis.execute_command
+
+        def counted(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
+            sent.append(args[0])
+            return _original(*args, **kwargs)
+
+        tool.redis.execute_command = counted
+    h.submit(producer)
+    job = consumer.claim()
+    assert job is not None
+    consumer.execute(h.call(), job, stall=False)
+    assert sent == ["EVALSHA", "EVALSHA", "EVALSHA"]  # reset loaded the scripts: no NOSCRIPT round trip
+
+
+@pytest.mark.parametrize(("overrides", "flag"), [({"queue_priority_mix": "10,60"}, "--queue-priority-mix"),
+                                                 ({"queue_capacity": 0}, "--queue-capacity"),
+                                                 ({"queue_stall_rate": 1.5}, "--queue-stall-rate")])
+def test_a_bad_option_is_one_line_naming_the_flag(overrides: dict[str, Any], flag: str) -> None:
+    with pytest.raises(SettingsError, match=flag) as excinfo:
+        options(**overrides)
+    assert "\n" not in str(excinfo.value)
+
+
 # ------------------------------------------------------------------------------------------ priorities
 
 
@@ -245,7 +273,7 @@ VICTIM = """
 import os, random, sys
 from toolclash.retry import RetryPolicy
 from toolclash.run import Backend
-from toolclash.settings import Settings
+from toolclash.settings import Settings, SettingsError
 from toolclash.tools import Call, queue as q
 opts = Settings.from_mapping({"queue_lease_ms": 300, "queue_work_ms": 60000}, ["queue"]).options_of("queue")
 backend = Backend({k: os.environ[k] for k in ("DATABASE_URL", "REDIS_URL")}, "victim")
