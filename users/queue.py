@@ -10,6 +10,7 @@ The drain after the load stops runs on the master in the scenario's ``finish`` h
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -22,6 +23,8 @@ from toolclash.tools import Call
 from toolclash.tools.queue import PRIORITIES, REJECTIONS, QueueTool, priority_mix, redis_client
 from users.client import ToolClient, ToolFailure
 from users.runtime import runtime
+
+log = logging.getLogger("toolclash")
 
 POLL_S = 0.02
 """How long a consumer waits before claiming again when the queue is empty (not recorded as a call)."""
@@ -187,9 +190,14 @@ class QueueConsumer(_QueueAgent):
 
 def _set_consumers(environment: Any, **_: Any) -> None:
     """The master dispatches ``fixed_count`` consumers first; take it from ``--queue-consumers``."""
-    n = getattr(environment.parsed_options, "queue_consumers", None) if environment.parsed_options else None
+    opts = environment.parsed_options
+    n = getattr(opts, "queue_consumers", None) if opts else None
     if n:
         QueueConsumer.fixed_count = int(n)
+        users = getattr(opts, "num_users", None)
+        if users and users <= n and getattr(opts, "headless", False):
+            log.warning("all %d users are queue consumers (--queue-consumers %d): no job will be submitted; "
+                        "raise -u or lower --queue-consumers", users, n)
 
 
 events.init.add_listener(_set_consumers)
