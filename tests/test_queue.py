@@ -413,8 +413,10 @@ def test_redis_killed_and_restarted_during_a_run_with_persistence(database_url: 
 
 def test_a_run_exits_0_with_backpressure_visible_and_drains(stack: dict[str, str], database_url: str,
                                                              tmp_path: Any) -> None:
-    run = run_locust(["-u", "30", "-r", "30", "-t", "4s", "--profile", "stress", "--queue-consumers", "4",
-                      "--queue-capacity", "20", "--queue-lease-ms", "300", "--queue-stall-rate", "0.05"],
+    # 27 submitters allowed 10 jobs/s each against 3 consumers of ~20 jobs/s: the queue must fill and push back
+    run = run_locust(["-u", "30", "-r", "30", "-t", "4s", "--profile", "stress", "--queue-consumers", "3",
+                      "--queue-rate-per-agent", "10", "--queue-capacity", "20", "--queue-lease-ms", "300",
+                      "--queue-stall-rate", "0.05"],
                      reports=tmp_path, database_url=database_url, services=stack, locustfile=LOCUSTFILE)
     assert run.code == 0, run.output()
     verdict = run.verdict
@@ -432,7 +434,7 @@ def test_a_run_exits_0_with_backpressure_visible_and_drains(stack: dict[str, str
 def test_check_then_push_overfills_the_queue_and_exits_1(stack: dict[str, str], database_url: str,
                                                           tmp_path: Any) -> None:
     run = run_locust(["-u", "40", "-r", "40", "-t", "3s", "--profile", "stress", "--queue-consumers", "4",
-                      "--queue-capacity", "20", "--fault", "check_then_push"],
+                      "--queue-rate-per-agent", "10", "--queue-capacity", "20", "--fault", "check_then_push"],
                      reports=tmp_path, database_url=database_url, services=stack, locustfile=LOCUSTFILE)
     assert run.code == 1, run.output()
     cap = run.check("queue.capacity")
