@@ -494,28 +494,25 @@ def _drain_policy() -> RetryPolicy:
     return RetryPolicy(max_tries=5, base_s=0.005, cap_s=0.1, deadline_s=5.0)
 
 
-def consume(tool: QueueTool, *, until: Callable[[], bool], poll_s: float, name: str,
-            on_done: Callable[[Call], None] | None = None) -> int:
-    """Claim and execute jobs with *tool* until *until()* (checked whenever the queue looks empty); return
-    how many were executed. Used by the drain (and tests); Locust consumers run the same steps per task."""
+def consume(tool: QueueTool, *, empty: Callable[[], bool], deadline: float, poll_s: float, name: str) -> int:
+    """Claim and execute jobs with *tool* until *empty()* (asked whenever a claim finds nothing: no job queued
+    or leased) or the *deadline* (``time.monotonic()``) passes; return how many were executed. Used by the drain;
+    Locust consumers run the same steps, one per task."""
     done = 0
-    n = 0
     rng = random.Random()
-    while True:
+    while time.monotonic() < deadline:
         job = tool.claim()
         if job is None:
-            if until():
+            if empty():
                 return done
-            time.sleep(poll_s)
+            time.sleep(poll_s)  # jobs are leased by consumers that stopped: wait for their leases to expire
             continue
-        n += 1
-        call = Call(op_id=f"{name}-{n}", policy=_drain_policy(), rng=rng)
+        call = Call(op_id=f"{name}-{done + 1}", policy=_drain_policy(), rng=rng)
         tool.execute(call, job, stall=False)
-        if on_done is not None:
-            on_done(call)
         done += 1
         if call.outcome != OK and tool.conn is not None and tool.conn.closed:
             return done
+    return done
 
 
 def finish(backend: Any, opts: Any, handle: Any, deadline_s: float) -> None:
@@ -532,10 +529,11 @@ def drain(backend: Any, opts: Any, *, timeout_s: float, fault: str = "none") -> 
     executed = [0] * opts.queue_drain_consumers
     errors: list[str] = []
 
-    def empty() -> bool:
-        return time.monotonic() >= deadline or (probe.zcard(K.ready) + probe.zcard(K.inflight)) == 0
-
     lock = threading.Lock()
+
+    def empty() -> bool:
+        with lock:  # one probe connection shared by the drain's consumers
+            return int(probe.zcard(K.ready)) + int(probe.zcard(K.inflight)) == 0
 
     def worker(i: int) -> None:
         conn = client = None
@@ -543,12 +541,7 @@ def drain(backend: Any, opts: Any, *, timeout_s: float, fault: str = "none") -> 
             conn = backend.pg(f"drain-{i}")
             client = redis_client(url, timeout=backend.connect_timeout_s)
             tool = QueueTool(client, conn, agent=f"drain-{i}", opts=opts, fault=fault)
-
-            def until() -> bool:
-                with lock:
-                    return empty()
-
-            executed[i] = consume(tool, until=until, poll_s=0.02, name=f"drain-{i}")
+            executed[i] = consume(tool, empty=empty, deadline=deadline, poll_s=0.02, name=f"drain-{i}")
         except Exception as exc:  # noqa: BLE001 - reported in the drain summary; the checks judge the state
             errors.append(f"{type(exc).__name__}: {exc}"[:200])
         finally:
