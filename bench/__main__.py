@@ -29,6 +29,8 @@ from bench import config as config_bench
 from bench.cpu import machine_busy_s
 from bench.deadlock import deadlock_phase
 from bench.deadlock import rows as deadlock_rows
+from bench.queue import add_arguments as add_queue_arguments
+from bench.queue import queue_phase
 from bench.throughput import (
     ROOT,
     STRATEGY,
@@ -48,7 +50,7 @@ TARGET_CHECKER_OPS = 200_000
 INITIAL_BALANCE = 10**12
 EXPECTED_LOCUST_CODES = (0, 4)
 SKIP_FLAGS = ("skip_pgbench_ratio", "skip_checker", "skip_distributed", "skip_config", "skip_deadlock",
-              "skip_crossservice")
+              "skip_crossservice", "skip_queue")
 """Every phase's skip flag: skipping all of them leaves nothing to measure."""
 OTHER_LOAD_WARN = 0.2
 """Cores busy outside client, server and softirq above which a phase is flagged."""
@@ -118,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="keep the synthetic run directory under reports/bench-<ts>/ (for profiling)")
     parser.add_argument("--skip-config", action="store_true", help="skip the config phase (bench/config.py)")
     config_bench.add_arguments(parser)
+    add_queue_arguments(parser)
     return parser
 
 
@@ -480,7 +483,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _raise_interrupt)
     load_phases = 0 if args.skip_pgbench_ratio else (3 if args.skip_floor else 4) * args.rounds
     load_phases += 0 if args.skip_distributed else 3
-    load_phases += sum(not getattr(args, flag) for flag in ("skip_checker", "skip_deadlock", "skip_crossservice"))
+    load_phases += sum(not getattr(args, flag) for flag in ("skip_checker", "skip_deadlock", "skip_crossservice",
+                                                            "skip_queue"))
     say = Progress(phases=load_phases)
     ts = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     report: dict[str, Any] = {
@@ -522,6 +526,7 @@ def main(argv: list[str] | None = None) -> int:
             from bench.crossservice import phase as crossservice_phase
 
             crossservice_phase(args, ts, report, say)
+        queue_phase(args, report, say)
     except KeyboardInterrupt:
         report["interrupted"] = True
         say("interrupted: servers and child processes stopped; writing a partial report")

@@ -4,7 +4,9 @@
     locust -f locustfiles/mixed.py --headless --processes 4        # a master and 4 workers
     locust -f locustfiles/mixed.py                                 # web UI: start the ramp from the form
 
-Stages are options (--stages, --stage-seconds, --stage-spawn-rate). Scenarios so far: credits, config, deadlock, crossservice.
+Stages are options (--stages, --stage-seconds, --stage-spawn-rate). Scenarios: credits, config, deadlock,
+crossservice, queue (here 3 deadlock agents, one cycle, and 2 queue consumers by default, --queue-consumers). Each scenario's own options apply to
+its agents; --strategy and --fault apply to the scenarios that know the value.
 """
 
 import sys
@@ -12,12 +14,23 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project root, for toolclash/users/checks
 
+from locust import events
+
 from users.runtime import setup
 
-setup(scenarios=["credits", "config", "deadlock", "crossservice"])
+setup(scenarios=["credits", "config", "deadlock", "crossservice", "queue"])
 
 from users.config import ConfigAgent  # noqa: E402, F401
 from users.credits import CreditAgent  # noqa: E402, F401
 from users.crossservice import CrossServiceAgent  # noqa: E402, F401
-from users.deadlock import DeadlockAgent  # noqa: E402, F401
+from users.deadlock import DeadlockAgent  # noqa: E402
+from users.queue import QueueConsumer, QueueSubmitter  # noqa: E402, F401
 from users.shape import RampShape  # noqa: E402, F401
+
+DeadlockAgent.fixed_count = 3  # one whole lock cycle (A→B→C) from the first stage on; Locust spawns these first
+
+
+@events.init_command_line_parser.add_listener
+def _mixed_defaults(parser, **_kwargs):  # type: ignore[no-untyped-def]
+    # The ramp's first stage has 5 agents: two consumers leave room for every other kind.
+    parser.set_defaults(queue_consumers=2)

@@ -25,6 +25,7 @@ SCENARIOS: dict[str, str] = {
     "config": "toolclash.tools.config",
     "deadlock": "toolclash.tools.deadlock",
     "crossservice": "toolclash.tools.crossservice",
+    "queue": "toolclash.tools.queue",
 }
 """A scenario's tool module declares:
 

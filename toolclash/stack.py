@@ -51,6 +51,7 @@ __all__ = [
     "SERVICES",
     "ClickHouseService",
     "PostgresService",
+    "RedisService",
     "Service",
     "ServiceContext",
     "Stack",
@@ -880,8 +881,200 @@ def _file_size(path: Path) -> int:
         return 0
 
 
+def _is_zombie(pid: int) -> bool:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("State:"):
+                return "Z" in line.split()[1]
+    except OSError:
+        return False
+    return False
+
+
+def _port_free(port: int) -> bool:
+    """Whether a server could listen on *port* of 127.0.0.1 now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does: TIME_WAIT is no obstacle
+        try:
+            sock.bind((LOOPBACK, port))
+        except OSError:
+            return False
+        return True
+
+
+class RedisService(Service):
+    """A private Redis: 127.0.0.1 only, protected mode, a generated ``requirepass``, run as the stack's user.
+
+    Not durable by default (no AOF, no RDB snapshots: a restart starts empty). ``durable=True`` turns on
+    ``appendonly yes`` with ``appendfsync always``: every acknowledged write survives a crash of the server.
+    A restart reuses the recorded port when it is still free, so clients' URLs stay valid.
+    """
+
+    name = "redis"
+    env_var = "REDIS_URL"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.dir / "data"
+
+    @property
+    def log_file(self) -> Path:
+        return self.dir / "redis.log"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.dir / "redis.pid"
+
+    @property
+    def conf_file(self) -> Path:
+        return self.dir / "redis.conf"
+
+    def _pid(self) -> int | None:
+        """pid of the redis-server serving *our* port, checked against its command line."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            pid = self.state.get("pid") or 0
+        if pid <= 0 or not _pid_alive(pid) or _is_zombie(pid):
+            return None
+        cmdline = _proc_cmdline(pid)
+        port = self.state.get("port")
+        if cmdline is not None and (b"redis" not in cmdline or f":{port}".encode() not in cmdline):
+            return None
+        return pid
+
+    def is_running(self) -> bool:
+        return self._pid() is not None
+
+    def url(self, *, masked: bool = False) -> str | None:
+        port, password = self.state.get("port"), self.state.get("password")
+        if port is None or password is None:
+            return None
+        return f"redis://:{'***' if masked else password}@{LOOPBACK}:{port}/0"
+
+    def notes(self) -> list[str]:
+        if self.state.get("durable") is False:
+            return ["non-durable: appendonly no, no RDB snapshots (a restart starts empty; for persistence "
+                    "use your own REDIS_URL or a durable stack, Stack(..., durable=True))"]
+        return []
+
+    def _settings(self, port: int) -> dict[str, str]:
+        settings = {
+            "bind": LOOPBACK,
+            "port": str(port),
+            "protected-mode": "yes",
+            "daemonize": "yes",
+            "pidfile": str(self.pid_file),
+            "logfile": str(self.log_file),
+            "dir": str(self.data_dir),
+            "maxclients": "4000",
+            "save": '""',
+            "appendonly": "no",
+        }
+        if self.ctx.durable:
+            settings.update({"appendonly": "yes", "appendfsync": "always"})
+        return settings
+
+    def _binary(self) -> str:
+        found = shutil.which("redis-server") or ("/usr/bin/redis-server" if os.access("/usr/bin/redis-server",
+                                                                                      os.X_OK) else None)
+        if found is None:
+            raise StackError("redis-server not found; install it: apt-get install -y redis-server "
+                             "(or run `make setup`)")
+        return found
+
+    def start(self, deadline: float) -> None:
+        binary = self._binary()
+        self.ctx.makedir(self.dir)
+        self.ctx.makedir(self.data_dir)
+        if not self.state.get("password"):
+            self.state.update(password=secrets.token_urlsafe(24), log=str(self.log_file))
+            self.ctx.save()
+        recorded = self.state.get("port")
+        last_port = 0
+        for attempt in range(PORT_ATTEMPTS):
+            if time.monotonic() >= deadline:
+                raise StackError(f"Redis did not start before the deadline: {_tail(_read_text(self.log_file))}; "
+                                 "retry with a longer --timeout")
+            last_port = recorded if attempt == 0 and recorded and _port_free(recorded) else _free_port()
+            settings = self._settings(last_port)
+            lines = ["# written by toolclash.stack on every start; edits are lost"]
+            lines += [f"{key} {value}" if value else f'{key} ""' for key, value in settings.items()]
+            lines.append(f"requirepass {self.state['password']}")
+            self.ctx.write_file(self.conf_file, "\n".join(lines) + "\n")
+            offset = self.log_file.stat().st_size if self.log_file.exists() else 0
+            self.pid_file.unlink(missing_ok=True)
+            result = self.ctx.run([binary, self.conf_file], timeout=deadline - time.monotonic(), cwd=self.dir)
+            self.state.update(port=last_port)
+            if result.returncode == 0 and self._wait_ready(deadline, offset):
+                break
+            log = _read_text(self.log_file, offset) + result.stderr + result.stdout
+            if "Address already in use" in log:
+                continue
+            raise StackError(f"Redis failed to start (exit {result.returncode}): {_tail(log)}; see {self.log_file}")
+        else:
+            raise StackError(f"Redis could not bind a free port on {LOOPBACK} after {PORT_ATTEMPTS} attempts "
+                             f"(last {last_port}); retry")
+        self.state.update(pid=self._pid(), durable=self.ctx.durable,
+                          settings={"appendonly": settings["appendonly"], "appendfsync": settings.get("appendfsync",
+                                                                                                    "-"),
+                                    "bind": LOOPBACK, "protected-mode": "yes"})
+        self.ctx.save()
+
+    def _wait_ready(self, deadline: float, log_offset: int) -> bool:
+        """True once the server answers an authenticated PING; False if it exited (e.g. port taken)."""
+        import redis  # local import: nothing at import time
+
+        client = redis.Redis(host=LOOPBACK, port=self.state["port"], password=self.state["password"],
+                             socket_timeout=2, socket_connect_timeout=2)
+        try:
+            while True:
+                try:
+                    if client.ping():
+                        return True
+                except redis.AuthenticationError as exc:
+                    raise StackError(f"Redis on port {self.state['port']} rejected the recorded password; "
+                                     f"remove {self.ctx.root} to start afresh") from exc
+                except redis.RedisError:
+                    pass
+                log = _read_text(self.log_file, log_offset)
+                if "Address already in use" in log or "Could not create server TCP listening socket" in log:
+                    return False
+                if time.monotonic() >= deadline:
+                    raise StackError(f"Redis did not become ready before the deadline: "
+                                     f"{_tail(_read_text(self.log_file, log_offset))}; retry with a longer --timeout")
+                time.sleep(0.05)
+        finally:
+            client.close()
+
+    def stop(self) -> bool:
+        """SIGTERM (Redis shuts down cleanly, flushing the AOF when on), SIGKILL after 30 s."""
+        pid = self._pid()
+        self.state["pid"] = None
+        if pid is None:
+            return False
+        os.kill(pid, signal.SIGTERM)
+        limit = time.monotonic() + 30
+        while time.monotonic() < limit:
+            if not _pid_alive(pid) or _is_zombie(pid):
+                return True
+            time.sleep(0.05)
+        os.kill(pid, signal.SIGKILL)
+        return True
+
+    def kill(self) -> None:
+        """SIGKILL the server (a crash, for fault tests): no shutdown, no final flush."""
+        pid = self._pid()
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+            limit = time.monotonic() + 10
+            while time.monotonic() < limit and _pid_alive(pid) and not _is_zombie(pid):
+                time.sleep(0.02)
+        self.state["pid"] = None
+
+
 SERVICES: dict[str, type[Service]] = {"postgres": PostgresService, "auth_postgres": AuthPostgresService,
-                                     "clickhouse": ClickHouseService}
+                                     "clickhouse": ClickHouseService, "redis": RedisService}
 
 
 # ---------------------------------------------------------------------------------------------- stack
