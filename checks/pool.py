@@ -218,8 +218,8 @@ def figures(ops: Iterable[Mapping[str, Any]], final: Mapping[str, Any]) -> dict[
         "exhaustion_episodes": len(episodes),
         "recovery_max_s": recoveries[-1] if recoveries else 0.0,
         "recovery_p95_s": percentile(recoveries, 95) if recoveries else 0.0,
-        "client_waiting_max": max((int(s.get("waiting") or 0) for s in samples), default=None),
-        "client_in_use_max": max((int(s.get("in_use") or 0) for s in samples), default=None),
+        "client_waiting_max": max((int(s["waiting"]) for s in samples if s.get("in_use") is not None), default=None),
+        "client_in_use_max": max((int(s["in_use"]) for s in samples if s.get("in_use") is not None), default=None),
         "bouncer_cl_waiting_max": max((int(s.get("cl_waiting") or 0) for s in bouncer_samples), default=None),
         "bouncer_sv_active_max": max((int(s.get("sv_active") or 0) for s in bouncer_samples), default=None),
         "bouncer_maxwait_max_s": max((int(s.get("maxwait") or 0) + int(s.get("maxwait_us") or 0) / 1e6

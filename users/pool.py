@@ -18,6 +18,7 @@ import gevent
 from locust import User, task
 from locust.exception import StopUser
 
+from checks.pool import QUEUED_MS
 from toolclash import db
 from toolclash.history import OK
 from toolclash.settings import Settings
@@ -156,6 +157,8 @@ class PoolAgent(User):
             wait_ms = call.result.get("wait_ms")
             if wait_ms is not None:
                 self.rt.bump("pool_wait_" + db.wait_bucket(float(wait_ms)))
+                if float(wait_ms) >= QUEUED_MS:
+                    self.rt.bump("pool_waits")
             if call.reason == pool_tool.TIMEOUT:
                 self.rt.bump("pool_timeouts")
         if call.outcome != OK and call.reason not in (pool_tool.TIMEOUT, pool_tool.CANCELLED):

@@ -96,7 +96,7 @@ def validate(opts: Any) -> None:
         raise SettingsError("--scan-rows and --facts-rows must satisfy 1 <= scan rows <= facts rows")
 
 
-QUERY = ("SELECT tenant % 64 AS bucket, count(*), sum(amount), avg(amount), stddev_samp(amount), max(amount) "
+QUERY = ("SELECT tenant %% 64 AS bucket, count(*), sum(amount), avg(amount), stddev_samp(amount), max(amount) "
          "FROM toolclash.pool_facts WHERE id BETWEEN %s AND %s GROUP BY 1")
 _SETUP = "SET LOCAL statement_timeout = %s; SET LOCAL max_parallel_workers_per_gather = 0"
 
@@ -382,8 +382,8 @@ def reset(conn: Any, *, backend: Any = None, facts_rows: int, pool: str = "clien
         row = cur.fetchone()
         if row is None or int(row[0]) != facts_rows:
             cur.execute("TRUNCATE toolclash.pool_facts, toolclash.pool_seed")
-            cur.execute("INSERT INTO toolclash.pool_facts (id, tenant, amount) SELECT g, (g * 7919) % 1000, "
-                        "(g % 9973)::float8 / 7 FROM generate_series(1::bigint, %s) AS g", (facts_rows,))
+            cur.execute("INSERT INTO toolclash.pool_facts (id, tenant, amount) SELECT g, (g * 7919) %% 1000, "
+                        "(g %% 9973)::float8 / 7 FROM generate_series(1::bigint, %s) AS g", (facts_rows,))
             cur.execute("INSERT INTO toolclash.pool_seed (rows) VALUES (%s)", (facts_rows,))
             cur.execute("ANALYZE toolclash.pool_facts")
     conn.commit()
