@@ -179,8 +179,13 @@ class BouncerSource:
         self._conns.clear()
 
 
-def is_query_wait_timeout(exc: BaseException) -> bool:
-    return "query_wait_timeout" in str(exc)
+def is_query_wait_timeout(exc: BaseException, kind: str, in_queue: bool, wait_s: float, limit_s: float) -> bool:
+    """Whether PgBouncer gave up on a queued query. PgBouncer sends ``ERROR: query_wait_timeout`` and closes
+    the connection, but libpq reports only the closed connection; so: the connection was lost during the
+    transaction's first statement (the one that waits for a server) after waiting at least the limit."""
+    if "query_wait_timeout" in str(exc):
+        return True
+    return kind == "connection" and in_queue and wait_s >= 0.95 * limit_s
 
 
 # --------------------------------------------------------------------------------------------- tool
@@ -246,7 +251,7 @@ class AnalyticsTool:
             if source.kind == "pgbouncer" and call.phase == STATEMENT and query_started == started:
                 wait_s += time.monotonic() - started  # failed while PgBouncer had it queued
             source.release(lease, discard=True)
-            return self._failed(call, exc, wait_s, query_ms)
+            return self._failed(call, exc, wait_s, query_ms, in_queue=query_started == started)
         except BaseException:  # GreenletExit at stop, Ctrl-C: close the session, then go on stopping
             source.release(lease, discard=True)
             raise
@@ -255,13 +260,14 @@ class AnalyticsTool:
                            wait_ms=round(wait_s * 1000, 3),
                            query_ms=round((time.monotonic() - query_started) * 1000, 3))
 
-    def _failed(self, call: Call, exc: psycopg2.Error, wait_s: float, query_ms: float) -> Call:
+    def _failed(self, call: Call, exc: psycopg2.Error, wait_s: float, query_ms: float, *, in_queue: bool) -> Call:
         kind = db.classify(exc)
         wait_ms = round(wait_s * 1000, 3)
         if kind.sqlstate == psycopg2.errorcodes.QUERY_CANCELED:
             return call.finish(FAIL, CANCELLED, kind.error_class, wait_ms=wait_ms, query_ms=query_ms,
                                statement_timeout_ms=self.statement_timeout_ms)
-        if isinstance(self.source, BouncerSource) and is_query_wait_timeout(exc):
+        if isinstance(self.source, BouncerSource) and is_query_wait_timeout(exc, kind.kind, in_queue, wait_s,
+                                                                            self.source.query_wait_timeout_s):
             waiting = self.source.waiting() if self.source.waiting else None
             message = (f"pool {self.source.label!r}: no server connection within {wait_s:.3f} s "
                        f"(PgBouncer query_wait_timeout {self.source.query_wait_timeout_s:g} s), "
@@ -461,7 +467,7 @@ def finish(backend: Any, opts: Any, handle: Any, deadline_s: float) -> None:
         gathered["pool_samples"] = [op["result"] for op in history.ops if op["tool"] == SAMPLE_TOOL]
     url = backend.urls.get("PGBOUNCER_URL")
     if url:
-        gathered["bouncer"] = _bouncer_final(url, backend, min(deadline_s, 5.0))
+        gathered["bouncer"] = _bouncer_final(url, backend, min(deadline_s, 2.0))
     _FINISHED[backend.run_id] = gathered
 
 
