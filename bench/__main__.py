@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 from bench import Progress
 from bench.cpu import machine_busy_s
+from bench.pool import pool_phase
 from bench.throughput import (
     ROOT,
     STRATEGY,
@@ -92,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--skip-floor", action="store_true",
                         help="skip the reference run of psycopg2 + gevent alone (no Locust, no toolclash)")
     parser.add_argument("--skip-checker", action="store_true", help="skip the checker-speed phase")
+    parser.add_argument("--skip-pool", action="store_true", help="skip the pool phase (bench/pool.py)")
     parser.add_argument("--ops", type=_positive_int, default=1_000_000, metavar="N",
                         help="operations in the synthetic history of the checker phase (default 1,000,000)")
     parser.add_argument("--checker-accounts", type=_positive_int, default=100, metavar="N",
@@ -442,6 +444,7 @@ def main(argv: list[str] | None = None) -> int:
             throughput_phase(args, ts, report, say)
         if not args.skip_checker:
             checker_phase(args, ts, report, say)
+        pool_phase(args, report, say)
     except KeyboardInterrupt:
         report["interrupted"] = True
         say("interrupted: servers and child processes stopped; writing a partial report")

@@ -14,3 +14,6 @@ CREATE TABLE IF NOT EXISTS toolclash.pool_seed (
     rows      bigint  NOT NULL,
     seeded_at timestamptz NOT NULL DEFAULT clock_timestamp()
 );
+
+-- windows are ranges of ids: an index keeps a small window small (sequential ids append cheaply)
+CREATE INDEX IF NOT EXISTS pool_facts_id ON toolclash.pool_facts (id);
