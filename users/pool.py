@@ -93,7 +93,9 @@ class _Shared:
         if self.live > 0:
             return
         if self.sampler is not None:
-            self.sampler.kill(block=False)
+            # wait until it is gone: a greenlet killed mid-query still holds its connection's lock, and closing
+            # that connection from here would block the whole process on it
+            self.sampler.kill(block=True, timeout=5)
             self.sampler = None
         history = rt.history
         if history is not None:

@@ -72,7 +72,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("statement_timeout_ms", int, 5000, "statement_timeout of each analytical query; past it the query "
            "is cancelled (57014) and counted"),
     Option("facts_rows", int, 1_000_000, "rows seeded into the fact table by the run's reset"),
-    Option("scan_rows", int, 200_000, "rows each analytical query aggregates (a random window of the table)"),
+    Option("scan_rows", int, 250_000, "rows each analytical query aggregates (a random window of the table)"),
     Option("gate_pool_recovery_s", float, 2.0, "SLA gate: longest time from a burst exhausting the pool until "
            "its queue drained (acquire wait under 10 ms again)"),
 )
