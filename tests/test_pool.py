@@ -261,3 +261,12 @@ def test_pgbouncer_leak_is_caught_and_named(database_url: str, stack: dict[str, 
     assert sessions["valid"] is False
     assert any(s["application_name"].endswith(":" + agent) and s["state"] == "idle in transaction"
                for s in sessions["evidence"])
+
+
+def test_bad_option_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    run = run_locust(["-u", "1", "-t", "1s", "--scan-rows", "0"], reports=tmp_path, database_url=None,
+                     locustfile=LOCUSTFILE, services={})
+    assert run.code == 2, run.output()
+    assert run.proc.stderr.strip() == ("toolclash: --scan-rows and --facts-rows must satisfy "
+                                       "1 <= scan rows <= facts rows")
+    assert not run.run_dir.exists()

@@ -123,6 +123,10 @@ class ClientSource:
         """The leaking path: the lease stays checked out (the pool's leak tracking must see it)."""
 
 
+_LEAKED: list[Any] = []
+"""Connections dropped on purpose by ``--fault leak`` through PgBouncer (they live until the process exits)."""
+
+
 class BouncerSource:
     """Connections through PgBouncer: one per agent (transaction mode) or one per call (session mode).
 
@@ -141,7 +145,6 @@ class BouncerSource:
         self.query_wait_timeout_s = query_wait_timeout_s
         self.waiting = waiting
         self._conns: dict[str, Any] = {}
-        self.leaked: list[Any] = []
 
     def acquire(self, agent: str, op_id: str) -> db.Lease:
         start = time.monotonic()
@@ -171,7 +174,7 @@ class BouncerSource:
         kept alive, so PgBouncer keeps a server connection assigned to it."""
         if self._conns.get(lease.holder) is lease.conn:
             del self._conns[lease.holder]
-        self.leaked.append(lease.conn)
+        _LEAKED.append(lease.conn)  # module-level: garbage collection of the source must not close it
 
     def close(self) -> None:
         for conn in self._conns.values():
