@@ -29,6 +29,7 @@ from bench import config as config_bench
 from bench.cpu import machine_busy_s
 from bench.deadlock import deadlock_phase
 from bench.deadlock import rows as deadlock_rows
+from bench.pool import pool_phase
 from bench.queue import add_arguments as add_queue_arguments
 from bench.queue import queue_phase
 from bench.throughput import (
@@ -50,7 +51,7 @@ TARGET_CHECKER_OPS = 200_000
 INITIAL_BALANCE = 10**12
 EXPECTED_LOCUST_CODES = (0, 4)
 SKIP_FLAGS = ("skip_pgbench_ratio", "skip_checker", "skip_distributed", "skip_config", "skip_deadlock",
-              "skip_crossservice", "skip_queue")
+              "skip_crossservice", "skip_queue", "skip_pool")
 """Every phase's skip flag: skipping all of them leaves nothing to measure."""
 OTHER_LOAD_WARN = 0.2
 """Cores busy outside client, server and softirq above which a phase is flagged."""
@@ -106,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="agents of the distributed phase (default 100)")
     parser.add_argument("--skip-deadlock", action="store_true",
                         help="skip the deadlock phase (detection time of 200 cycles, cascade recovery)")
+    parser.add_argument("--skip-pool", action="store_true", help="skip the pool phase (bench/pool.py)")
     parser.add_argument("--ops", type=_positive_int, default=1_000_000, metavar="N",
                         help="operations in the synthetic history of the checker phase (default 1,000,000)")
     parser.add_argument("--checker-accounts", type=_positive_int, default=100, metavar="N",
@@ -484,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
     load_phases = 0 if args.skip_pgbench_ratio else (3 if args.skip_floor else 4) * args.rounds
     load_phases += 0 if args.skip_distributed else 3
     load_phases += sum(not getattr(args, flag) for flag in ("skip_checker", "skip_deadlock", "skip_crossservice",
-                                                            "skip_queue"))
+                                                            "skip_queue", "skip_pool"))
     say = Progress(phases=load_phases)
     ts = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     report: dict[str, Any] = {
@@ -527,6 +529,7 @@ def main(argv: list[str] | None = None) -> int:
 
             crossservice_phase(args, ts, report, say)
         queue_phase(args, report, say)
+        pool_phase(args, report, say)
     except KeyboardInterrupt:
         report["interrupted"] = True
         say("interrupted: servers and child processes stopped; writing a partial report")

@@ -26,6 +26,7 @@ SCENARIOS: dict[str, str] = {
     "deadlock": "toolclash.tools.deadlock",
     "crossservice": "toolclash.tools.crossservice",
     "queue": "toolclash.tools.queue",
+    "pool": "toolclash.tools.pool",
 }
 """A scenario's tool module declares:
 

@@ -1073,8 +1073,226 @@ class RedisService(Service):
         self.state["pid"] = None
 
 
-SERVICES: dict[str, type[Service]] = {"postgres": PostgresService, "auth_postgres": AuthPostgresService,
-                                     "clickhouse": ClickHouseService, "redis": RedisService}
+class PgBouncerService(Service):
+    """Debian's PgBouncer in front of the stack's own PostgreSQL (the ``postgres`` service), 127.0.0.1 only.
+
+    Two pooled databases point at the same PostgreSQL database: ``toolclash`` in session mode and
+    ``toolclash_tx`` in transaction mode (choose the pool mode by the database name in the URL).
+    ``default_pool_size = 20`` server connections per database and user, ``max_client_conn = 2000``.
+    Clients log in with the PostgreSQL user's password: the auth file holds its SCRAM secret (read
+    from ``pg_authid``, never the plain password), with which PgBouncer also logs in to PostgreSQL.
+    ``toolclash`` is admin and stats user of the console (database ``pgbouncer``: SHOW POOLS,
+    SHOW STATS, SET query_wait_timeout = …).  Starts after ``postgres``; fails clearly without it.
+    """
+
+    name = "pgbouncer"
+    env_var = "PGBOUNCER_URL"
+    upstream = "postgres"
+    user = PostgresService.user
+    database = PostgresService.database
+    TRANSACTION_SUFFIX = "_tx"
+    """``<database>_tx`` is the same database pooled in transaction mode."""
+    DEFAULT_POOL_SIZE = 20
+    MAX_CLIENT_CONN = 2000
+    QUERY_WAIT_TIMEOUT_S = 120
+    BINARY = "/usr/sbin/pgbouncer"
+
+    @property
+    def config_file(self) -> Path:
+        return self.dir / "pgbouncer.ini"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.dir / "pgbouncer.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.dir / "pgbouncer.log"
+
+    def _binary(self) -> str:
+        found = self.BINARY if os.access(self.BINARY, os.X_OK) else shutil.which("pgbouncer")
+        if not found:
+            raise StackError("pgbouncer not found; install it: apt-get install -y pgbouncer  (or run `make setup`)")
+        return found
+
+    def _pid(self) -> int | None:
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        if pid <= 0 or not _pid_alive(pid):
+            return None
+        cmdline = _proc_cmdline(pid)
+        if cmdline is not None and os.fsencode(self.config_file) not in cmdline.split(b"\0"):
+            return None  # stale pid file whose pid now belongs to another process
+        return pid
+
+    def is_running(self) -> bool:
+        return self._pid() is not None
+
+    def url(self, *, masked: bool = False) -> str | None:
+        port, password = self.state.get("port"), self.state.get("password")
+        if port is None or password is None:
+            return None
+        return f"postgresql://{self.user}:{'***' if masked else password}@{LOOPBACK}:{port}/{self.database}"
+
+    def notes(self) -> list[str]:
+        upstream = self.state.get("upstream_port")
+        return [f"pools PostgreSQL at {LOOPBACK}:{upstream}: database {self.database} in session mode, "
+                f"{self.database}{self.TRANSACTION_SUFFIX} in transaction mode, default_pool_size "
+                f"{self.DEFAULT_POOL_SIZE}, max_client_conn {self.MAX_CLIENT_CONN}"] if upstream else []
+
+    def _upstream_state(self) -> dict[str, Any]:
+        """The ``postgres`` service's record (port, password) from this state dir's stack.json."""
+        try:
+            state = json.loads((self.ctx.root / STATE_FILE).read_text(encoding="utf-8"))
+            pg = state["services"][self.upstream]
+        except (OSError, ValueError, KeyError, TypeError):
+            pg = {}
+        if not pg.get("port") or not pg.get("password") or not PostgresService(self.ctx, pg).is_running():
+            raise StackError(
+                f"pgbouncer fronts the stack's own PostgreSQL, which is not running in {self.ctx.root}; "
+                "start both (services postgres then pgbouncer), or give PGBOUNCER_URL for your own PgBouncer"
+            )
+        return dict(pg)
+
+    def _scram_secret(self, pg: dict[str, Any]) -> str:
+        import psycopg2  # local import: nothing at import time
+
+        try:
+            conn = psycopg2.connect(host=LOOPBACK, port=pg["port"], user=self.user, password=pg["password"],
+                                    dbname="postgres", connect_timeout=5)
+        except psycopg2.OperationalError as exc:
+            raise StackError(f"pgbouncer: cannot read the login secret from PostgreSQL: "
+                             f"{str(exc).strip().splitlines()[0]}") from None
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s", (self.user,))
+                row = cur.fetchone()
+        finally:
+            conn.close()
+        if row is None or not str(row[0] or "").startswith("SCRAM-SHA-256$"):
+            raise StackError(f"pgbouncer: PostgreSQL user {self.user} has no SCRAM password; "
+                             f"remove {self.ctx.root} to start afresh")
+        return str(row[0])
+
+    def _config(self, port: int, upstream_port: int) -> str:
+        target = f"host={LOOPBACK} port={upstream_port} dbname={self.database}"
+        lines = [
+            "; written by toolclash.stack on every start; edits are lost",
+            "[databases]",
+            f"{self.database} = {target}",
+            f"{self.database}{self.TRANSACTION_SUFFIX} = {target} pool_mode=transaction",
+            "",
+            "[pgbouncer]",
+            f"listen_addr = {LOOPBACK}",
+            f"listen_port = {port}",
+            "unix_socket_dir =",
+            "auth_type = scram-sha-256",
+            f"auth_file = {self.dir / 'userlist.txt'}",
+            f"admin_users = {self.user}",
+            f"stats_users = {self.user}",
+            "pool_mode = session",
+            f"default_pool_size = {self.DEFAULT_POOL_SIZE}",
+            "min_pool_size = 0",
+            "reserve_pool_size = 0",
+            f"max_client_conn = {self.MAX_CLIENT_CONN}",
+            f"query_wait_timeout = {self.QUERY_WAIT_TIMEOUT_S}",
+            "server_reset_query = DISCARD ALL",
+            "server_login_retry = 1",
+            f"logfile = {self.log_file}",
+            f"pidfile = {self.pid_file}",
+            "log_connections = 0",
+            "log_disconnections = 0",
+            "stats_period = 10",
+        ]
+        return "\n".join(lines) + "\n"
+
+    def start(self, deadline: float) -> None:
+        binary = self._binary()
+        pg = self._upstream_state()
+        self.ctx.makedir(self.dir)
+        secret = self._scram_secret(pg)
+        self.ctx.write_file(self.dir / "userlist.txt", f'"{self.user}" "{secret}"\n')
+        self.state.update(password=pg["password"], upstream_port=pg["port"], log=str(self.log_file))
+        last_port = 0
+        for _attempt in range(PORT_ATTEMPTS):
+            if time.monotonic() >= deadline:
+                self._raise_deadline()
+            last_port = _free_port()
+            self.ctx.write_file(self.config_file, self._config(last_port, int(pg["port"])))
+            offset = self.log_file.stat().st_size if self.log_file.exists() else 0
+            result = self.ctx.run([binary, "-d", "-q", self.config_file], timeout=deadline - time.monotonic(),
+                                  cwd=self.dir)
+            if result.returncode == 0 and self._wait_ready(last_port, deadline):
+                break
+            log = _read_text(self.log_file, offset) + result.stderr + result.stdout
+            self.stop()
+            if "Address already in use" in log or "could not bind" in log.lower():
+                continue
+            raise StackError(f"PgBouncer failed to start (exit {result.returncode}): {_tail(log)}; "
+                             f"see {self.log_file}")
+        else:
+            raise StackError(
+                f"PgBouncer could not bind a free port on {LOOPBACK} after {PORT_ATTEMPTS} attempts "
+                f"(last {last_port}): ports are being taken by other processes; retry"
+            )
+        self.state.update(port=last_port, pid=self._pid(), settings={
+            "pool_mode": "session", f"pool_mode[{self.database}{self.TRANSACTION_SUFFIX}]": "transaction",
+            "default_pool_size": str(self.DEFAULT_POOL_SIZE), "max_client_conn": str(self.MAX_CLIENT_CONN),
+            "query_wait_timeout": str(self.QUERY_WAIT_TIMEOUT_S)})
+        self.ctx.save()
+
+    def _wait_ready(self, port: int, deadline: float) -> bool:
+        """True once the admin console answers; False if the daemon died (e.g. port taken)."""
+        import psycopg2
+
+        grace = time.monotonic() + 1.0  # the daemon writes its pid file just after forking
+        while time.monotonic() < deadline:
+            try:
+                conn = psycopg2.connect(host=LOOPBACK, port=port, user=self.user, password=self.state["password"],
+                                        dbname="pgbouncer", connect_timeout=2)
+            except psycopg2.OperationalError as exc:
+                if "password authentication failed" in str(exc) or "SASL" in str(exc):
+                    raise StackError(f"PgBouncer rejected the stack's password: {str(exc).strip().splitlines()[0]}; "
+                                     f"see {self.log_file}") from None
+                if not self.is_running() and time.monotonic() > grace:
+                    return False  # the daemon exited (its log says why)
+                time.sleep(0.05)
+                continue
+            conn.close()
+            return True
+        self._raise_deadline()
+
+    def _raise_deadline(self) -> NoReturn:
+        self.stop()
+        raise StackError(f"PgBouncer did not become ready before the deadline (see {self.log_file}): "
+                         f"{_tail(_read_text(self.log_file))}; retry with a longer --timeout")
+
+    def stop(self) -> bool:
+        pid = self._pid()
+        self.state["pid"] = None
+        if pid is None:
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)  # immediate shutdown (SIGINT would wait for every client)
+        limit = time.monotonic() + 10
+        while time.monotonic() < limit:
+            if not _pid_alive(pid):
+                return True
+            time.sleep(0.02)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        return True
+
+
+SERVICES: dict[str, type[Service]] = {
+    "postgres": PostgresService,
+    "auth_postgres": AuthPostgresService,
+    "pgbouncer": PgBouncerService,  # after postgres: it reads that server's port and password
+    "clickhouse": ClickHouseService,
+    "redis": RedisService,
+}
 
 
 # ---------------------------------------------------------------------------------------------- stack
