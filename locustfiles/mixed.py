@@ -5,7 +5,7 @@
     locust -f locustfiles/mixed.py                                 # web UI: start the ramp from the form
 
 Stages are options (--stages, --stage-seconds, --stage-spawn-rate). Scenarios: credits, config, deadlock,
-crossservice, queue. Here the deadlock agents are 3 (one lock cycle) and the queue consumers 2 by default
+crossservice, queue, pool. Here the deadlock agents are 3 (one lock cycle) and the queue consumers 2 by default
 (--queue-consumers); the other agents share the rest. Each scenario's own options apply to its agents;
 --strategy and --fault apply to the scenarios that know the value.
 """
@@ -19,12 +19,13 @@ from locust import events
 
 from users.runtime import setup
 
-setup(scenarios=["credits", "config", "deadlock", "crossservice", "queue"])
+setup(scenarios=["credits", "config", "deadlock", "crossservice", "queue", "pool"])
 
 from users.config import ConfigAgent  # noqa: E402, F401
 from users.credits import CreditAgent  # noqa: E402, F401
 from users.crossservice import CrossServiceAgent  # noqa: E402, F401
 from users.deadlock import DeadlockAgent  # noqa: E402
+from users.pool import PoolAgent  # noqa: E402, F401
 from users.queue import QueueConsumer, QueueSubmitter  # noqa: E402, F401
 from users.shape import RampShape  # noqa: E402, F401
 
@@ -33,5 +34,6 @@ DeadlockAgent.fixed_count = 3  # one whole lock cycle (A→B→C) from the first
 
 @events.init_command_line_parser.add_listener
 def _mixed_defaults(parser, **_kwargs):  # type: ignore[no-untyped-def]
-    # The ramp's first stage has 5 agents: two consumers leave room for every other kind.
-    parser.set_defaults(queue_consumers=2)
+    # The ramp's first stage has 5 agents: two consumers leave room for every other kind; analytical queries
+    # are smaller than the pool scenario's own (which has the machine to itself) so they don't starve the rest.
+    parser.set_defaults(queue_consumers=2, facts_rows=200_000, scan_rows=50_000)
