@@ -33,6 +33,7 @@ CHECKS: dict[str, str] = {
     # gates(ops, final, settings) -> [gate dicts as sla.gates() makes], figures(ops, final) -> dict, and
     # BUSINESS_REJECTIONS (fail reasons that are correct answers, left out of the success rate).
     "credits": "checks.credits",
+    "workspace": "checks.workspace",
 }
 
 GATE_DEFAULTS = {"gate_conflict_rate": 0.05, "gate_p95_ms": 2000.0, "gate_success_rate": 0.999,

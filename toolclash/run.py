@@ -22,6 +22,7 @@ import orjson
 SCENARIOS: dict[str, str] = {
     # scenario name -> tool module; one registry line per scenario (the contract is below)
     "credits": "toolclash.tools.credits",
+    "workspace": "toolclash.tools.workspace",
 }
 """A scenario's tool module declares:
 
