@@ -304,10 +304,10 @@ class Projector:
                 conn.rollback()
                 return 0
             self._apply(cur, stream, events)
-            if self.pause_s:
-                time.sleep(self.pause_s)
             if self.separate_checkpoint:  # the fault: read models committed, checkpoint later
                 conn.commit()
+            if self.pause_s:
+                time.sleep(self.pause_s)
             self._maybe_crash()
             cur.execute("UPDATE toolclash.ws_checkpoints SET position = %s, projector = %s, "
                         "updated_at = clock_timestamp() WHERE stream_id = %s", (events[-1][0], self.name, stream))
