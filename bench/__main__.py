@@ -37,6 +37,8 @@ from bench.throughput import (
     run_pgbench,
     server_version,
 )
+from bench.workspace import add_arguments as add_workspace_arguments
+from bench.workspace import workspace_phase
 from toolclash.run import write_json
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -100,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="timed repetitions of evaluate() and check_all(); the median counts (default 3)")
     parser.add_argument("--keep-synthetic", action="store_true",
                         help="keep the synthetic run directory under reports/bench-<ts>/ (for profiling)")
+    add_workspace_arguments(parser)
     return parser
 
 
@@ -408,11 +411,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.ramp >= args.duration:
         build_parser().error(f"--ramp ({args.ramp:g}) must be shorter than --duration ({args.duration})")
-    if args.skip_pgbench_ratio and args.skip_checker:
-        build_parser().error("--skip-pgbench-ratio and --skip-checker together leave nothing to measure")
+    if args.skip_pgbench_ratio and args.skip_checker and args.skip_workspace:
+        build_parser().error("--skip-pgbench-ratio, --skip-checker and --skip-workspace together leave nothing "
+                             "to measure")
     signal.signal(signal.SIGTERM, _raise_interrupt)
     load_phases = 0 if args.skip_pgbench_ratio else (3 if args.skip_floor else 4) * args.rounds
-    say = Progress(phases=load_phases + (0 if args.skip_checker else 1))
+    say = Progress(phases=load_phases + (0 if args.skip_checker else 1) + (0 if args.skip_workspace else 2))
     ts = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     report: dict[str, Any] = {
         "bench": ts,
@@ -442,6 +446,8 @@ def main(argv: list[str] | None = None) -> int:
             throughput_phase(args, ts, report, say)
         if not args.skip_checker:
             checker_phase(args, ts, report, say)
+        if not args.skip_workspace:
+            workspace_phase(args, ts, report, say)
     except KeyboardInterrupt:
         report["interrupted"] = True
         say("interrupted: servers and child processes stopped; writing a partial report")
@@ -459,7 +465,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"python -m bench: {report['error']}", file=sys.stderr)
         code = EXIT_FAILED
     tp_errors = (report.get("throughput") or {}).get("errors") or []
-    if code == EXIT_OK and (tp_errors or "error" in (report.get("checker") or {})):
+    if code == EXIT_OK and (tp_errors or "error" in (report.get("checker") or {})
+                            or (report.get("workspace") or {}).get("errors")):
         code = EXIT_FAILED
     report["exit_code"] = code
     write_json(path, report)

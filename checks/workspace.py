@@ -29,6 +29,7 @@ import math
 from bisect import bisect_right
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
+from operator import itemgetter
 from typing import Any
 
 from checks import UNKNOWN, CheckResult, Evidence, gc_paused, result
@@ -122,7 +123,7 @@ class WorkspaceView:
         for e in self.events:
             self.streams[int(e["stream_id"])].append(e)
         for evs in self.streams.values():
-            evs.sort(key=lambda e: (int(e["seq"]), int(e["position"])))
+            evs.sort(key=itemgetter("seq", "position"))  # ints, as the snapshot captures them
         self.heads = {int(s["stream_id"]): int(s["version"]) for s in final.get("streams", [])}
         for sid in self.heads:
             self.streams.setdefault(sid, [])

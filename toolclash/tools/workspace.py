@@ -68,7 +68,7 @@ EVENT_OF = {"upload_file": "FileUploaded", "set_config": "ConfigSet", "grant": "
 PERMS = ("read", "write", "admin")
 
 OPTIONS: tuple[Option, ...] = (
-    Option("workspaces", int, 4, "number of workspaces (one event stream each)"),
+    Option("workspaces", int, 8, "number of workspaces (one event stream each)"),
     Option("principals", int, 4, "principals per workspace that permissions are granted to and revoked from"),
     Option("paths", int, 20, "distinct file paths agents upload to per workspace"),
     Option("config_keys", int, 8, "distinct configuration keys per workspace"),
