@@ -53,7 +53,9 @@ from toolclash.tools import Call, Reject, VersionConflict, think, transact
 log = logging.getLogger("toolclash.workspace")
 
 NAME = "workspace"
-STRATEGIES = ("expected_version",)
+STRATEGIES = ("expected_version", "locked_head")
+"""Both correct: ``expected_version`` is optimistic (conflict, re-decide, retry), ``locked_head`` queues
+appenders on the stream head's row lock (no conflicts, no retries)."""
 DEFAULT_STRATEGY = "expected_version"
 FAULTS = ("append_without_expected_version", "projector_checkpoint_separate", "read_from_any_replica",
           "ack_without_append", "unattributed_events")
@@ -160,7 +162,8 @@ class WorkspaceTool:
 
     def _command(self, call: Call, workspace: int, etype: str, payload: dict[str, Any], correlation_id: str | None,
                  permission: tuple[str, str, bool] | None = None) -> Call:
-        body = self._append_unversioned if self.fault == "append_without_expected_version" else self._append
+        body = (self._append_unversioned if self.fault == "append_without_expected_version" else
+                self._append_locked if self.strategy == "locked_head" else self._append)
         return transact(self.conn, call,
                         lambda cur: body(cur, call, workspace, etype, payload, correlation_id, permission),
                         fault=self._commit_fault)
@@ -195,6 +198,26 @@ class WorkspaceTool:
                     (version + 1, workspace, version))
         if cur.rowcount == 0:
             raise VersionConflict
+        op_id, causation = self._ids(call)
+        cur.execute(_INSERT_EVENT, (workspace, version + 1, etype, Json(payload), self.agent, op_id, causation,
+                                    correlation_id, version))
+        return {"seq": version + 1, "decided_version": version}
+
+    def _append_locked(self, cur: Any, call: Call, workspace: int, etype: str, payload: dict[str, Any],
+                       correlation_id: str | None, permission: tuple[str, str, bool] | None) -> dict[str, Any]:
+        """``locked_head``: lock the head row first (appenders queue there), then read the state in a second
+        statement, whose snapshot is taken after the lock and so sees every event up to the head."""
+        cur.execute("SELECT version FROM toolclash.ws_streams WHERE stream_id = %s FOR UPDATE", (workspace,))
+        row = cur.fetchone()
+        if row is None:
+            raise Reject("no-such-workspace")
+        version = int(row[0])
+        principal, perm = (permission[0], permission[1]) if permission else ("", "")
+        cur.execute(_HEAD_AND_PERMISSION, (principal, perm, workspace))
+        latest = cur.fetchone()[1]
+        think(self.think_ms)
+        self._decide(permission, latest, version)
+        cur.execute("UPDATE toolclash.ws_streams SET version = %s WHERE stream_id = %s", (version + 1, workspace))
         op_id, causation = self._ids(call)
         cur.execute(_INSERT_EVENT, (workspace, version + 1, etype, Json(payload), self.agent, op_id, causation,
                                     correlation_id, version))
