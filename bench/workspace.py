@@ -51,7 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # ------------------------------------------------------------------------------------------------ load
 
 
-def load_run(*, agents: int, duration: int, workdir: Path, run_id: str, say: Say) -> dict[str, Any]:
+def load_run(*, agents: int, duration: int, workdir: Path, run_id: str, say: Say,
+             strategy: str = "expected_version") -> dict[str, Any]:
     from toolclash.stack import Stack, StackError
 
     stack = Stack(services=("postgres",))
@@ -63,7 +64,7 @@ def load_run(*, agents: int, duration: int, workdir: Path, run_id: str, say: Say
             raise BenchError(str(exc)) from None
         argv = [str(locust_bin()), "-f", "locustfiles/workspace.py", "--headless", "-u", str(agents), "-r",
                 str(agents), "-t", f"{duration}s", "--profile", "stress", "--stop-timeout", "3", "--reports-dir",
-                str(workdir), "--run-id", run_id, "--loglevel", "WARNING"]
+                str(workdir), "--run-id", run_id, "--loglevel", "WARNING", "--strategy", strategy]
         res = run_child(argv, env=clean_env({"DATABASE_URL": url}), log=workdir / f"{run_id}.log",
                         timeout=duration + 120, cwd=ROOT)
     finally:
@@ -74,12 +75,12 @@ def load_run(*, agents: int, duration: int, workdir: Path, run_id: str, say: Say
         raise BenchError(f"the workspace run wrote no verdict (exit {res.returncode}); see {res.log}")
     verdict = read_json(checks)
     fig = verdict["figures"]["workspace"]
-    out = {"agents": agents, "duration_s": duration, "exit_code": res.returncode,
+    out = {"strategy": strategy, "agents": agents, "duration_s": duration, "exit_code": res.returncode,
            "verdict_exit_code": verdict["exit_code"], "meaning": verdict["meaning"], "events": fig["events"],
            "appends_per_s": fig["appends_per_s"], "lag_p50_ms": fig["lag_p50_ms"], "lag_p95_ms": fig["lag_p95_ms"],
            "lag_max_ms": fig["lag_max_ms"], "conflict_rate": fig["conflict_rate"], "calls": fig["calls"],
-           "call_p95_ms": fig["p95_ms"], "invalid_checks": [c["name"] for c in verdict["checks"]
-                                                             if c["valid"] is not True], "log": str(res.log)}
+           "call_p95_ms": fig["p95_ms"], "success_rate": fig["success_rate"],
+           "invalid_checks": [c["name"] for c in verdict["checks"] if c["valid"] is not True], "log": str(res.log)}
     if res.returncode not in EXPECTED_CODES or out["invalid_checks"]:
         out["error"] = f"exit {res.returncode}, checks not valid: {out['invalid_checks']}"
     return out
@@ -195,16 +196,21 @@ def workspace_phase(args: argparse.Namespace, ts: str, report: dict[str, Any], s
     report["workspace"] = out
     workdir = ROOT / "reports" / f"bench-{ts}"
     workdir.mkdir(parents=True, exist_ok=True)
-    say.phase(f"workspace: {args.workspace_agents} agents, stress, {args.workspace_duration} s")
-    try:
-        load = out["load"] = load_run(agents=args.workspace_agents, duration=args.workspace_duration,
-                                      workdir=workdir, run_id=f"bench-{ts}-workspace", say=say)
-        say(f"  {load['events']:,} events, {load['appends_per_s']:,.0f} appends/s, projection lag p50 "
-            f"{load['lag_p50_ms']:.1f} / p95 {load['lag_p95_ms']:.1f} / max {load['lag_max_ms']:.1f} ms, conflict "
-            f"rate {load['conflict_rate']:.3f}, exit {load['exit_code']} ({load['meaning']})")
-    except BenchError as exc:
-        out["load"] = {"error": str(exc)}
-        say(f"  FAILED: {exc}")
+    say.phase(f"workspace: {args.workspace_agents} agents, stress, {args.workspace_duration} s, "
+              f"expected_version then locked_head")
+    for strategy in ("expected_version", "locked_head"):
+        key = f"load_{strategy}"
+        try:
+            load = out[key] = load_run(agents=args.workspace_agents, duration=args.workspace_duration,
+                                       workdir=workdir, run_id=f"bench-{ts}-workspace-{strategy}", say=say,
+                                       strategy=strategy)
+            say(f"  {strategy}: {load['events']:,} events, {load['appends_per_s']:,.0f} appends/s, projection lag "
+                f"p50 {load['lag_p50_ms']:.1f} / p95 {load['lag_p95_ms']:.1f} / max {load['lag_max_ms']:.1f} ms, "
+                f"conflict rate {load['conflict_rate']:.3f}, success after retries {load['success_rate']:.4f}, "
+                f"call p95 {load['call_p95_ms']:.0f} ms, exit {load['exit_code']} ({load['meaning']})")
+        except BenchError as exc:
+            out[key] = {"error": str(exc)}
+            say(f"  FAILED: {exc}")
     say.phase(f"workspace: rebuild and compare {args.workspace_events:,} events")
     rb = out["rebuild"] = rebuild_and_compare(args.workspace_events, say)
     met = rb["load_and_rebuild_compare_s"] < TARGET_REBUILD_S
