@@ -26,6 +26,10 @@ CREATE TABLE IF NOT EXISTS toolclash.ws_events (
     UNIQUE (stream_id, seq)
 );
 CREATE INDEX IF NOT EXISTS ws_events_op ON toolclash.ws_events (op_id);
+-- The write side decides a grant or revoke on the permission's latest event at or before the head.
+CREATE INDEX IF NOT EXISTS ws_events_permission ON toolclash.ws_events
+    (stream_id, (payload->>'principal'), (payload->>'perm'), seq)
+    WHERE type IN ('PermissionGranted', 'PermissionRevoked');
 
 -- Projector checkpoints: the seq of the last event applied to the read models, per stream.
 -- A projector locks the row FOR UPDATE (SKIP LOCKED) and moves it in the transaction that

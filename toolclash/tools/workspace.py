@@ -472,9 +472,6 @@ def reset(conn: Any, *, workspaces: int, **_: Any) -> None:
     """Create the schema if needed, empty it, seed *workspaces* empty streams and their checkpoints."""
     schema.apply(conn, NAME)
     with conn.cursor() as cur:
-        cur.execute("CREATE INDEX IF NOT EXISTS ws_events_permission ON toolclash.ws_events "
-                    "(stream_id, (payload->>'principal'), (payload->>'perm'), seq) "
-                    "WHERE type IN ('PermissionGranted', 'PermissionRevoked')")
         cur.execute("TRUNCATE toolclash.ws_applied, toolclash.ws_proj_files, toolclash.ws_proj_config, "
                     "toolclash.ws_proj_permissions, toolclash.ws_checkpoints, toolclash.ws_events, "
                     "toolclash.ws_streams RESTART IDENTITY")
@@ -518,11 +515,12 @@ def finish(backend: Any, opts: Any, handle: Projectors | None, deadline_s: float
         left = handle.drain(deadline_s)
     finally:
         handle.stop()
-    stats = handle.stats()
-    log.info("workspace projectors: %s%s", ", ".join(f"{n} applied {s['applied']} in {s['batches']} batches, "
-                                                     f"{s['crashes']} crashes, {s['errors']} errors"
-                                                     for n, s in stats.items()),
-             f"; {left} event(s) not projected at the end" if left else "")
+    done = ", ".join(f"{n} applied {s['applied']} in {s['batches']} batches, {s['crashes']} crashes, "
+                     f"{s['errors']} errors" for n, s in handle.stats().items())
+    if left:
+        log.warning("workspace projectors: %s; %d event(s) not projected at the end", done, left)
+    else:
+        log.info("workspace projectors: %s", done)
 
 
 def _epoch(ts: Any) -> float | None:
