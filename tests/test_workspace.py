@@ -56,13 +56,23 @@ def test_correct_strategy_under_stress_is_valid(strategy: str, database_url: str
         assert [g for g in verdict["gates"] if not g["met"]] and "NO" in run.proc.stdout
 
 
-def test_expected_version_under_normal_load_exits_0(database_url: str, tmp_path: Path) -> None:
-    # agents think between calls and spread over 16 workspaces: conflicts stay rare, every gate is met
-    run = run_locust([*AGENTS, "-t", "4s", "--stop-timeout", "3", "--workspaces", "16"], reports=tmp_path,
-                     database_url=database_url, locustfile=LOCUSTFILE)
+def test_normal_load_on_two_workers_exits_0(database_url: str, tmp_path: Path) -> None:
+    """Agents on two worker processes, projectors on the master. Agents think between calls and spread over
+    16 workspaces: conflicts stay rare and every gate is met."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    run = run_locust([*AGENTS, "-t", "4s", "--stop-timeout", "3", "--workspaces", "16", "--processes", "2",
+                      "--master-bind-host", "127.0.0.1", "--master-bind-port", port, "--master-port", port],
+                     reports=tmp_path, database_url=database_url, locustfile=LOCUSTFILE)
     assert run.code == 0, run.output()
     assert failing(run) == {}
-    assert run.verdict["figures"]["workspace"]["events"] > 10
+    verdict = run.verdict
+    assert len(verdict["history"]["processes"]) == 2  # both workers delivered their histories
+    fig = verdict["figures"]["workspace"]
+    assert fig["events"] > 10 and fig["lag_events"] == fig["events"]
 
 
 FAULTS = [
