@@ -67,34 +67,44 @@ class Fold:
     """
 
     def __init__(self, events: list[Mapping[str, Any]], upto: int | None = None) -> None:
-        self.files: dict[str, tuple[Any, ...]] = {}
-        self.config: dict[str, tuple[Any, ...]] = {}
-        self.perms: dict[tuple[str, str], tuple[Any, ...]] = {}
-        self.counts: list[tuple[int, int, int]] = [(0, 0, 0)]
-        self.perm_history: dict[tuple[str, str], tuple[list[int], list[bool]]] = {}
+        # hot loop (a million events in the bench): locals, no method lookups per event
+        files: dict[str, tuple[Any, ...]] = {}
+        config: dict[str, tuple[Any, ...]] = {}
+        perms: dict[tuple[str, str], tuple[Any, ...]] = {}
+        counts: list[tuple[int, int, int]] = [(0, 0, 0)]
+        history: dict[tuple[str, str], tuple[list[int], list[bool]]] = {}
+        count = counts.append
         granted = 0
         for e in events:
-            seq = int(e["seq"])
+            seq = e["seq"]
             if upto is not None and seq > upto:
                 break
             p = e["payload"]
             etype = e["type"]
             if etype == "FileUploaded":
-                old = self.files.get(p["path"])
-                self.files[p["path"]] = (p["size"], p["sha256"], e["agent"], seq, (old[4] if old else 0) + 1)
+                path = p["path"]
+                old = files.get(path)
+                files[path] = (p["size"], p["sha256"], e["agent"], seq, old[4] + 1 if old else 1)
             elif etype == "ConfigSet":
-                old = self.config.get(p["key"])
-                self.config[p["key"]] = (p["value"], seq, (old[2] if old else 0) + 1)
+                key = p["key"]
+                old = config.get(key)
+                config[key] = (p["value"], seq, old[2] + 1 if old else 1)
             elif etype in PERMISSION_EVENTS:
-                key = (p["principal"], p["perm"])
-                old = self.perms.get(key)
+                pkey = (p["principal"], p["perm"])
+                old = perms.get(pkey)
                 now = etype == "PermissionGranted"
-                granted += int(now) - int(bool(old and old[0]))
-                self.perms[key] = (now, seq, (old[2] if old else 0) + 1)
-                seqs, states = self.perm_history.setdefault(key, ([], []))
-                seqs.append(seq)
-                states.append(now)
-            self.counts.append((len(self.files), len(self.config), granted))
+                if old is None:
+                    granted += now
+                    perms[pkey] = (now, seq, 1)
+                    history[pkey] = ([seq], [now])
+                else:
+                    granted += now - old[0]
+                    perms[pkey] = (now, seq, old[2] + 1)
+                    seqs, states = history[pkey]
+                    seqs.append(seq)
+                    states.append(now)
+            count((len(files), len(config), granted))
+        self.files, self.config, self.perms, self.counts, self.perm_history = files, config, perms, counts, history
 
     def granted_at(self, key: tuple[str, str], version: int) -> bool:
         seqs, states = self.perm_history.get(key, ([], []))
