@@ -8,12 +8,14 @@ Write side. Every command is one tool call that appends one event to its workspa
 * ``grant(workspace, principal, perm)`` → ``PermissionGranted``, rejected (``already-granted``) if granted;
 * ``revoke(workspace, principal, perm)`` → ``PermissionRevoked``, rejected (``not-granted``) if not granted.
 
-Strategy ``expected_version`` (the only one): one statement reads the stream head *v* and the state the
+Strategy ``expected_version`` (default): one statement reads the stream head *v* and the state the
 command decides on (one snapshot); the append is a compare-and-set of the head from *v* to *v + 1* and the
 event gets seq *v + 1* and ``decided_version`` *v*. Zero rows updated means another agent appended first:
-roll back, re-read, re-decide, retry under the retry policy. So every event was decided on exactly the
-state before it, and a racing grant and revoke of one permission end as one serial order: each command is
-either an event valid on the state before it or a rejection justified by the version it read.
+roll back, re-read, re-decide, retry under the retry policy. Strategy ``locked_head`` locks the head row
+first (appenders queue there, no conflicts) and reads the state after the lock. Either way every event was
+decided on exactly the state before it, and a racing grant and revoke of one permission end as one serial
+order: each command is either an event valid on the state before it or a rejection justified by the
+version it read.
 
 Read side. A :class:`Projector` applies events to the read models (``ws_proj_files``, ``ws_proj_config``,
 ``ws_proj_permissions``) asynchronously. Per stream it locks the checkpoint row ``FOR UPDATE SKIP LOCKED``,
