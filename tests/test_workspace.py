@@ -67,7 +67,8 @@ def test_normal_load_on_two_workers_exits_0(database_url: str, tmp_path: Path) -
     run = run_locust([*AGENTS, "-t", "4s", "--stop-timeout", "3", "--workspaces", "64", "--processes", "2",
                       "--master-bind-host", "127.0.0.1", "--master-bind-port", port, "--master-port", port],
                      reports=tmp_path, database_url=database_url, locustfile=LOCUSTFILE)
-    assert run.code == 0, run.output()
+    missed = [(g["scope"], g["gate"], g["figure"]) for g in run.verdict["gates"] if not g["met"]]
+    assert run.code == 0, (missed, run.verdict["figures"]["workspace"], run.output())
     assert failing(run) == {}
     verdict = run.verdict
     assert len(verdict["history"]["processes"]) == 2  # both workers delivered their histories
