@@ -43,6 +43,8 @@ from bench.throughput import (
     run_pgbench,
     server_version,
 )
+from bench.workspace import add_arguments as add_workspace_arguments
+from bench.workspace import workspace_phase
 from toolclash.run import write_json
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -51,7 +53,7 @@ TARGET_CHECKER_OPS = 200_000
 INITIAL_BALANCE = 10**12
 EXPECTED_LOCUST_CODES = (0, 4)
 SKIP_FLAGS = ("skip_pgbench_ratio", "skip_checker", "skip_distributed", "skip_config", "skip_deadlock",
-              "skip_crossservice", "skip_queue", "skip_pool")
+              "skip_crossservice", "skip_queue", "skip_pool", "skip_workspace")
 """Every phase's skip flag: skipping all of them leaves nothing to measure."""
 OTHER_LOAD_WARN = 0.2
 """Cores busy outside client, server and softirq above which a phase is flagged."""
@@ -123,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--skip-config", action="store_true", help="skip the config phase (bench/config.py)")
     config_bench.add_arguments(parser)
     add_queue_arguments(parser)
+    add_workspace_arguments(parser)
     return parser
 
 
@@ -487,6 +490,7 @@ def main(argv: list[str] | None = None) -> int:
     load_phases += 0 if args.skip_distributed else 3
     load_phases += sum(not getattr(args, flag) for flag in ("skip_checker", "skip_deadlock", "skip_crossservice",
                                                             "skip_queue", "skip_pool"))
+    load_phases += 0 if args.skip_workspace else 2
     say = Progress(phases=load_phases)
     ts = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     report: dict[str, Any] = {
@@ -530,6 +534,8 @@ def main(argv: list[str] | None = None) -> int:
             crossservice_phase(args, ts, report, say)
         queue_phase(args, report, say)
         pool_phase(args, report, say)
+        if not args.skip_workspace:
+            workspace_phase(args, ts, report, say)
     except KeyboardInterrupt:
         report["interrupted"] = True
         say("interrupted: servers and child processes stopped; writing a partial report")
@@ -549,7 +555,8 @@ def main(argv: list[str] | None = None) -> int:
     tp_errors = (report.get("throughput") or {}).get("errors") or []
     dl_errors = [k for k, v in (report.get("deadlock") or {}).items() if isinstance(v, dict) and "error" in v]
     if code == EXIT_OK and (tp_errors or dl_errors or "error" in (report.get("checker") or {})
-                            or "error" in (report.get("distributed") or {})):
+                            or "error" in (report.get("distributed") or {})
+                            or (report.get("workspace") or {}).get("errors")):
         code = EXIT_FAILED
     report["exit_code"] = code
     write_json(path, report)

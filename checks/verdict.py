@@ -38,6 +38,7 @@ CHECKS: dict[str, str] = {
     "crossservice": "checks.crossservice",
     "queue": "checks.queue",
     "pool": "checks.pool",
+    "workspace": "checks.workspace",
 }
 
 GATE_DEFAULTS = {"gate_conflict_rate": 0.05, "gate_p95_ms": 2000.0, "gate_success_rate": 0.999,

@@ -27,6 +27,7 @@ SCENARIOS: dict[str, str] = {
     "crossservice": "toolclash.tools.crossservice",
     "queue": "toolclash.tools.queue",
     "pool": "toolclash.tools.pool",
+    "workspace": "toolclash.tools.workspace",
 }
 """A scenario's tool module declares:
 

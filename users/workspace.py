@@ -1,0 +1,104 @@
+"""Workspace agents: each holds one connection and changes a shared workspace through its tools.
+
+An agent works in *tasks* of a few calls that share one correlation id (its conversation); each call
+is one of: upload a file (metadata), set a configuration key, grant or revoke a permission (commands,
+appended as events), or query the workspace (read side: projections only). Projectors do not run here:
+the master starts them (``toolclash.tools.workspace.start``) and drains them at the end (``finish``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from locust import User, task
+from locust.exception import StopUser
+
+from toolclash import db
+from toolclash.settings import Settings
+from toolclash.tools import Call
+from toolclash.tools.workspace import PERMS, WorkspaceTool, sha256_of
+from users.client import ToolClient, ToolFailure
+from users.runtime import runtime
+
+CALLS_PER_TASK = 5
+
+
+class WorkspaceAgent(User):
+    """An AI agent sharing a workspace with others: uploads, config changes, grants, revokes, queries."""
+
+    abstract = False
+
+    def __init__(self, environment: Any) -> None:
+        super().__init__(environment)
+        self.rt = runtime()
+        self.agent = self.rt.next_agent()
+        self.conn: Any = None
+        self.tool: WorkspaceTool | None = None
+        self.calls = 0
+
+    def wait_time(self) -> float:
+        return self.rng.uniform(self.settings.wait_min, self.settings.wait_max)
+
+    def on_start(self) -> None:
+        if self.rt.history is None or self.rt.settings is None:  # the run was aborted at test_start
+            raise StopUser
+        self.settings: Settings = self.rt.settings
+        self.opts = self.settings.options_of("workspace")
+        self.strategy = self.settings.strategy_for("workspace")
+        self.fault = self.settings.fault_for("workspace")
+        self.client = ToolClient(self.environment, self.rt, self.agent)
+        self.rng = self.client.rng
+        self._connect()
+
+    def _connect(self) -> bool:
+        start = time.perf_counter()
+        try:
+            self.conn = self.rt.connect(self.agent)
+        except db.ConnectError as exc:  # counted as a failure; the next task tries again
+            self.environment.events.request.fire(
+                request_type="connect", name="postgresql", response_time=(time.perf_counter() - start) * 1000.0,
+                response_length=0, exception=ToolFailure(str(exc)), context={"agent": self.agent})
+            return False
+        self.tool = WorkspaceTool(self.conn, agent=self.agent, strategy=self.strategy,
+                                  think_ms=self.settings.tool_think_ms, fault=self.fault, rng=self.rng)
+        return True
+
+    def next_call(self, tool: WorkspaceTool) -> tuple[str, dict[str, Any], Callable[[Call], Call]]:
+        """The next tool call: its name, its recorded arguments and how to run it."""
+        o, rng = self.opts, self.rng
+        ws = rng.randint(1, o.workspaces)
+        if rng.random() < o.query_share:
+            return "query_workspace", {"workspace": ws}, lambda c: tool.query(c, ws)
+        corr = f"{self.agent}-t{self.calls // CALLS_PER_TASK}"
+        if rng.random() < o.permission_share:
+            principal, perm = f"user-{rng.randint(1, o.principals)}", rng.choice(PERMS)
+            name = rng.choice(("grant", "revoke"))
+            fn = tool.grant if name == "grant" else tool.revoke
+            return name, {"workspace": ws, "principal": principal, "perm": perm, "correlation_id": corr}, \
+                lambda c: fn(c, ws, principal, perm, corr)
+        if rng.random() < 0.5:
+            path, size = f"/files/{rng.randint(1, o.paths)}.txt", rng.randint(1, 1 << 20)
+            sha = sha256_of(f"{path}:{size}:{self.agent}:{self.calls}")
+            return "upload_file", {"workspace": ws, "path": path, "size": size, "sha256": sha,
+                                   "correlation_id": corr}, lambda c: tool.upload_file(c, ws, path, size, sha, corr)
+        key, value = f"key-{rng.randint(1, o.config_keys)}", {"by": self.agent, "n": self.calls}
+        return "set_config", {"workspace": ws, "key": key, "value": value, "correlation_id": corr}, \
+            lambda c: tool.set_config(c, ws, key, value, corr)
+
+    @task
+    def act(self) -> None:
+        if (self.conn is None or self.conn.closed) and not self._connect():
+            return
+        assert self.tool is not None
+        self.calls += 1
+        name, args, fn = self.next_call(self.tool)
+        call = self.client.call(name, self.strategy, args, fn)
+        if call.reason and call.reason.startswith("connection"):
+            db.close_quietly(self.conn)
+            self.conn = None
+
+    def on_stop(self) -> None:
+        db.close_quietly(self.conn)
+        self.conn = None
