@@ -5,7 +5,7 @@
     locust -f locustfiles/mixed.py                                 # web UI: start the ramp from the form
 
 Stages are options (--stages, --stage-seconds, --stage-spawn-rate). Scenarios: credits, config, deadlock,
-crossservice, queue, pool. Here the deadlock agents are 3 (one lock cycle) and the queue consumers 2 by default
+crossservice, queue, pool, workspace. Here the deadlock agents are 3 (one lock cycle) and the queue consumers 2 by default
 (--queue-consumers); the other agents share the rest. Each scenario's own options apply to its agents;
 --strategy and --fault apply to the scenarios that know the value.
 """
@@ -19,7 +19,7 @@ from locust import events
 
 from users.runtime import setup
 
-setup(scenarios=["credits", "config", "deadlock", "crossservice", "queue", "pool"])
+setup(scenarios=["credits", "config", "deadlock", "crossservice", "queue", "pool", "workspace"])
 
 from users.config import ConfigAgent  # noqa: E402, F401
 from users.credits import CreditAgent  # noqa: E402, F401
@@ -28,6 +28,7 @@ from users.deadlock import DeadlockAgent  # noqa: E402
 from users.pool import PoolAgent  # noqa: E402, F401
 from users.queue import QueueConsumer, QueueSubmitter  # noqa: E402, F401
 from users.shape import RampShape  # noqa: E402, F401
+from users.workspace import WorkspaceAgent  # noqa: E402, F401
 
 DeadlockAgent.fixed_count = 3  # one whole lock cycle (A→B→C) from the first stage on; Locust spawns these first
 
