@@ -5,9 +5,9 @@
     locust -f locustfiles/mixed.py                                 # web UI: start the ramp from the form
 
 Stages are options (--stages, --stage-seconds, --stage-spawn-rate). Scenarios: credits, config, deadlock,
-crossservice, queue, pool, workspace. Here the deadlock agents are 3 (one lock cycle) and the queue consumers 2 by default
-(--queue-consumers); the other agents share the rest. Each scenario's own options apply to its agents;
---strategy and --fault apply to the scenarios that know the value.
+crossservice, queue, pool, workspace. Here the deadlock agents are 3 (one lock cycle) and the queue consumers
+2 by default (--queue-consumers); the other agents share the rest. Each scenario's own options apply to its
+agents; --strategy and --fault apply to the scenarios that know the value.
 """
 
 import sys
