@@ -1,0 +1,187 @@
+"""Observability against the real Prometheus: one short distributed ramp with a planted fault, then what
+Prometheus saw (merged worker metrics, the alert firing), the alert rules' unit tests, the registry's merge.
+
+The run (module fixture): locustfiles/mixed.py, 2 worker processes, stages 4 → 8 agents of 3 s each,
+serializable on one hot account (conflicts and retries) with ``--fault ambiguous_as_fail`` (a check must
+turn invalid), scraped every second by the session's private Prometheus.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import threading
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import ROOT, LocustRun, run_locust
+from toolclash.metrics import Registry, RegistryCollector, counter_metric, exposition
+
+
+def prom_get(base: str, path: str, **params: str) -> Any:
+    url = f"{base}{path}?{urllib.parse.urlencode(params)}" if params else f"{base}{path}"
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        body = json.load(resp)
+    assert body["status"] == "success", body
+    return body["data"]
+
+
+def prom_query(base: str, expr: str) -> list[dict[str, Any]]:
+    return prom_get(base, "/api/v1/query", query=expr)["result"]  # type: ignore[no-any-return]
+
+
+def free_port() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
+class AlertWatcher(threading.Thread):
+    """Polls Prometheus's /api/v1/alerts while the run goes on; remembers every alert seen firing."""
+
+    def __init__(self, base: str) -> None:
+        super().__init__(daemon=True)
+        self.base = base
+        self.firing: dict[str, dict[str, Any]] = {}
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                for alert in prom_get(self.base, "/api/v1/alerts")["alerts"]:
+                    if alert["state"] == "firing":
+                        self.firing.setdefault(alert["labels"]["alertname"], alert)
+            except OSError:
+                pass
+            self.stop.wait(0.1)
+
+
+@pytest.fixture(scope="module")
+def observed(stack: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> tuple[LocustRun, AlertWatcher]:
+    prometheus = stack["PROMETHEUS_URL"]
+    watcher = AlertWatcher(prometheus)
+    watcher.start()
+    port = free_port()
+    try:
+        run = run_locust(["--processes", "2", "--master-bind-host", "127.0.0.1", "--master-bind-port", port,
+                          "--master-port", port, "--stages", "4,8", "--stage-seconds", "3", "--stage-spawn-rate",
+                          "20", "--profile", "stress", "--accounts", "1", "--strategy", "serializable",
+                          "--fault", "ambiguous_as_fail", "--stop-timeout", "2", "--metrics-linger-s", "15"],
+                         reports=tmp_path_factory.mktemp("obs"), database_url=None, services=stack,
+                         locustfile="locustfiles/mixed.py", run_id="observed")
+    finally:
+        watcher.stop.set()
+        watcher.join(5)
+    assert run.code == 1, run.output()
+    return run, watcher
+
+
+def test_planted_fault_fires_the_check_alert_in_prometheus(observed: tuple[LocustRun, AlertWatcher],
+                                                           stack: dict[str, str]) -> None:
+    run, watcher = observed
+    assert run.check("credits.ledger")["valid"] is False
+    alert = watcher.firing.get("ToolclashCheckInvalid")
+    assert alert is not None, (watcher.firing, run.output())
+    assert alert["labels"]["check"] in {c["name"] for c in run.verdict["checks"] if c["valid"] is False}
+    # the ALERTS series Prometheus keeps agrees
+    seen = prom_query(stack["PROMETHEUS_URL"],
+                      'max_over_time(ALERTS{alertname="ToolclashCheckInvalid",alertstate="firing"}[5m])')
+    assert {s["metric"]["check"] for s in seen} >= {alert["labels"]["check"]}
+
+
+def _last(base: str, metric: str) -> dict[str, float]:
+    rows = prom_query(base, f"last_over_time({metric}[5m])")
+    return {json.dumps(r["metric"], sort_keys=True): float(r["value"][1]) for r in rows}
+
+
+def test_worker_metrics_are_summed_on_the_master(observed: tuple[LocustRun, AlertWatcher],
+                                                 stack: dict[str, str]) -> None:
+    run, _ = observed
+    base = stack["PROMETHEUS_URL"]
+    fig = run.verdict["figures"]["credits"]
+    counters = run.verdict["counters"]
+    calls = _last(base, 'toolclash_tool_calls_total{tool="deduct"}')
+    by_outcome: dict[str, float] = {}
+    for labels, value in calls.items():
+        outcome = json.loads(labels)["outcome"]
+        by_outcome[outcome] = by_outcome.get(outcome, 0.0) + value
+    assert by_outcome.get("ok") == counters["calls_ok"] == fig["ok"], (by_outcome, counters)
+    assert sum(by_outcome.values()) == fig["calls"], (by_outcome, fig)
+    # histogram buckets summed across workers: the +Inf bucket counts every call
+    inf = sum(_last(base, 'toolclash_tool_call_duration_seconds_bucket{le="+Inf"}').values())
+    assert inf == fig["calls"]
+    retries = sum(_last(base, "toolclash_retries_total").values())
+    assert retries == fig["conflicts"] > 0
+    conflicts = _last(base, 'toolclash_conflicts_total{sqlstate="40001"}')
+    assert sum(conflicts.values()) == counters["sqlstate_40001"]
+    # both workers and the master reported their CPU and memory
+    processes = {json.loads(k)["process"] for k in _last(base, "toolclash_process_resident_memory_bytes")}
+    assert processes == {"master", "w0", "w1"}, processes
+    stages = prom_query(base, "max_over_time(toolclash_ramp_stage_agents[5m])")
+    assert [float(r["value"][1]) for r in stages] == [8.0], stages
+
+
+def test_alert_rules_pass_their_unit_tests() -> None:
+    proc = subprocess.run(["promtool", "test", "rules", "alerts_test.yml"], cwd=ROOT / "prometheus",
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "SUCCESS" in proc.stdout
+
+
+def test_alert_rule_tests_catch_a_broken_rule(tmp_path: Path) -> None:
+    """The rule tests can fail: a conflict alert with the comparison turned around must not pass them."""
+    rules = (ROOT / "prometheus" / "alerts.yml").read_text()
+    broken = rules.replace("> max(toolclash_conflict_rate_threshold)", "< max(toolclash_conflict_rate_threshold)")
+    assert broken != rules
+    (tmp_path / "alerts.yml").write_text(broken)
+    (tmp_path / "alerts_test.yml").write_text((ROOT / "prometheus" / "alerts_test.yml").read_text())
+    proc = subprocess.run(["promtool", "test", "rules", "alerts_test.yml"], cwd=tmp_path, capture_output=True,
+                          text=True, check=False)
+    assert proc.returncode != 0 and "ToolclashConflictRateHigh" in proc.stdout + proc.stderr
+
+
+def _exposed(collector: RegistryCollector) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for fam in text_string_to_metric_families(exposition(collector).decode()):
+        for sample in fam.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def test_registry_merges_worker_deltas_by_summing() -> None:
+    """Two workers' deltas, shipped twice each, give the same exposition as one process seeing every call."""
+    single, master = Registry(), Registry()
+    workers = [Registry(), Registry()]
+    calls = [("deduct", "serializable", "ok", 0.004, 2, {"serialization": 1}, ["40001"], 0.002),
+             ("deduct", "serializable", "fail", 0.7, 10, {"serialization": 9}, ["40001"] * 9, 0.3),
+             ("deduct", "serializable", "ok", 0.0009, 1, {}, [], 0.0)]
+    for round_ in range(2):
+        for i, worker in enumerate(workers):
+            for call in calls[i + round_:]:
+                worker.record_call(*call)
+                single.record_call(*call)
+            master.merge(worker.take_delta(f"w{i}"))
+    assert all(not d["c"] and not d["h"] for d in (w.take_delta("w") for w in workers))  # nothing sent twice
+    none: tuple[dict[str, int], list[Any]] = ({}, [])
+    merged, expected = _exposed(RegistryCollector(master, lambda: none)), _exposed(RegistryCollector(single,
+                                                                                                     lambda: none))
+    assert merged == expected
+    key = ("toolclash_tool_call_duration_seconds_bucket",
+           (("le", "+Inf"), ("strategy", "serializable"), ("tool", "deduct")))
+    assert merged[key] == 8.0  # 3 + 2 calls in round one, 2 + 1 in round two: summed, not averaged
+
+
+def test_runtime_counters_map_to_labelled_metrics_without_knowing_them() -> None:
+    assert counter_metric("queue_redelivered") == ("toolclash_queue_events_total", (("event", "redelivered"),))
+    assert counter_metric("pool_timeouts") == ("toolclash_pool_events_total", (("event", "timeouts"),))
+    assert counter_metric("some_new_thing") == ("toolclash_events_total", (("event", "some_new_thing"),))
+    assert counter_metric("retries_serialization") is None  # already in toolclash_retries_total{tool,cause}
+    exposed = _exposed(RegistryCollector(Registry(), lambda: ({"queue_redelivered": 3, "calls_ok": 5}, [])))
+    assert exposed[("toolclash_queue_events_total", (("event", "redelivered"),))] == 3.0
+    assert not any(name.startswith("toolclash_events") for name, _ in exposed)
