@@ -257,3 +257,60 @@ def test_every_dashboard_query_returns_data_after_a_real_run(observed: tuple[Loc
                 (awaiting if names <= AWAITING_SCENARIOS else empty).append(f"{dash['uid']}: {panel['title']}")
     assert not empty, empty
     print(f"panels waiting for scenarios not merged yet ({len(awaiting)}): {awaiting}")
+
+
+# --- report.html: self-contained, every plot loads in a real headless Chromium; --baseline gates ---
+
+
+def test_report_renders_with_every_plot_in_chromium(observed: tuple[LocustRun, AlertWatcher],
+                                                    tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    run, _ = observed
+    report = run.run_dir / "report.html"
+    text = report.read_text()
+    assert "http://" not in text.replace("http://127.0.0.1", "") and "<script" not in text  # self-contained
+    assert "credits.ledger" in text and "data:image/png;base64," in text
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.goto(report.as_uri())
+            images = page.eval_on_selector_all("img", "els => els.map(e => [e.alt, e.complete, e.naturalWidth])")
+            page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        finally:
+            browser.close()
+    assert len(images) >= 4, images
+    assert all(complete and width > 100 for _alt, complete, width in images), images
+    titles = {alt for alt, _c, _w in images}
+    assert {"Throughput and agents over time", "Latency percentiles over time", "Conflict rate per stage"} <= titles
+
+
+def _doctored_baseline(run_dir: Path, dest: Path, p95_factor: float) -> Path:
+    """A copy of *run_dir* whose P95 figures are *p95_factor* times the real ones."""
+    import shutil
+
+    shutil.copytree(run_dir, dest)
+    verdict = json.loads((dest / "checks.json").read_text())
+    for fig in verdict["figures"].values():
+        fig["p95_ms"] = fig["p95_ms"] * p95_factor
+    (dest / "checks.json").write_text(json.dumps(verdict))
+    return dest
+
+
+def test_baseline_regression_is_a_missed_gate(database_url: str, tmp_path: Path) -> None:
+    first = run_locust(["-u", "4", "-r", "4", "-t", "3s", "--wait-min", "0.05", "--wait-max", "0.1",
+                        "--metrics-port", "0"], reports=tmp_path, database_url=database_url, run_id="base")
+    assert first.code == 0, first.output()
+    from toolclash.report import compare
+
+    same = compare(first.run_dir, first.run_dir)
+    assert [g["met"] for g in same["gates"]] == [True, True], same
+    faster = _doctored_baseline(first.run_dir, tmp_path / "faster", p95_factor=0.01)  # baseline 100x quicker
+    slower = run_locust(["-u", "4", "-r", "4", "-t", "3s", "--wait-min", "0.05", "--wait-max", "0.1",
+                         "--metrics-port", "0", "--baseline", str(faster)], reports=tmp_path,
+                        database_url=database_url, run_id="slower")
+    assert slower.code == 4, slower.output()
+    missed = [g for g in slower.verdict["gates"] if not g["met"]]
+    assert [g["gate"] for g in missed] == ["baseline_p95_ratio"], missed
+    assert "Against baseline" in (slower.run_dir / "report.html").read_text()
