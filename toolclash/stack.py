@@ -710,9 +710,9 @@ class PrometheusService(Service):
             raise StackError(f"cannot read {src} ({exc}); restore it from git") from exc
         conf["global"].update(scrape_interval="1s", evaluation_interval="1s", scrape_timeout="1s")
         conf["rule_files"] = [str(self.dir / Path(rule).name) for rule in conf.get("rule_files", [])]
+        conf["scrape_configs"] = [job for job in conf["scrape_configs"] if job["job_name"] == "toolclash"]
         for job in conf["scrape_configs"]:
-            if job["job_name"] == "toolclash":
-                job["static_configs"] = [{"targets": [f"{LOOPBACK}:{scrape_port}"]}]
+            job["static_configs"] = [{"targets": [f"{LOOPBACK}:{scrape_port}"]}]
         return yaml.safe_dump(conf, sort_keys=False)
 
     def _pid(self) -> int | None:
