@@ -124,6 +124,10 @@ class Observer:
 
             self.rt._stop_stack()
             fail_fast(str(exc))
+        if web_ui is not None:
+            from users.webui import install as install_tab
+
+            install_tab(web_ui, self)
 
     def start_exporter(self, opts: dict[str, Any]) -> None:
         port = int(opts.get("metrics_port", -1) if opts.get("metrics_port") is not None else -1)
@@ -208,7 +212,8 @@ class Observer:
         try:
             from toolclash.report import write_report
 
-            path = write_report(Path(rt.run_dir))
+            # in a real OS thread of gevent's pool: the web UI and worker heartbeats go on meanwhile
+            path = gevent.get_hub().threadpool.apply(write_report, (Path(rt.run_dir),))
         except Exception as exc:  # noqa: BLE001 - the verdict is written; the report is a view of it
             log.warning("could not write report.html: %s", str(exc).strip().splitlines()[0] if str(exc) else exc)
             return
