@@ -86,6 +86,10 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
            ("process",)),
     Metric("toolclash_process_resident_memory_bytes", "gauge", "Resident memory of toolclash's Locust processes",
            ("process",)),
+    Metric("toolclash_server_cpu_seconds_total", "counter", "CPU time of the servers the embedded stack started "
+           "(with their child processes)", ("server",)),
+    Metric("toolclash_server_resident_memory_bytes", "gauge", "Resident memory of the embedded stack's servers "
+           "(with their child processes)", ("server",)),
     # after the run
     Metric("toolclash_check_valid", "gauge", "Verdict of each check: 1 valid, 0 invalid, -1 unknown", ("check",)),
     Metric("toolclash_gate_met", "gauge", "Each SLA gate: 1 met, 0 missed", ("scope", "gate")),

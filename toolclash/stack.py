@@ -1041,6 +1041,12 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--timeout", type=float, default=60.0, help="seconds `up` waits for readiness (default 60)"
     )
+    parser.add_argument(
+        "--service",
+        action="append",
+        choices=sorted(SERVICES),
+        help="service to start (repeat for several; default: postgres); env and status cover what runs",
+    )
     return parser
 
 
@@ -1075,7 +1081,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the exit code (2 on any StackError, printed as one line)."""
     args = _build_parser().parse_args(argv)
     try:
-        stack = Stack(args.dir, durable=args.durable)
+        services = args.service or ["postgres"]
+        if args.command == "env" and not args.service:  # every service the state dir records as started
+            root = Path(args.dir)
+            recorded = Stack._load(root.absolute())["services"] if root.is_dir() else {}
+            services = [name for name, st in recorded.items() if st.get("pid")] or services
+        stack = Stack(args.dir, services=services, durable=args.durable)
         if args.command == "up":
             stack.up(timeout=args.timeout)
             status = stack.status()

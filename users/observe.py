@@ -10,6 +10,7 @@ server on ``--metrics-host``:``--metrics-port``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -75,6 +76,7 @@ class Observer:
         self._verdict_gauges: list[tuple[str, Labels, float]] = []
         self._scrapes_at_verdict: int | None = None
         self._proc: Any = None
+        self._servers: dict[str, Any] | None = None
 
     # -- every process -----------------------------------------------------------------------------
 
@@ -181,8 +183,36 @@ class Observer:
         proc = (("process", "master"),)
         gauges.append(("toolclash_process_cpu_seconds_total", proc, cpu))
         gauges.append(("toolclash_process_resident_memory_bytes", proc, rss))
+        gauges.extend(self._server_usage())
         gauges.extend(self._verdict_gauges)
         return dict(rt.counters), gauges
+
+    def _server_usage(self) -> list[tuple[str, Labels, float]]:
+        """CPU and memory of each server the embedded stack started (its process tree: PostgreSQL backends too)."""
+        stack = self.rt.stack
+        if stack is None:
+            return []
+        import psutil
+
+        if self._servers is None:
+            self._servers = {}
+            for name, status in stack.status().items():
+                if status.get("pid"):
+                    with contextlib.suppress(psutil.Error):
+                        self._servers[name] = psutil.Process(int(status["pid"]))
+        out: list[tuple[str, Labels, float]] = []
+        for name, proc in self._servers.items():
+            cpu = rss = 0.0
+            try:
+                for p in (proc, *proc.children(recursive=True)):
+                    with contextlib.suppress(psutil.Error):
+                        c, r = _process_usage(p)
+                        cpu, rss = cpu + c, rss + r
+            except psutil.Error:
+                continue
+            out.append(("toolclash_server_cpu_seconds_total", (("server", name),), cpu))
+            out.append(("toolclash_server_resident_memory_bytes", (("server", name),), rss))
+        return out
 
     def on_test_start(self, environment: Environment, **_: Any) -> None:
         if isinstance(environment.runner, WorkerRunner):
