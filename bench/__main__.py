@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--skip-floor", action="store_true",
                         help="skip the reference run of psycopg2 + gevent alone (no Locust, no toolclash)")
     parser.add_argument("--skip-checker", action="store_true", help="skip the checker-speed phase")
+    parser.add_argument("--observability", action="store_true",
+                        help="also measure throughput with the exporter on vs off and its scrape time")
     parser.add_argument("--ops", type=_positive_int, default=1_000_000, metavar="N",
                         help="operations in the synthetic history of the checker phase (default 1,000,000)")
     parser.add_argument("--checker-accounts", type=_positive_int, default=100, metavar="N",
@@ -442,6 +444,9 @@ def main(argv: list[str] | None = None) -> int:
             throughput_phase(args, ts, report, say)
         if not args.skip_checker:
             checker_phase(args, ts, report, say)
+        if args.observability:
+            from bench import observability
+            report["observability"] = observability.phase(duration=args.duration, rounds=args.rounds, say=say)
     except KeyboardInterrupt:
         report["interrupted"] = True
         say("interrupted: servers and child processes stopped; writing a partial report")
