@@ -124,6 +124,9 @@ def test_worker_metrics_are_summed_on_the_master(observed: tuple[LocustRun, Aler
     # both workers and the master reported their CPU and memory
     processes = {json.loads(k)["process"] for k in _last(base, "toolclash_process_resident_memory_bytes")}
     assert processes == {"master", "w0", "w1"}, processes
+    # the master started Debian's postgres exporter where the embedded Prometheus expects it
+    pg_up = prom_query(base, 'max_over_time(pg_up{job="postgres"}[5m])')
+    assert [float(r["value"][1]) for r in pg_up] == [1.0], pg_up
     stages = prom_query(base, "max_over_time(toolclash_ramp_stage_agents[5m])")
     assert [float(r["value"][1]) for r in stages] == [8.0], stages
 

@@ -676,13 +676,17 @@ class PrometheusService(Service):
 
     Its configuration is ``prometheus/prometheus.yml`` with the ``toolclash`` job pointed at
     ``127.0.0.1:<scrape_port>`` (a port picked free at start and recorded in the state: the Locust
-    master finds it through Prometheus's targets API and serves its exporter there) and 1-second
+    master reads it from Prometheus's loaded configuration and serves its exporter there), the
+    ``postgres`` job at another free port (where the master starts Debian's postgres exporter against
+    the run's DATABASE_URL), the compose-only jobs dropped, and 1-second
     scrape and rule intervals, so that short runs are seen; the alert rules are ``prometheus/alerts.yml``.
     """
 
     name = "prometheus"
     env_var = "PROMETHEUS_URL"
     READY_PATH = "/-/ready"
+    SERVER_EXPORTER_JOBS: ClassVar[tuple[str, ...]] = ("postgres",)
+    """Jobs of prometheus.yml kept with a free 127.0.0.1 port: the run starts that exporter there (users/observe.py)."""
 
     @property
     def log_file(self) -> Path:
@@ -710,9 +714,19 @@ class PrometheusService(Service):
             raise StackError(f"cannot read {src} ({exc}); restore it from git") from exc
         conf["global"].update(scrape_interval="1s", evaluation_interval="1s", scrape_timeout="1s")
         conf["rule_files"] = [str(self.dir / Path(rule).name) for rule in conf.get("rule_files", [])]
-        conf["scrape_configs"] = [job for job in conf["scrape_configs"] if job["job_name"] == "toolclash"]
+        ports = self.state.setdefault("exporter_ports", {})
+        jobs = []
         for job in conf["scrape_configs"]:
-            job["static_configs"] = [{"targets": [f"{LOOPBACK}:{scrape_port}"]}]
+            name = job["job_name"]
+            if name == "toolclash":
+                port = scrape_port
+            elif name in self.SERVER_EXPORTER_JOBS:
+                port = ports.setdefault(name, _free_port())
+            else:
+                continue  # a compose-only job
+            job["static_configs"] = [{"targets": [f"{LOOPBACK}:{port}"]}]
+            jobs.append(job)
+        conf["scrape_configs"] = jobs
         return yaml.safe_dump(conf, sort_keys=False)
 
     def _pid(self) -> int | None:

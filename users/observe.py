@@ -10,6 +10,7 @@ server on ``--metrics-host``:``--metrics-port``.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import logging
@@ -35,8 +36,8 @@ class MetricsSetupError(Exception):
     """The exporter cannot start as asked (one-line message)."""
 
 
-def discover_port(prometheus_url: str, timeout: float = 5.0) -> int:
-    """The exporter port that the Prometheus at *prometheus_url* scrapes as job ``toolclash`` (read from the
+def scrape_targets(prometheus_url: str, timeout: float = 5.0) -> dict[str, tuple[str, int]]:
+    """(host, port) of the first target of each scrape job of the Prometheus at *prometheus_url* (read from the
     configuration it loaded: no wait for target discovery)."""
     import yaml
 
@@ -47,16 +48,73 @@ def discover_port(prometheus_url: str, timeout: float = 5.0) -> int:
     except (OSError, ValueError, KeyError, yaml.YAMLError) as exc:
         raise MetricsSetupError(f"Prometheus at {prometheus_url} did not answer ({exc}); check PROMETHEUS_URL "
                                 "or unset it") from None
+    out: dict[str, tuple[str, int]] = {}
     for job in conf.get("scrape_configs") or []:
-        if job.get("job_name") != "toolclash":
-            continue
         for static in job.get("static_configs") or []:
             for target in static.get("targets") or []:
-                port = urlsplit(f"//{target}").port
-                if port:
-                    return port
-    raise MetricsSetupError(f"Prometheus at {prometheus_url} has no scrape job 'toolclash' with a target (see "
-                            "prometheus/prometheus.yml); add it or pass --metrics-port")
+                parts = urlsplit(f"//{target}")
+                if parts.port and job.get("job_name") not in out:
+                    out[str(job["job_name"])] = (parts.hostname or "", parts.port)
+    return out
+
+
+def discover_port(prometheus_url: str) -> int:
+    """The exporter port that the Prometheus at *prometheus_url* scrapes as job ``toolclash``."""
+    target = scrape_targets(prometheus_url).get("toolclash")
+    if target is None:
+        raise MetricsSetupError(f"Prometheus at {prometheus_url} has no scrape job 'toolclash' with a target (see "
+                                "prometheus/prometheus.yml); add it or pass --metrics-port")
+    return target[1]
+
+
+SERVER_EXPORTERS: dict[str, str] = {"postgres": "DATABASE_URL"}
+"""Scrape job → the run's service URL that Debian's exporter for it watches."""
+
+
+class ServerExporters:
+    """Debian's server exporters, started for the run where a local Prometheus expects them (job → port)."""
+
+    def __init__(self) -> None:
+        self.procs: list[Any] = []
+
+    def start(self, prometheus_url: str, urls: dict[str, str]) -> list[str]:
+        import shutil
+        import subprocess
+
+        from toolclash.stack import _resolve_run_as
+
+        started = []
+        for job, (host, port) in scrape_targets(prometheus_url).items():
+            var = SERVER_EXPORTERS.get(job)
+            if var is None or var not in urls or host not in ("127.0.0.1", "localhost"):
+                continue
+            binary = shutil.which("prometheus-postgres-exporter")
+            if binary is None:
+                raise MetricsSetupError("prometheus-postgres-exporter not found; install it: apt-get install -y "
+                                        "prometheus-postgres-exporter  (or `make setup`)")
+            sep = "&" if "?" in urls[var] else "?"
+            env = {"PATH": "/usr/bin:/bin", "DATA_SOURCE_NAME": f"{urls[var]}{sep}sslmode=disable"}
+            extra: dict[str, Any] = {}
+            run_as = _resolve_run_as()
+            if run_as is not None:
+                extra = {"user": run_as.uid, "group": run_as.gid, "extra_groups": []}
+            proc = subprocess.Popen([binary, f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+                                    env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL, start_new_session=True, **extra)
+            self.procs.append(proc)
+            started.append(f"{job} exporter on 127.0.0.1:{port}")
+        return started
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(5)
+                except Exception:  # noqa: BLE001 - it did not go: kill it
+                    proc.kill()
+                    proc.wait(5)
+        self.procs = []
 
 
 def _process_usage(proc: Any) -> tuple[float, float]:
@@ -77,6 +135,7 @@ class Observer:
         self._scrapes_at_verdict: int | None = None
         self._proc: Any = None
         self._servers: dict[str, Any] | None = None
+        self.server_exporters = ServerExporters()
 
     # -- every process -----------------------------------------------------------------------------
 
@@ -162,6 +221,11 @@ class Observer:
                                     "--metrics-port (0: no exporter)") from None
         self.server, self.port = server, server.server_port
         log.info("Prometheus metrics on http://%s:%d/metrics", host, self.port)
+        if prometheus_url:
+            started = self.server_exporters.start(prometheus_url, self.rt.urls)
+            if started:
+                atexit.register(self.server_exporters.stop)
+                log.info("server exporters: %s", ", ".join(started))
 
     def _live(self) -> tuple[dict[str, int], list[tuple[str, Labels, float]]]:
         """Point-in-time figures of the master: agents, stage, thresholds, its own CPU and memory, verdict."""
@@ -279,6 +343,7 @@ class Observer:
             gevent.sleep(0.05)
 
     def on_quit(self, **_: Any) -> None:
+        self.server_exporters.stop()
         if self.server is not None:
             self.server.stop(timeout=1)
             self.server = None
