@@ -301,19 +301,19 @@ def _doctored_baseline(run_dir: Path, dest: Path, p95_factor: float) -> Path:
     return dest
 
 
-def test_baseline_regression_is_a_missed_gate(database_url: str, tmp_path: Path) -> None:
-    first = run_locust(["-u", "4", "-r", "4", "-t", "3s", "--wait-min", "0.05", "--wait-max", "0.1",
-                        "--metrics-port", "0"], reports=tmp_path, database_url=database_url, run_id="base")
-    assert first.code == 0, first.output()
+def test_baseline_regression_is_a_missed_gate(observed: tuple[LocustRun, AlertWatcher], database_url: str,
+                                              tmp_path: Path) -> None:
     from toolclash.report import compare
 
-    same = compare(first.run_dir, first.run_dir)
+    run, _ = observed
+    same = compare(run.run_dir, run.run_dir)
     assert [g["met"] for g in same["gates"]] == [True, True], same
-    faster = _doctored_baseline(first.run_dir, tmp_path / "faster", p95_factor=0.01)  # baseline 100x quicker
+    faster = _doctored_baseline(run.run_dir, tmp_path / "faster", p95_factor=0.001)  # a baseline 1000x quicker
     slower = run_locust(["-u", "4", "-r", "4", "-t", "3s", "--wait-min", "0.05", "--wait-max", "0.1",
-                         "--metrics-port", "0", "--baseline", str(faster)], reports=tmp_path,
-                        database_url=database_url, run_id="slower")
-    assert slower.code == 4, slower.output()
+                         "--metrics-port", "0", "--baseline", str(faster), "--baseline-throughput-drop", "1"],
+                        reports=tmp_path, database_url=database_url, run_id="slower")
+    assert slower.code == 4, slower.output()  # the data is right; only the comparison missed
+    assert all(c["valid"] is True for c in slower.verdict["checks"])
     missed = [g for g in slower.verdict["gates"] if not g["met"]]
     assert [g["gate"] for g in missed] == ["baseline_p95_ratio"], missed
     assert "Against baseline" in (slower.run_dir / "report.html").read_text()
