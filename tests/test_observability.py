@@ -317,3 +317,26 @@ def test_baseline_regression_is_a_missed_gate(observed: tuple[LocustRun, AlertWa
     missed = [g for g in slower.verdict["gates"] if not g["met"]]
     assert [g["gate"] for g in missed] == ["baseline_p95_ratio"], missed
     assert "Against baseline" in (slower.run_dir / "report.html").read_text()
+
+
+# --- bad input: one line, exit 2, no traceback ---
+
+
+@pytest.mark.parametrize(("args", "services", "expected"), [
+    (["--metrics-port", "BUSY"], {}, "cannot serve metrics on 127.0.0.1:"),
+    (["--metrics-port", "70000"], {}, "--metrics-port 70000 is not a port"),
+    ([], {"PROMETHEUS_URL": "http://127.0.0.1:1"}, "Prometheus at http://127.0.0.1:1 did not answer"),
+])
+def test_bad_exporter_settings_stop_the_run_in_one_line(args: list[str], services: dict[str, str], expected: str,
+                                                        database_url: str, tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        args = [str(busy.getsockname()[1]) if a == "BUSY" else a for a in args]
+        run = run_locust(["-u", "1", "-r", "1", "-t", "2s", *args], reports=tmp_path, database_url=database_url,
+                         services=services)
+    assert run.code == 2, run.output()
+    lines = [ln for ln in run.proc.stderr.splitlines() if ln.startswith("toolclash:")]
+    assert len(lines) == 1 and expected in lines[0], run.output()
+    assert "Traceback" not in run.proc.stderr
+    assert not run.run_dir.exists()
