@@ -343,6 +343,9 @@ class Observer:
             gevent.sleep(0.05)
 
     def on_quit(self, **_: Any) -> None:
+        rt = self.rt
+        if rt.run_dir is not None and not rt.is_worker and (Path(rt.run_dir) / "report.html").is_file():
+            print(f"report: {Path(rt.run_dir) / 'report.html'}", flush=True)
         self.server_exporters.stop()
         if self.server is not None:
             self.server.stop(timeout=1)
