@@ -29,7 +29,7 @@ from toolclash.history import read_history
 from toolclash.run import read_json, write_json
 from toolclash.settings import mask_url
 
-SECRET_KEY = re.compile(r"(?i)(password|secret|token|_url$)")
+SECRET_KEY = re.compile(r"(?i)(password|secret|token|auth|_url$)")
 DEFAULT_TOLERANCES = {"baseline_throughput_drop": 0.10, "baseline_p95_rise": 0.25}
 
 
