@@ -266,12 +266,14 @@ def test_every_dashboard_query_returns_data_after_a_real_run(observed: tuple[Loc
 
 
 def test_report_renders_with_every_plot_in_chromium(observed: tuple[LocustRun, AlertWatcher],
-                                                    tmp_path: Path) -> None:
+                                                    stack: dict[str, str], tmp_path: Path) -> None:
     from playwright.sync_api import sync_playwright
 
     run, _ = observed
     report = run.run_dir / "report.html"
     text = report.read_text()
+    password = urllib.parse.urlsplit(stack["DATABASE_URL"]).password
+    assert password and password not in text and "toolclash:***@" in text  # options shown, secrets masked
     assert "http://" not in text.replace("http://127.0.0.1", "") and "<script" not in text  # self-contained
     assert "credits.ledger" in text and "data:image/png;base64," in text
     with sync_playwright() as p:
