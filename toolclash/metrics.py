@@ -22,11 +22,14 @@ recorded with :meth:`Registry.set` and :meth:`Registry.observe` under the names 
 from __future__ import annotations
 
 import bisect
+import json
 import math
 import re
+import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from toolclash.settings import Option
 
@@ -126,6 +129,41 @@ OPTIONS: tuple[Option, ...] = (
     Option("baseline_p95_rise", float, 0.25, "largest tolerated P95 rise against --baseline"),
 )
 """Observability options (the runtime registers them with Locust; they land in ``Settings.extra``)."""
+
+
+class MetricsSetupError(Exception):
+    """The exporter cannot start as asked (one-line message)."""
+
+
+def scrape_targets(prometheus_url: str, timeout: float = 5.0) -> dict[str, tuple[str, int]]:
+    """(host, port) of the first target of each scrape job of the Prometheus at *prometheus_url* (read from the
+    configuration it loaded: no wait for target discovery)."""
+    import yaml
+
+    url = prometheus_url.rstrip("/") + "/api/v1/status/config"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            conf = yaml.safe_load(json.load(resp)["data"]["yaml"])
+    except (OSError, ValueError, KeyError, yaml.YAMLError) as exc:
+        raise MetricsSetupError(f"Prometheus at {prometheus_url} did not answer ({exc}); check PROMETHEUS_URL "
+                                "or unset it") from None
+    out: dict[str, tuple[str, int]] = {}
+    for job in conf.get("scrape_configs") or []:
+        for static in job.get("static_configs") or []:
+            for target in static.get("targets") or []:
+                parts = urlsplit(f"//{target}")
+                if parts.port and job.get("job_name") not in out:
+                    out[str(job["job_name"])] = (parts.hostname or "", parts.port)
+    return out
+
+
+def discover_port(prometheus_url: str) -> int:
+    """The exporter port that the Prometheus at *prometheus_url* scrapes as job ``toolclash``."""
+    target = scrape_targets(prometheus_url).get("toolclash")
+    if target is None:
+        raise MetricsSetupError(f"Prometheus at {prometheus_url} has no scrape job 'toolclash' with a target (see "
+                                "prometheus/prometheus.yml); add it or pass --metrics-port")
+    return target[1]
 
 
 def labels_of(metric: str, values: Mapping[str, Any]) -> Labels:

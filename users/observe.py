@@ -15,11 +15,8 @@ import contextlib
 import json
 import logging
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import gevent
 from locust import events
@@ -27,44 +24,17 @@ from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
 
 from toolclash import metrics
-from toolclash.metrics import DEFAULT_METRICS_PORT, Labels, Registry, RegistryCollector
+from toolclash.metrics import (
+    DEFAULT_METRICS_PORT,
+    Labels,
+    MetricsSetupError,
+    Registry,
+    RegistryCollector,
+    discover_port,
+    scrape_targets,
+)
 
 log = logging.getLogger("toolclash")
-
-
-class MetricsSetupError(Exception):
-    """The exporter cannot start as asked (one-line message)."""
-
-
-def scrape_targets(prometheus_url: str, timeout: float = 5.0) -> dict[str, tuple[str, int]]:
-    """(host, port) of the first target of each scrape job of the Prometheus at *prometheus_url* (read from the
-    configuration it loaded: no wait for target discovery)."""
-    import yaml
-
-    url = prometheus_url.rstrip("/") + "/api/v1/status/config"
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            conf = yaml.safe_load(json.load(resp)["data"]["yaml"])
-    except (OSError, ValueError, KeyError, yaml.YAMLError) as exc:
-        raise MetricsSetupError(f"Prometheus at {prometheus_url} did not answer ({exc}); check PROMETHEUS_URL "
-                                "or unset it") from None
-    out: dict[str, tuple[str, int]] = {}
-    for job in conf.get("scrape_configs") or []:
-        for static in job.get("static_configs") or []:
-            for target in static.get("targets") or []:
-                parts = urlsplit(f"//{target}")
-                if parts.port and job.get("job_name") not in out:
-                    out[str(job["job_name"])] = (parts.hostname or "", parts.port)
-    return out
-
-
-def discover_port(prometheus_url: str) -> int:
-    """The exporter port that the Prometheus at *prometheus_url* scrapes as job ``toolclash``."""
-    target = scrape_targets(prometheus_url).get("toolclash")
-    if target is None:
-        raise MetricsSetupError(f"Prometheus at {prometheus_url} has no scrape job 'toolclash' with a target (see "
-                                "prometheus/prometheus.yml); add it or pass --metrics-port")
-    return target[1]
 
 
 SERVER_EXPORTERS: dict[str, str] = {"postgres": "DATABASE_URL"}
@@ -98,7 +68,8 @@ class ServerExporters:
             run_as = _resolve_run_as()
             if run_as is not None:
                 extra = {"user": run_as.uid, "group": run_as.gid, "extra_groups": []}
-            proc = subprocess.Popen([binary, f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+            proc = subprocess.Popen([binary, f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn",
+                                     "--disable-settings-metrics"],
                                     env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                     stderr=subprocess.DEVNULL, start_new_session=True, **extra)
             self.procs.append(proc)
