@@ -113,10 +113,14 @@ def test_worker_metrics_are_summed_on_the_master(observed: tuple[LocustRun, Aler
         outcome = json.loads(labels)["outcome"]
         by_outcome[outcome] = by_outcome.get(outcome, 0.0) + value
     assert by_outcome.get("ok") == counters["calls_ok"] == fig["ok"], (by_outcome, counters)
-    assert sum(by_outcome.values()) == fig["calls"], (by_outcome, fig)
+    # calls cut short by the stop never reach Locust's request event, so the metrics leave them out
+    from toolclash.history import read_history
+
+    interrupted = sum(1 for op in read_history(run.run_dir).ops if op.get("error_class") == "interrupted")
+    assert sum(by_outcome.values()) == fig["calls"] - interrupted, (by_outcome, fig, interrupted)
     # histogram buckets summed across workers: the +Inf bucket counts every call
     inf = sum(_last(base, 'toolclash_tool_call_duration_seconds_bucket{le="+Inf"}').values())
-    assert inf == fig["calls"]
+    assert inf == fig["calls"] - interrupted
     retries = sum(_last(base, "toolclash_retries_total").values())
     assert retries == fig["conflicts"] > 0
     conflicts = _last(base, 'toolclash_conflicts_total{sqlstate="40001"}')
