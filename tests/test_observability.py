@@ -334,6 +334,7 @@ def test_baseline_regression_is_a_missed_gate(observed: tuple[LocustRun, AlertWa
     (["--metrics-port", "BUSY"], {}, "cannot serve metrics on 127.0.0.1:"),
     (["--metrics-port", "70000"], {}, "--metrics-port 70000 is not a port"),
     ([], {"PROMETHEUS_URL": "http://127.0.0.1:1"}, "Prometheus at http://127.0.0.1:1 did not answer"),
+    (["--baseline", "reports/no-such-run"], {}, "--baseline reports/no-such-run is not a finished run directory"),
 ])
 def test_bad_exporter_settings_stop_the_run_in_one_line(args: list[str], services: dict[str, str], expected: str,
                                                         database_url: str, tmp_path: Path) -> None:

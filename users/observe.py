@@ -162,6 +162,10 @@ class Observer:
             install_tab(web_ui, self)
 
     def start_exporter(self, opts: dict[str, Any]) -> None:
+        baseline = str(opts.get("baseline") or "")
+        if baseline and not (Path(baseline) / "checks.json").is_file():
+            raise MetricsSetupError(f"--baseline {baseline} is not a finished run directory (no checks.json); "
+                                    "pass reports/<run-id> of an earlier run")
         port = int(opts.get("metrics_port", -1) if opts.get("metrics_port") is not None else -1)
         host = str(opts.get("metrics_host") or "127.0.0.1")
         prometheus_url = str(opts.get("prometheus_url") or "")
