@@ -15,7 +15,7 @@ WORKERS ?= 4
 ARGS ?=
 LOCUSTFILE ?= locustfiles/mixed.py
 
-.PHONY: help setup apt venv run distributed ui test bench lint clean
+.PHONY: help setup apt venv run observe distributed ui test bench lint clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -43,6 +43,13 @@ $(STAMP): requirements.txt requirements-dev.txt
 run: setup ## the main job: every agent kind through a 1-minute ramp on the embedded stack, checks, verdict
 	$(VENV)/bin/locust -f $(LOCUSTFILE) --headless --stages $(STAGES) --stage-seconds $(STAGE_SECONDS) \
 	  --stop-timeout 5 $(ARGS)
+
+observe: setup ## `make run` scraped by a private Prometheus in .stack/ that stays up afterwards (URL printed)
+	$(PY) -m toolclash.stack up $(foreach s,postgres auth_postgres pgbouncer clickhouse redis prometheus,--service $(s))
+	@eval "$$($(PY) -m toolclash.stack env)"; $(VENV)/bin/locust -f $(LOCUSTFILE) --headless --stages $(STAGES) \
+	  --stage-seconds $(STAGE_SECONDS) --stop-timeout 5 --metrics-linger-s 10 $(ARGS); code=$$?; \
+	  echo "Prometheus: $$PROMETHEUS_URL (alerts: $$PROMETHEUS_URL/alerts; stop: $(PY) -m toolclash.stack down)"; \
+	  exit $$code
 
 distributed: setup ## the full ramp with a master and WORKERS worker processes on this machine (default 4)
 	$(VENV)/bin/locust -f $(LOCUSTFILE) --headless --processes $(WORKERS) --master-bind-host 127.0.0.1 \

@@ -110,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--skip-deadlock", action="store_true",
                         help="skip the deadlock phase (detection time of 200 cycles, cascade recovery)")
     parser.add_argument("--skip-pool", action="store_true", help="skip the pool phase (bench/pool.py)")
+    parser.add_argument("--observability", action="store_true",
+                        help="also measure throughput with the exporter on vs off and its scrape time")
     parser.add_argument("--ops", type=_positive_int, default=1_000_000, metavar="N",
                         help="operations in the synthetic history of the checker phase (default 1,000,000)")
     parser.add_argument("--checker-accounts", type=_positive_int, default=100, metavar="N",
@@ -536,6 +538,9 @@ def main(argv: list[str] | None = None) -> int:
         pool_phase(args, report, say)
         if not args.skip_workspace:
             workspace_phase(args, ts, report, say)
+        if args.observability:
+            from bench import observability
+            report["observability"] = observability.phase(duration=args.duration, rounds=args.rounds, say=say)
     except KeyboardInterrupt:
         report["interrupted"] = True
         say("interrupted: servers and child processes stopped; writing a partial report")

@@ -1286,12 +1286,170 @@ class PgBouncerService(Service):
         return True
 
 
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+"""Server processes started by this process (kept so they are reaped, not warned about, when stopped)."""
+
+
+class PrometheusService(Service):
+    """A private Prometheus (Debian's 2.42) on a free port with its own data dir.
+
+    Its configuration is ``prometheus/prometheus.yml`` with the ``toolclash`` job pointed at
+    ``127.0.0.1:<scrape_port>`` (a port picked free at start and recorded in the state: the Locust
+    master reads it from Prometheus's loaded configuration and serves its exporter there), the
+    ``postgres`` job at another free port (where the master starts Debian's postgres exporter against
+    the run's DATABASE_URL), the compose-only jobs dropped, and 1-second
+    scrape and rule intervals, so that short runs are seen; the alert rules are ``prometheus/alerts.yml``.
+    """
+
+    name = "prometheus"
+    env_var = "PROMETHEUS_URL"
+    READY_PATH = "/-/ready"
+    SERVER_EXPORTER_JOBS: ClassVar[tuple[str, ...]] = ("postgres",)
+    """Jobs of prometheus.yml kept with a free 127.0.0.1 port: the run starts that exporter there (users/observe.py)."""
+
+    @property
+    def log_file(self) -> Path:
+        return self.dir / "prometheus.log"
+
+    @staticmethod
+    def repo_dir() -> Path:
+        return Path(__file__).resolve().parent.parent / "prometheus"
+
+    def _binary(self) -> str:
+        found = shutil.which("prometheus") or ("/usr/bin/prometheus" if os.access("/usr/bin/prometheus", os.X_OK)
+                                               else None)
+        if not found:
+            raise StackError("prometheus not found; install it: apt-get install -y prometheus  (or `make setup`)")
+        return found
+
+    def config(self, scrape_port: int) -> str:
+        """The embedded configuration: the repository's file, with this stack's target, rules and intervals."""
+        import yaml
+
+        src = self.repo_dir() / "prometheus.yml"
+        try:
+            conf = yaml.safe_load(src.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as exc:
+            raise StackError(f"cannot read {src} ({exc}); restore it from git") from exc
+        conf["global"].update(scrape_interval="1s", evaluation_interval="1s", scrape_timeout="1s")
+        conf["rule_files"] = [str(self.dir / Path(rule).name) for rule in conf.get("rule_files", [])]
+        ports = self.state.setdefault("exporter_ports", {})
+        jobs = []
+        for job in conf["scrape_configs"]:
+            name = job["job_name"]
+            if name == "toolclash":
+                port = scrape_port
+            elif name in self.SERVER_EXPORTER_JOBS:
+                port = ports.setdefault(name, _free_port())
+                job["scrape_interval"] = job["scrape_timeout"] = "5s"  # the server's own figures: less often
+            else:
+                continue  # a compose-only job
+            job["static_configs"] = [{"targets": [f"{LOOPBACK}:{port}"]}]
+            jobs.append(job)
+        conf["scrape_configs"] = jobs
+        return yaml.safe_dump(conf, sort_keys=False)
+
+    def _pid(self) -> int | None:
+        pid = self.state.get("pid")
+        if not pid or not _pid_alive(int(pid)):
+            return None
+        cmdline = _proc_cmdline(int(pid))
+        if cmdline is not None and os.fsencode(f"--storage.tsdb.path={self.dir / 'data'}") not in cmdline.split(b"\0"):
+            return None
+        return int(pid)
+
+    def is_running(self) -> bool:
+        return self._pid() is not None
+
+    def url(self, *, masked: bool = False) -> str | None:
+        port = self.state.get("port")
+        return f"http://{LOOPBACK}:{port}" if port else None
+
+    def status(self) -> dict[str, Any]:
+        out = super().status()
+        out["settings"] = {"scrape_port": self.state.get("scrape_port")} if out["running"] else {}
+        return out
+
+    def start(self, deadline: float) -> None:
+        binary = self._binary()
+        self.ctx.makedir(self.dir)
+        self.ctx.makedir(self.dir / "data")
+        for rule in ("alerts.yml",):
+            self.ctx.write_file(self.dir / rule, (self.repo_dir() / rule).read_text(encoding="utf-8"), 0o644)
+        scrape_port = self.state.get("scrape_port") or _free_port()
+        self.ctx.write_file(self.dir / "prometheus.yml", self.config(scrape_port), 0o644)
+        for _attempt in range(PORT_ATTEMPTS):
+            port = _free_port()
+            argv = [binary, f"--config.file={self.dir / 'prometheus.yml'}",
+                    f"--storage.tsdb.path={self.dir / 'data'}", f"--web.listen-address={LOOPBACK}:{port}",
+                    "--storage.tsdb.retention.time=7d", "--web.enable-lifecycle"]
+            extra: dict[str, Any] = {}
+            if self.ctx.run_as is not None:
+                extra = {"user": self.ctx.run_as.uid, "group": self.ctx.run_as.gid, "extra_groups": []}
+            offset = self.log_file.stat().st_size if self.log_file.exists() else 0
+            with open(self.log_file, "ab") as logfh:
+                proc = subprocess.Popen(argv, cwd=self.dir, env=self.ctx.child_env(), stdin=subprocess.DEVNULL,
+                                        stdout=logfh, stderr=logfh, start_new_session=True, **extra)
+            _CHILDREN[proc.pid] = proc
+            self.state.update(pid=proc.pid, port=port, scrape_port=scrape_port, log=str(self.log_file))
+            self.ctx.save()
+            if self._wait_ready(proc, deadline):
+                return
+            log = _read_text(self.log_file, offset)
+            if "address already in use" in log:
+                continue
+            self.stop()
+            raise StackError(f"Prometheus did not start: {_tail(log)}; see {self.log_file}")
+        raise StackError(f"Prometheus could not bind a free port on {LOOPBACK} after {PORT_ATTEMPTS} attempts; retry")
+
+    def _wait_ready(self, proc: subprocess.Popen[bytes], deadline: float) -> bool:
+        """True once Prometheus answers ready; False if it exited."""
+        import urllib.error
+        import urllib.request
+
+        base = self.url()
+        while True:
+            if proc.poll() is not None:
+                return False
+            try:
+                with urllib.request.urlopen(f"{base}{self.READY_PATH}", timeout=2) as resp:
+                    if resp.status == 200:
+                        return True
+            except (OSError, ValueError):
+                pass
+            if time.monotonic() >= deadline:
+                self.stop()
+                raise StackError(f"Prometheus did not become ready before the deadline: "
+                                 f"{_tail(_read_text(self.log_file))}; see {self.log_file}")
+            time.sleep(0.05)
+
+    def stop(self) -> bool:
+        pid = self._pid()
+        if pid is None:
+            self.state["pid"] = None
+            return False
+        os.kill(pid, signal.SIGTERM)
+        child = _CHILDREN.pop(pid, None)
+        limit = time.monotonic() + 30
+        while time.monotonic() < limit and _pid_alive(pid):
+            if child is not None and child.poll() is not None:
+                break
+            time.sleep(0.05)
+        if _pid_alive(pid) and (child is None or child.poll() is None):
+            os.kill(pid, signal.SIGKILL)
+            if child is not None:
+                child.wait(10)
+        self.state["pid"] = None
+        return True
+
+
 SERVICES: dict[str, type[Service]] = {
     "postgres": PostgresService,
     "auth_postgres": AuthPostgresService,
     "pgbouncer": PgBouncerService,  # after postgres: it reads that server's port and password
     "clickhouse": ClickHouseService,
     "redis": RedisService,
+    "prometheus": PrometheusService,
 }
 
 
@@ -1531,8 +1689,10 @@ def _build_parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=60.0, help="seconds `up` waits for readiness (default 60)"
     )
     parser.add_argument(
-        "--services", default="postgres",
-        help=f"comma-separated services to start (default postgres; known: {', '.join(SERVICES)})",
+        "--service",
+        action="append",
+        choices=sorted(SERVICES),
+        help="service to start (repeat for several; default: postgres); env and status cover what runs",
     )
     parser.add_argument(
         "--listen", action="append", default=[], metavar="ADDR",
@@ -1573,8 +1733,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the exit code (2 on any StackError, printed as one line)."""
     args = _build_parser().parse_args(argv)
     try:
-        services = [name.strip() for name in args.services.split(",") if name.strip()]
-        stack = Stack(args.dir, durable=args.durable, services=services, listen=args.listen)
+        services = args.service or ["postgres"]
+        if args.command == "env" and not args.service:  # every service the state dir records as started
+            root = Path(args.dir)
+            recorded = Stack._load(root.absolute())["services"] if root.is_dir() else {}
+            services = [name for name, st in recorded.items() if st.get("pid")] or services
+        stack = Stack(args.dir, services=services, durable=args.durable, listen=args.listen)
         if args.command == "up":
             stack.up(timeout=args.timeout)
             status = stack.status()

@@ -40,6 +40,7 @@ from checks import EXIT_USAGE
 from checks.verdict import evaluate, render, write
 from toolclash import db
 from toolclash.history import HistoryReceiver, HistoryWriter, process_name
+from toolclash.metrics import OPTIONS as METRICS_OPTIONS
 from toolclash.retry import RetryPolicy
 from toolclash.run import (
     Backend,
@@ -243,6 +244,14 @@ class Runtime:
     def stages_marked(self) -> int:
         return len(self._stages)
 
+    def current_stage(self) -> dict[str, Any] | None:
+        """The ramp stage under way (``{"stage", "users", "start", "end"}``), None outside a ramp."""
+        return self._stages[-1] if self._stages and self._stages[-1]["end"] is None else None
+
+    @property
+    def run_active(self) -> bool:
+        return self._run_active
+
     def on_report_to_master(self, client_id: str, data: dict[str, Any], **_: Any) -> None:
         data["toolclash_counters"] = dict(self._unsent)
         self._unsent.clear()
@@ -260,7 +269,7 @@ class Runtime:
         choices = {"strategy": tuple(dict.fromkeys(st for m in modules for st in m.STRATEGIES)),
                    "fault": ("none", *dict.fromkeys(f for m in modules for f in m.FAULTS))}
         declared = {opt.name: opt for m in modules for opt in m.OPTIONS}  # scenario options, deduplicated
-        for opt in (*OPTIONS, *declared.values()):
+        for opt in (*OPTIONS, *declared.values(), *METRICS_OPTIONS):
             if opt.locust_builtin:
                 continue
             kwargs: dict[str, Any] = {"type": opt.type, "default": opt.default, "help": opt.help,
@@ -599,6 +608,9 @@ def setup(scenarios: list[str]) -> Runtime:
     events.quit.add_listener(rt.on_quit)
     events.report_to_master.add_listener(rt.on_report_to_master)
     events.worker_report.add_listener(rt.on_worker_report)
+    from users.observe import install  # metrics, exporter and report: listeners that run after these
+
+    install(rt)
     return rt
 
 

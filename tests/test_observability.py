@@ -1,0 +1,351 @@
+"""Observability against the real Prometheus: one short distributed ramp with a planted fault, then what
+Prometheus saw (merged worker metrics, the alert firing), the alert rules' unit tests, the registry's merge.
+
+The run (module fixture): locustfiles/mixed.py, 2 worker processes, stages 4 → 8 agents of 3 s each,
+serializable on one hot account (conflicts and retries) with ``--fault ambiguous_as_fail`` (a check must
+turn invalid), scraped every second by the session's private Prometheus.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import threading
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import ROOT, LocustRun, run_locust
+from toolclash.metrics import Registry, RegistryCollector, counter_metric, exposition
+
+
+def prom_get(base: str, path: str, **params: str) -> Any:
+    url = f"{base}{path}?{urllib.parse.urlencode(params)}" if params else f"{base}{path}"
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        body = json.load(resp)
+    assert body["status"] == "success", body
+    return body["data"]
+
+
+def prom_query(base: str, expr: str) -> list[dict[str, Any]]:
+    return prom_get(base, "/api/v1/query", query=expr)["result"]  # type: ignore[no-any-return]
+
+
+def free_port() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
+class AlertWatcher(threading.Thread):
+    """Polls Prometheus's /api/v1/alerts while the run goes on; remembers every alert seen firing."""
+
+    def __init__(self, base: str) -> None:
+        super().__init__(daemon=True)
+        self.base = base
+        self.firing: dict[str, dict[str, Any]] = {}
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                for alert in prom_get(self.base, "/api/v1/alerts")["alerts"]:
+                    if alert["state"] == "firing":
+                        self.firing.setdefault(alert["labels"]["alertname"], alert)
+            except OSError:
+                pass
+            self.stop.wait(0.1)
+
+
+@pytest.fixture(scope="module")
+def observed(stack: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> tuple[LocustRun, AlertWatcher]:
+    prometheus = stack["PROMETHEUS_URL"]
+    watcher = AlertWatcher(prometheus)
+    watcher.start()
+    port = free_port()
+    try:
+        run = run_locust(["--processes", "2", "--master-bind-host", "127.0.0.1", "--master-bind-port", port,
+                          "--master-port", port, "--stages", "4,8", "--stage-seconds", "3", "--stage-spawn-rate",
+                          "20", "--profile", "stress", "--accounts", "1", "--strategy", "serializable",
+                          "--fault", "ambiguous_as_fail", "--stop-timeout", "2", "--metrics-linger-s", "15"],
+                         reports=tmp_path_factory.mktemp("obs"), database_url=None, services=stack,
+                         locustfile="locustfiles/mixed.py", run_id="observed")
+    finally:
+        watcher.stop.set()
+        watcher.join(5)
+    assert run.code == 1, run.output()
+    return run, watcher
+
+
+def test_planted_fault_fires_the_check_alert_in_prometheus(observed: tuple[LocustRun, AlertWatcher],
+                                                           stack: dict[str, str]) -> None:
+    run, watcher = observed
+    assert run.check("credits.ledger")["valid"] is False
+    alert = watcher.firing.get("ToolclashCheckInvalid")
+    assert alert is not None, (watcher.firing, run.output())
+    assert alert["labels"]["check"] in {c["name"] for c in run.verdict["checks"] if c["valid"] is False}
+    # the ALERTS series Prometheus keeps agrees
+    seen = prom_query(stack["PROMETHEUS_URL"],
+                      'max_over_time(ALERTS{alertname="ToolclashCheckInvalid",alertstate="firing"}[5m])')
+    assert {s["metric"]["check"] for s in seen} >= {alert["labels"]["check"]}
+
+
+def _last(base: str, metric: str) -> dict[str, float]:
+    rows = prom_query(base, f"last_over_time({metric}[5m])")
+    return {json.dumps(r["metric"], sort_keys=True): float(r["value"][1]) for r in rows}
+
+
+def test_worker_metrics_are_summed_on_the_master(observed: tuple[LocustRun, AlertWatcher],
+                                                 stack: dict[str, str]) -> None:
+    run, _ = observed
+    base = stack["PROMETHEUS_URL"]
+    fig = run.verdict["figures"]["credits"]
+    counters = run.verdict["counters"]
+    calls = _last(base, 'toolclash_tool_calls_total{tool="deduct"}')
+    by_outcome: dict[str, float] = {}
+    for labels, value in calls.items():
+        outcome = json.loads(labels)["outcome"]
+        by_outcome[outcome] = by_outcome.get(outcome, 0.0) + value
+    assert by_outcome.get("ok") == counters["calls_ok"] == fig["ok"], (by_outcome, counters)
+    # calls cut short by the stop never reach Locust's request event, so the metrics leave them out
+    from toolclash.history import read_history
+
+    ops = read_history(run.run_dir).ops
+    interrupted = sum(1 for op in ops if op.get("error_class") == "interrupted")
+    reported = [op["result"] for op in ops if op.get("error_class") != "interrupted"]
+    assert sum(by_outcome.values()) == fig["calls"] - interrupted, (by_outcome, fig, interrupted)
+    # histogram buckets summed across workers: the +Inf bucket counts every call
+    inf = sum(_last(base, 'toolclash_tool_call_duration_seconds_bucket{le="+Inf"}').values())
+    assert inf == fig["calls"] - interrupted
+    retries = sum(_last(base, "toolclash_retries_total").values())
+    assert retries == sum(sum(r.get("retries", {}).values()) for r in reported) > 0
+    conflicts = _last(base, 'toolclash_conflicts_total{sqlstate="40001"}')
+    assert sum(conflicts.values()) == sum(r.get("sqlstates", []).count("40001") for r in reported) > 0
+    # both workers and the master reported their CPU and memory
+    processes = {json.loads(k)["process"] for k in _last(base, "toolclash_process_resident_memory_bytes")}
+    assert processes == {"master", "w0", "w1"}, processes
+    # the master started Debian's postgres exporter where the embedded Prometheus expects it
+    pg_up = prom_query(base, 'max_over_time(pg_up{job="postgres"}[5m])')
+    assert [float(r["value"][1]) for r in pg_up] == [1.0], pg_up
+    stages = prom_query(base, "max_over_time(toolclash_ramp_stage_agents[5m])")
+    assert [float(r["value"][1]) for r in stages] == [8.0], stages
+
+
+def test_alert_rules_pass_their_unit_tests() -> None:
+    proc = subprocess.run(["promtool", "test", "rules", "alerts_test.yml"], cwd=ROOT / "prometheus",
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "SUCCESS" in proc.stdout
+
+
+def test_alert_rule_tests_catch_a_broken_rule(tmp_path: Path) -> None:
+    """The rule tests can fail: a conflict alert with the comparison turned around must not pass them."""
+    rules = (ROOT / "prometheus" / "alerts.yml").read_text()
+    broken = rules.replace("> max(toolclash_conflict_rate_threshold)", "< max(toolclash_conflict_rate_threshold)")
+    assert broken != rules
+    (tmp_path / "alerts.yml").write_text(broken)
+    (tmp_path / "alerts_test.yml").write_text((ROOT / "prometheus" / "alerts_test.yml").read_text())
+    proc = subprocess.run(["promtool", "test", "rules", "alerts_test.yml"], cwd=tmp_path, capture_output=True,
+                          text=True, check=False)
+    assert proc.returncode != 0 and "ToolclashConflictRateHigh" in proc.stdout + proc.stderr
+
+
+def _exposed(collector: RegistryCollector) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for fam in text_string_to_metric_families(exposition(collector).decode()):
+        for sample in fam.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def test_registry_merges_worker_deltas_by_summing() -> None:
+    """Two workers' deltas, shipped twice each, give the same exposition as one process seeing every call."""
+    single, master = Registry(), Registry()
+    workers = [Registry(), Registry()]
+    calls = [("deduct", "serializable", "ok", 0.004, 2, {"serialization": 1}, ["40001"], 0.002),
+             ("deduct", "serializable", "fail", 0.7, 10, {"serialization": 9}, ["40001"] * 9, 0.3),
+             ("deduct", "serializable", "ok", 0.0009, 1, {}, [], 0.0)]
+    for round_ in range(2):
+        for i, worker in enumerate(workers):
+            for call in calls[i + round_:]:
+                worker.record_call(*call)
+                single.record_call(*call)
+            master.merge(worker.take_delta(f"w{i}"))
+    assert all(not d["c"] and not d["h"] for d in (w.take_delta("w") for w in workers))  # nothing sent twice
+    none: tuple[dict[str, int], list[Any]] = ({}, [])
+    merged, expected = _exposed(RegistryCollector(master, lambda: none)), _exposed(RegistryCollector(single,
+                                                                                                     lambda: none))
+    assert merged == expected
+    key = ("toolclash_tool_call_duration_seconds_bucket",
+           (("le", "+Inf"), ("strategy", "serializable"), ("tool", "deduct")))
+    assert merged[key] == 8.0  # 3 + 2 calls in round one, 2 + 1 in round two: summed, not averaged
+
+
+def test_runtime_counters_map_to_labelled_metrics_without_knowing_them() -> None:
+    assert counter_metric("queue_redelivered") == ("toolclash_queue_events_total", (("event", "redelivered"),))
+    assert counter_metric("pool_timeouts") == ("toolclash_pool_events_total", (("event", "timeouts"),))
+    assert counter_metric("some_new_thing") == ("toolclash_events_total", (("event", "some_new_thing"),))
+    assert counter_metric("retries_serialization") is None  # already in toolclash_retries_total{tool,cause}
+    exposed = _exposed(RegistryCollector(Registry(), lambda: ({"queue_redelivered": 3, "calls_ok": 5}, [])))
+    assert exposed[("toolclash_queue_events_total", (("event", "redelivered"),))] == 3.0
+    assert not any(name.startswith("toolclash_events") for name, _ in exposed)
+
+
+# --- Grafana: every dashboard uses the provisioned datasource, every panel's PromQL runs and returns data ---
+
+AWAITING_SCENARIOS = {
+    # metrics recorded only by scenarios not merged yet (deadlock, pool, queue slices): their panels must
+    # parse, and return data once those scenarios record them; remove a name here when its scenario lands
+    "toolclash_deadlock_detection_seconds", "toolclash_lock_wait_seconds", "toolclash_deadlock_events_total",
+    "toolclash_lock_events_total", "toolclash_pool_acquire_wait_seconds", "toolclash_pool_size",
+    "toolclash_pool_in_use", "toolclash_pool_waiting", "toolclash_pool_events_total", "toolclash_queue_depth",
+    "toolclash_queue_capacity", "toolclash_queue_events_total",
+}
+GRAFANA = ROOT / "grafana"
+
+
+def _metric_names(expr: str) -> set[str]:
+    import re
+
+    names = set(re.findall(r"\btoolclash_[a-z0-9_]+", expr))
+    return {re.sub(r"_(bucket|count|sum)$", "", n) if not n.endswith("_total") else n for n in names}
+
+
+def _dashboards() -> list[dict[str, Any]]:
+    files = sorted((GRAFANA / "dashboards").glob("*.json"))
+    assert len(files) >= 6, files
+    return [json.loads(f.read_text()) for f in files]
+
+
+def test_dashboards_use_the_provisioned_datasource_uid() -> None:
+    import yaml
+
+    from toolclash.metrics import METRICS
+
+    provisioned = yaml.safe_load((GRAFANA / "provisioning" / "datasources" / "prometheus.yml").read_text())
+    uid = provisioned["datasources"][0]["uid"]
+    provider = yaml.safe_load((GRAFANA / "provisioning" / "dashboards" / "toolclash.yml").read_text())
+    assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
+    uids = set()
+    for dash in _dashboards():
+        uids.add(dash["uid"])
+        assert "${DS_" not in json.dumps(dash), dash["uid"]
+        assert dash["panels"], dash["uid"]
+        for panel in dash["panels"]:
+            assert panel["datasource"] == {"type": "prometheus", "uid": uid}, (dash["uid"], panel["title"])
+            assert panel["targets"], (dash["uid"], panel["title"])
+            for target in panel["targets"]:
+                assert target["datasource"]["uid"] == uid, (dash["uid"], panel["title"])
+                unknown = _metric_names(target["expr"]) - set(METRICS)
+                assert not unknown, (dash["uid"], panel["title"], unknown)  # a typo in a metric name fails here
+    assert len(uids) == len(_dashboards())
+
+
+def test_every_dashboard_query_returns_data_after_a_real_run(observed: tuple[LocustRun, AlertWatcher],
+                                                             stack: dict[str, str]) -> None:
+    run, _ = observed
+    base = stack["PROMETHEUS_URL"]
+    started = json.loads((run.run_dir / "options.json").read_text())["started_at"]
+    window = {"start": str(started - 5), "end": str(time.time()), "step": "1"}
+    empty, awaiting = [], []
+    for dash in _dashboards():
+        for panel in dash["panels"]:
+            has_data = False
+            for target in panel["targets"]:
+                expr = target["expr"].replace("$__rate_interval", "15s").replace("$__interval", "1s")
+                data = prom_get(base, "/api/v1/query_range", query=expr, **window)  # a parse error fails here
+                has_data = has_data or any(series["values"] for series in data["result"])
+            names = {n for t in panel["targets"] for n in _metric_names(t["expr"])}
+            if not has_data:
+                (awaiting if names <= AWAITING_SCENARIOS else empty).append(f"{dash['uid']}: {panel['title']}")
+    assert not empty, empty
+    print(f"panels waiting for scenarios not merged yet ({len(awaiting)}): {awaiting}")
+
+
+# --- report.html: self-contained, every plot loads in a real headless Chromium; --baseline gates ---
+
+
+def test_report_renders_with_every_plot_in_chromium(observed: tuple[LocustRun, AlertWatcher],
+                                                    stack: dict[str, str], tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    run, _ = observed
+    report = run.run_dir / "report.html"
+    text = report.read_text()
+    password = urllib.parse.urlsplit(stack["DATABASE_URL"]).password
+    assert password and password not in text and "toolclash:***@" in text  # options shown, secrets masked
+    assert "http://" not in text.replace("http://127.0.0.1", "") and "<script" not in text  # self-contained
+    assert "credits.ledger" in text and "data:image/png;base64," in text
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.goto(report.as_uri())
+            images = page.eval_on_selector_all("img", "els => els.map(e => [e.alt, e.complete, e.naturalWidth])")
+            page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        finally:
+            browser.close()
+    assert len(images) >= 4, images
+    assert all(complete and width > 100 for _alt, complete, width in images), images
+    titles = {alt for alt, _c, _w in images}
+    assert {"Throughput and agents over time", "Latency percentiles over time", "Conflict rate per stage"} <= titles
+
+
+def _doctored_baseline(run_dir: Path, dest: Path, p95_factor: float) -> Path:
+    """A copy of *run_dir* whose P95 figures are *p95_factor* times the real ones."""
+    import shutil
+
+    shutil.copytree(run_dir, dest)
+    verdict = json.loads((dest / "checks.json").read_text())
+    for fig in verdict["figures"].values():
+        fig["p95_ms"] = fig["p95_ms"] * p95_factor
+    (dest / "checks.json").write_text(json.dumps(verdict))
+    return dest
+
+
+def test_baseline_regression_is_a_missed_gate(observed: tuple[LocustRun, AlertWatcher], database_url: str,
+                                              tmp_path: Path) -> None:
+    from toolclash.report import compare
+
+    run, _ = observed
+    same = compare(run.run_dir, run.run_dir)
+    assert [g["met"] for g in same["gates"]] == [True, True], same
+    faster = _doctored_baseline(run.run_dir, tmp_path / "faster", p95_factor=0.001)  # a baseline 1000x quicker
+    slower = run_locust(["-u", "4", "-r", "4", "-t", "3s", "--wait-min", "0.05", "--wait-max", "0.1",
+                         "--metrics-port", "0", "--baseline", str(faster), "--baseline-throughput-drop", "1"],
+                        reports=tmp_path, database_url=database_url, run_id="slower")
+    assert slower.code == 4, slower.output()  # the data is right; only the comparison missed
+    assert all(c["valid"] is True for c in slower.verdict["checks"])
+    missed = [g for g in slower.verdict["gates"] if not g["met"]]
+    assert [g["gate"] for g in missed] == ["baseline_p95_ratio"], missed
+    assert "Against baseline" in (slower.run_dir / "report.html").read_text()
+
+
+# --- bad input: one line, exit 2, no traceback ---
+
+
+@pytest.mark.parametrize(("args", "services", "expected"), [
+    (["--metrics-port", "BUSY"], {}, "cannot serve metrics on 127.0.0.1:"),
+    (["--metrics-port", "70000"], {}, "--metrics-port 70000 is not a port"),
+    ([], {"PROMETHEUS_URL": "http://127.0.0.1:1"}, "Prometheus at http://127.0.0.1:1 did not answer"),
+    (["--baseline", "reports/no-such-run"], {}, "--baseline reports/no-such-run is not a finished run directory"),
+])
+def test_bad_exporter_settings_stop_the_run_in_one_line(args: list[str], services: dict[str, str], expected: str,
+                                                        database_url: str, tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        args = [str(busy.getsockname()[1]) if a == "BUSY" else a for a in args]
+        run = run_locust(["-u", "1", "-r", "1", "-t", "2s", *args], reports=tmp_path, database_url=database_url,
+                         services=services)
+    assert run.code == 2, run.output()
+    lines = [ln for ln in run.proc.stderr.splitlines() if ln.startswith("toolclash:")]
+    assert len(lines) == 1 and expected in lines[0], run.output()
+    assert "Traceback" not in run.proc.stderr
+    assert not run.run_dir.exists()

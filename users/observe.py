@@ -1,0 +1,351 @@
+"""Observability inside Locust: per-call metrics, worker → master merging, the Prometheus exporter,
+and the HTML report at the end of every run.
+
+Installed by :func:`users.runtime.setup` after the runtime's own listeners, so at ``test_stop`` the
+verdict already exists. Every process records its tool calls (one ``events.request`` listener) into
+a :class:`toolclash.metrics.Registry`; a worker ships the deltas with Locust's report message, the
+master merges them, and the master (or the single process) serves ``/metrics`` with gevent's WSGI
+server on ``--metrics-host``:``--metrics-port``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import gevent
+from locust import events
+from locust.env import Environment
+from locust.runners import MasterRunner, WorkerRunner
+
+from toolclash import metrics
+from toolclash.metrics import (
+    DEFAULT_METRICS_PORT,
+    Labels,
+    MetricsSetupError,
+    Registry,
+    RegistryCollector,
+    discover_port,
+    scrape_targets,
+)
+
+log = logging.getLogger("toolclash")
+
+
+SERVER_EXPORTERS: dict[str, str] = {"postgres": "DATABASE_URL"}
+"""Scrape job → the run's service URL that Debian's exporter for it watches."""
+
+
+class ServerExporters:
+    """Debian's server exporters, started for the run where a local Prometheus expects them (job → port)."""
+
+    def __init__(self) -> None:
+        self.procs: list[Any] = []
+
+    def start(self, prometheus_url: str, urls: dict[str, str]) -> list[str]:
+        import shutil
+        import subprocess
+
+        from toolclash.stack import _resolve_run_as
+
+        started = []
+        for job, (host, port) in scrape_targets(prometheus_url).items():
+            var = SERVER_EXPORTERS.get(job)
+            if var is None or var not in urls or host not in ("127.0.0.1", "localhost"):
+                continue
+            binary = shutil.which("prometheus-postgres-exporter")
+            if binary is None:
+                raise MetricsSetupError("prometheus-postgres-exporter not found; install it: apt-get install -y "
+                                        "prometheus-postgres-exporter  (or `make setup`)")
+            sep = "&" if "?" in urls[var] else "?"
+            env = {"PATH": "/usr/bin:/bin", "DATA_SOURCE_NAME": f"{urls[var]}{sep}sslmode=disable"}
+            extra: dict[str, Any] = {}
+            run_as = _resolve_run_as()
+            if run_as is not None:
+                extra = {"user": run_as.uid, "group": run_as.gid, "extra_groups": []}
+            proc = subprocess.Popen([binary, f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn",
+                                     "--disable-settings-metrics"],
+                                    env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL, start_new_session=True, **extra)
+            self.procs.append(proc)
+            started.append(f"{job} exporter on 127.0.0.1:{port}")
+        return started
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(5)
+                except Exception:  # noqa: BLE001 - it did not go: kill it
+                    proc.kill()
+                    proc.wait(5)
+        self.procs = []
+
+
+def _process_usage(proc: Any) -> tuple[float, float]:
+    times = proc.cpu_times()
+    return float(times.user + times.system), float(proc.memory_info().rss)
+
+
+class Observer:
+    """Per-process observability state; one per Locust process (see :func:`install`)."""
+
+    def __init__(self, rt: Any) -> None:
+        self.rt = rt
+        self.registry = Registry()
+        self.collector = RegistryCollector(self.registry, self._live)
+        self.server: Any = None
+        self.port = 0
+        self._verdict_gauges: list[tuple[str, Labels, float]] = []
+        self._scrapes_at_verdict: int | None = None
+        self._proc: Any = None
+        self._servers: dict[str, Any] | None = None
+        self.server_exporters = ServerExporters()
+
+    # -- every process -----------------------------------------------------------------------------
+
+    def on_request(self, request_type: str, name: str, response_time: float, exception: Any = None,
+                   context: dict[str, Any] | None = None, **_: Any) -> None:
+        ctx = context or {}
+        outcome = ctx.get("outcome") or ("ok" if exception is None else "fail")
+        self.registry.record_call(request_type, name, outcome, response_time / 1000.0, int(ctx.get("attempts") or 0),
+                                  ctx.get("retries") or {}, ctx.get("sqlstates") or (),
+                                  float(ctx.get("backoff_ms") or 0.0) / 1000.0)
+
+    def _usage(self) -> tuple[float, float]:
+        if self._proc is None:
+            import psutil
+
+            self._proc = psutil.Process()
+        return _process_usage(self._proc)
+
+    def process_label(self) -> str:
+        """``master`` (also the single process) or ``w<index>``: bounded, unlike host-pid names."""
+        env = self.rt.environment
+        runner = env.runner if env is not None else None
+        return f"w{runner.worker_index}" if isinstance(runner, WorkerRunner) else "master"
+
+    def on_report_to_master(self, client_id: str, data: dict[str, Any], **_: Any) -> None:
+        cpu, rss = self._usage()
+        label = self.process_label()
+        proc = (("process", label),)
+        self.registry.set("toolclash_process_cpu_seconds_total", proc, cpu, label)
+        self.registry.set("toolclash_process_resident_memory_bytes", proc, rss, label)
+        data["toolclash_metrics"] = self.registry.take_delta(label)
+
+    def on_worker_report(self, client_id: str, data: dict[str, Any], **_: Any) -> None:
+        delta = data.get("toolclash_metrics")
+        if delta:
+            self.registry.merge(delta)
+
+    # -- master (or the single process) ------------------------------------------------------------
+
+    def on_init(self, environment: Environment, runner: Any, web_ui: Any = None, **_: Any) -> None:
+        if isinstance(runner, WorkerRunner):
+            return
+        try:
+            self.start_exporter(vars(environment.parsed_options))
+        except MetricsSetupError as exc:
+            from users.runtime import fail_fast
+
+            self.rt._stop_stack()
+            fail_fast(str(exc))
+        if web_ui is not None:
+            from users.webui import install as install_tab
+
+            install_tab(web_ui, self)
+
+    def start_exporter(self, opts: dict[str, Any]) -> None:
+        baseline = str(opts.get("baseline") or "")
+        if baseline and not (Path(baseline) / "checks.json").is_file():
+            raise MetricsSetupError(f"--baseline {baseline} is not a finished run directory (no checks.json); "
+                                    "pass reports/<run-id> of an earlier run")
+        port = int(opts.get("metrics_port", -1) if opts.get("metrics_port") is not None else -1)
+        host = str(opts.get("metrics_host") or "127.0.0.1")
+        prometheus_url = str(opts.get("prometheus_url") or "")
+        if port == 0:
+            return
+        if port < -1 or port > 65535:
+            raise MetricsSetupError(f"--metrics-port {port} is not a port (1-65535, 0: off, -1: auto)")
+        optional = False
+        if port == -1:
+            if prometheus_url:
+                port = discover_port(prometheus_url)
+            else:
+                port, optional = DEFAULT_METRICS_PORT, True
+        from gevent.pywsgi import WSGIServer
+        from prometheus_client import CollectorRegistry, make_wsgi_app
+
+        reg = CollectorRegistry(auto_describe=False)
+        reg.register(self.collector)
+        server = WSGIServer((host, port), make_wsgi_app(reg), log=None, error_log=None)
+        try:
+            server.start()
+        except OSError as exc:
+            if optional:  # the default port, taken (another run?): observability is not worth a failed run
+                log.warning("metrics exporter off: %s:%d is taken (%s); pass --metrics-port", host, port,
+                            exc.strerror)
+                return
+            raise MetricsSetupError(f"cannot serve metrics on {host}:{port} ({exc.strerror}); choose another "
+                                    "--metrics-port (0: no exporter)") from None
+        self.server, self.port = server, server.server_port
+        log.info("Prometheus metrics on http://%s:%d/metrics", host, self.port)
+        if prometheus_url:
+            started = self.server_exporters.start(prometheus_url, self.rt.urls)
+            if started:
+                atexit.register(self.server_exporters.stop)
+                log.info("server exporters: %s", ", ".join(started))
+
+    def _live(self) -> tuple[dict[str, int], list[tuple[str, Labels, float]]]:
+        """Point-in-time figures of the master: agents, stage, thresholds, its own CPU and memory, verdict."""
+        rt = self.rt
+        env = rt.environment
+        runner = env.runner if env is not None else None
+        gauges: list[tuple[str, Labels, float]] = []
+        if runner is not None:
+            gauges.append(("toolclash_agents", (), float(runner.user_count)))
+            if isinstance(runner, MasterRunner):
+                gauges.append(("toolclash_workers", (), float(len(runner.clients))))
+        stage = rt.current_stage()
+        gauges.append(("toolclash_ramp_stage", (), float(stage["stage"]) if stage else 0.0))
+        gauges.append(("toolclash_ramp_stage_agents", (), float(stage["users"]) if stage else 0.0))
+        gauges.append(("toolclash_run_active", (), 1.0 if rt.run_active else 0.0))
+        if rt.settings is not None:
+            gauges.append(("toolclash_conflict_rate_threshold", (), float(rt.settings.gate_conflict_rate)))
+        cpu, rss = self._usage()
+        proc = (("process", "master"),)
+        gauges.append(("toolclash_process_cpu_seconds_total", proc, cpu))
+        gauges.append(("toolclash_process_resident_memory_bytes", proc, rss))
+        gauges.extend(self._server_usage())
+        gauges.extend(self._verdict_gauges)
+        return dict(rt.counters), gauges
+
+    def _server_usage(self) -> list[tuple[str, Labels, float]]:
+        """CPU and memory of each server the embedded stack started (its process tree: PostgreSQL backends too)."""
+        stack = self.rt.stack
+        if stack is None:
+            return []
+        import psutil
+
+        if self._servers is None:
+            self._servers = {}
+            for name, status in stack.status().items():
+                if status.get("pid"):
+                    with contextlib.suppress(psutil.Error):
+                        self._servers[name] = psutil.Process(int(status["pid"]))
+        out: list[tuple[str, Labels, float]] = []
+        for name, proc in self._servers.items():
+            cpu = rss = 0.0
+            try:
+                for p in (proc, *proc.children(recursive=True)):
+                    with contextlib.suppress(psutil.Error):
+                        c, r = _process_usage(p)
+                        cpu, rss = cpu + c, rss + r
+            except psutil.Error:
+                continue
+            out.append(("toolclash_server_cpu_seconds_total", (("server", name),), cpu))
+            out.append(("toolclash_server_resident_memory_bytes", (("server", name),), rss))
+        return out
+
+    def on_test_start(self, environment: Environment, **_: Any) -> None:
+        if isinstance(environment.runner, WorkerRunner):
+            self.registry.reset()
+            return
+        self.registry.reset()
+        self._verdict_gauges, self._scrapes_at_verdict = [], None
+
+    def on_test_stop(self, environment: Environment, **_: Any) -> None:
+        """After the runtime's own test_stop (the verdict is written): verdict gauges and the report."""
+        rt = self.rt
+        if isinstance(environment.runner, WorkerRunner) or rt.verdict is None or rt.run_dir is None:
+            return
+        if self._scrapes_at_verdict is not None:
+            return  # this run's verdict was handled already
+        server = None
+        server_file = Path(rt.run_dir) / "final" / "server.json"
+        if server_file.is_file():
+            server = json.loads(server_file.read_text())
+        self._verdict_gauges = metrics.verdict_gauges(rt.verdict, server)
+        self._scrapes_at_verdict = self.collector.scrapes
+        self.write_report()
+
+    def write_report(self) -> None:
+        rt = self.rt
+        started = time.monotonic()
+        try:
+            from toolclash.report import write_report
+
+            # in a real OS thread of gevent's pool: the web UI and worker heartbeats go on meanwhile
+            path = gevent.get_hub().threadpool.apply(write_report, (Path(rt.run_dir),))
+        except Exception as exc:  # noqa: BLE001 - the verdict is written; the report is a view of it
+            log.warning("could not write report.html: %s", str(exc).strip().splitlines()[0] if str(exc) else exc)
+            return
+        log.info("report written in %.2f s: %s", time.monotonic() - started, path)
+        self._apply_baseline_gates()
+
+    def _apply_baseline_gates(self) -> None:
+        """A ``--baseline`` comparison that flagged a regression makes the run miss a gate (exit 4 at most)."""
+        rt = self.rt
+        comparison_file = Path(rt.run_dir) / "baseline.json"
+        if not comparison_file.is_file() or rt.verdict is None:
+            return
+        gates = json.loads(comparison_file.read_text()).get("gates", [])
+        if not gates:
+            return
+        from checks.verdict import EXIT_MEANING, write
+
+        rt.verdict["gates"].extend(gates)
+        if any(not g["met"] for g in gates) and rt.verdict["exit_code"] == 0:
+            rt.verdict["exit_code"] = 4
+            rt.verdict["meaning"] = EXIT_MEANING[4]
+        write(rt.run_dir, rt.verdict)
+        rt.exit_code = int(rt.verdict["exit_code"])
+
+    def on_quitting(self, environment: Environment, **_: Any) -> None:
+        """Keep serving until Prometheus has scraped the verdict three times (at most ``--metrics-linger-s``)."""
+        if self.server is None or self._scrapes_at_verdict is None:
+            return
+        settings = self.rt.settings
+        linger = float(settings.extra.get("metrics_linger_s") or 0.0) if settings is not None else 0.0
+        deadline = time.monotonic() + linger
+        while self.collector.scrapes < self._scrapes_at_verdict + 3 and time.monotonic() < deadline:
+            gevent.sleep(0.05)
+
+    def on_quit(self, **_: Any) -> None:
+        rt = self.rt
+        if rt.run_dir is not None and not rt.is_worker and (Path(rt.run_dir) / "report.html").is_file():
+            print(f"report: {Path(rt.run_dir) / 'report.html'}", flush=True)
+        self.server_exporters.stop()
+        if self.server is not None:
+            self.server.stop(timeout=1)
+            self.server = None
+
+
+_observer: Observer | None = None
+
+
+def install(rt: Any) -> Observer:
+    """Register the observability listeners (once per process, after the runtime's); no I/O."""
+    global _observer
+    if _observer is not None:
+        return _observer
+    obs = _observer = Observer(rt)
+    events.request.add_listener(obs.on_request)
+    events.report_to_master.add_listener(obs.on_report_to_master)
+    events.worker_report.add_listener(obs.on_worker_report)
+    events.init.add_listener(obs.on_init)
+    events.test_start.add_listener(obs.on_test_start)
+    events.test_stop.add_listener(obs.on_test_stop)
+    events.quitting.add_listener(obs.on_quitting)
+    events.quit.add_listener(obs.on_quit)
+    return obs
+
+
+def observer() -> Observer | None:
+    return _observer
