@@ -248,6 +248,8 @@ def victims(v: DeadlockView) -> CheckResult:
     counts = {"cycles_resolved": resolved, "lowest_priority_victim": right, "other_victim": wrong,
               "complete_without_victim": unresolved, "victims_by_priority": dict(sorted(by_priority.items())),
               "share": right / resolved if resolved else None}
+    if not resolved and not v.ops:
+        return result(name, True, counts, ev, "no deadlock agent ran: no cycle to judge")
     if not resolved:
         return result(name, UNKNOWN, counts, ev, "no complete cycle was resolved: nothing to judge")
     if right / resolved < VICTIM_SHARE:

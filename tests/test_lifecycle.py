@@ -193,10 +193,10 @@ def test_processes_hand_their_histories_to_the_master(database_url: str, tmp_pat
 
 
 def test_ramp_records_stages_and_a_missed_stage_gate_names_its_stage(database_url: str, tmp_path: Path) -> None:
-    """mixed.py's ramp: every stage gets its own gates; a missed one exits 4 and is named; checks re-derive it."""
+    """The ramp (credit agents): every stage gets its own gates; a missed one exits 4 and is named; checks re-derive."""
     run = run_locust(["--stages", "2,12", "--stage-seconds", "3", "--stage-spawn-rate", "50", "--profile", "stress",
                       "--accounts", "1", "--strategy", "serializable", "--stage-gate-conflict-high", "0"],
-                     reports=tmp_path, database_url=database_url, locustfile="locustfiles/mixed.py")
+                     reports=tmp_path, database_url=database_url, locustfile="tests/locustfiles/ramp_credits.py")
     assert run.code == 4, run.output()
     stages = json.loads((run.run_dir / "stages.json").read_text())
     assert [(s["stage"], s["users"]) for s in stages] == [(1, 2), (2, 12)]
@@ -242,11 +242,13 @@ def test_a_killed_worker_makes_the_verdict_unknown_and_is_named(database_url: st
     assert lost in out
 
 
-def test_web_ui_runs_the_ramp_shape_live_and_serves_per_stage_gates(database_url: str, tmp_path: Path) -> None:
+def test_web_ui_runs_the_ramp_shape_live_and_serves_per_stage_gates(stack: dict[str, str], database_url: str,
+                                                                  tmp_path: Path) -> None:
     """mixed.py in the web UI with the class picker: start the ramp from the form, watch agents and counters
     move through /stats/requests and /toolclash/verdict, and get the verdict with every stage's gates."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LOCUST_", "TOOLCLASH_"))}
+    env.update(stack)  # mixed.py needs every service
     env["DATABASE_URL"] = database_url
     proc = subprocess.Popen(
         [LOCUST, "-f", "locustfiles/mixed.py", "--class-picker", "--web-host", "127.0.0.1", "--web-port", str(port),

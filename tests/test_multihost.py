@@ -24,6 +24,8 @@ from tests.conftest import LOCUST, ROOT
 from toolclash.stack import Stack
 
 MASTER_PORT = 5557
+RAMP = "tests/locustfiles/ramp_credits.py"
+"""The ramp with credit agents: the namespaces reach PostgreSQL only (mixed.py needs every service)."""
 
 
 def ip(*args: str) -> None:
@@ -98,12 +100,12 @@ def _distributed_run(lab: Lab, database_url: str, reports: Path, run_id: str, *,
                      kill_worker: bool = False) -> tuple[int, str, str, list[subprocess.Popen[str]]]:
     master_addr = lab.hosts["master"][1]
     master = lab.run("master", [
-        LOCUST, "-f", "locustfiles/mixed.py", "--master", "--master-bind-host", master_addr,
+        LOCUST, "-f", RAMP, "--master", "--master-bind-host", master_addr,
         "--master-bind-port", str(MASTER_PORT), "--expect-workers", "2", "--headless",
         "--stages", "2,6", "--stage-seconds", stage_seconds, "--stage-spawn-rate", "20", "--stop-timeout", "3",
         "--strategy", "pessimistic", "--accounts", "3", "--reports-dir", str(reports), "--run-id", run_id,
         "--loglevel", "WARNING"], _env(DATABASE_URL=database_url))
-    workers = [lab.run(host, [LOCUST, "-f", "locustfiles/mixed.py", "--worker", "--master-host", master_addr,
+    workers = [lab.run(host, [LOCUST, "-f", RAMP, "--worker", "--master-host", master_addr,
                               "--master-port", str(MASTER_PORT), "--loglevel", "WARNING"], _env())
                for host in ("worker1", "worker2")]
     try:
@@ -123,12 +125,14 @@ def _distributed_run(lab: Lab, database_url: str, reports: Path, run_id: str, *,
         for proc in (master, *workers):
             if proc.poll() is None:
                 proc.terminate()
-        for proc in workers:
+        for proc in (master, *workers):  # reap every process and close its pipes, whatever happened
             try:
                 proc.communicate(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.communicate()
+            except ValueError:  # already communicated (the master, normally)
+                pass
     return master.returncode, out, err, workers
 
 
