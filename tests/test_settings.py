@@ -172,3 +172,15 @@ def test_scenario_options_strategy_and_fault_resolve_per_scenario() -> None:
 def test_strategy_and_fault_must_belong_to_a_loaded_scenario(values: dict[str, Any], flag: str) -> None:
     with pytest.raises(SettingsError, match=flag):
         Settings.from_mapping(values)
+
+
+def test_options_cli_lists_every_scenarios_options_and_refuses_an_unknown_one(capsys: Any) -> None:
+    from toolclash import options
+
+    assert options.main(["credits", "config"]) == 0
+    out = capsys.readouterr().out
+    for flag in ("--database-url", "--metrics-port", "--accounts", "--fields", "--strategy"):
+        assert flag in out, flag
+    assert "--queue-capacity" not in out  # only the scenarios asked for
+    assert options.main(["nope"]) == 2
+    assert "unknown scenario(s) nope" in capsys.readouterr().err

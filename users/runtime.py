@@ -266,7 +266,9 @@ class Runtime:
 
     def on_parser(self, parser: Any, **_: Any) -> None:
         modules = [scenario_module(name) for name in self.scenarios]
-        choices = {"strategy": tuple(dict.fromkeys(st for m in modules for st in m.STRATEGIES)),
+        # "" first: the web UI's select shows the first choice, and "" means each scenario's own default
+        # (without it the form would preselect the first strategy listed, e.g. a known-bad one).
+        choices = {"strategy": ("", *dict.fromkeys(st for m in modules for st in m.STRATEGIES)),
                    "fault": ("none", *dict.fromkeys(f for m in modules for f in m.FAULTS))}
         declared = {opt.name: opt for m in modules for opt in m.OPTIONS}  # scenario options, deduplicated
         for opt in (*OPTIONS, *declared.values(), *METRICS_OPTIONS):
