@@ -33,6 +33,15 @@ from users.workspace import WorkspaceAgent  # noqa: E402, F401
 DeadlockAgent.fixed_count = 3  # one whole lock cycle (A→B→C) from the first stage on; Locust spawns these first
 
 
+@events.init.add_listener
+def _one_cycle_per_worker(environment, **_kwargs):  # type: ignore[no-untyped-def]
+    # A cycle's three agents meet at a barrier inside their own process, and Locust deals fixed-count users
+    # round-robin over the workers: three per worker keeps every group whole in distributed runs.
+    opts = environment.parsed_options
+    if (opts is not None and getattr(opts, "master", False)) or getattr(opts, "processes", None):
+        DeadlockAgent.fixed_count = 3 * max(1, int(getattr(opts, "expect_workers", 1) or 1))
+
+
 @events.init_command_line_parser.add_listener
 def _mixed_defaults(parser, **_kwargs):  # type: ignore[no-untyped-def]
     # The ramp's first stage has 5 agents: two consumers leave room for every other kind; analytical queries
