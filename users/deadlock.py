@@ -22,10 +22,46 @@ from locust.exception import StopUser
 from toolclash import db
 from toolclash.run import application_name
 from toolclash.settings import Settings
+from toolclash.tools import Call
 from toolclash.tools import deadlock as dl
 from users.client import ToolClient, ToolFailure
 from users.groups import group_barrier, next_index
+from users.observe import observe
 from users.runtime import runtime
+
+LOCK_WAITED_S = 0.01
+"""An attempt that waited at least this long for its second lock counts as a lock wait (``lock_waits``)."""
+
+
+class _Cycles:
+    """The attempts of the members of each cycle round in flight in this process (a group lives in one
+    process), so that the victim can tell when its cycle was complete; a round is forgotten when all its
+    members have finished, and the oldest rounds when too many are left (members that never came)."""
+
+    LIMIT = 512
+
+    def __init__(self) -> None:
+        self.rounds: dict[str, list[list[dict[str, Any]]]] = {}
+        self.finished: dict[str, int] = {}
+
+    def join(self, cycle: str, tries: list[dict[str, Any]]) -> None:
+        self.rounds.setdefault(cycle, []).append(tries)
+        while len(self.rounds) > self.LIMIT:
+            oldest = next(iter(self.rounds))
+            self.rounds.pop(oldest)
+            self.finished.pop(oldest, None)
+
+    def done(self, cycle: str) -> list[list[dict[str, Any]]]:
+        """One member finished: the round's members' attempts (every member joined before any could finish)."""
+        members = self.rounds.get(cycle, [])
+        self.finished[cycle] = self.finished.get(cycle, 0) + 1
+        if self.finished[cycle] >= len(members):
+            self.rounds.pop(cycle, None)
+            self.finished.pop(cycle, None)
+        return members
+
+
+_cycles = _Cycles()
 
 
 class DeadlockAgent(User):
@@ -145,11 +181,48 @@ class DeadlockAgent(User):
         assert self.tool is not None
         tool = self.tool
         args = {**args, "cycle": cycle, "first": first, "second": second, "backend_pid": self.conn.get_backend_pid()}
-        call = self.client.call(dl.TOOL, self.strategy, args,
-                                lambda c: tool.lock_round(c, first, second, cycle=cycle, between=between))
+        in_cycle = args["kind"] == "cycle"
+
+        def run(c: Call) -> Call:
+            if in_cycle:  # the group's members are in this process: the victim reads their request times
+                _cycles.join(cycle, c.result.setdefault("tries", []))
+            return tool.lock_round(c, first, second, cycle=cycle, between=between)
+
+        call = self.client.call(dl.TOOL, self.strategy, args, run)
+        self._record(call, cycle if in_cycle else None)
         if call.reason and call.reason.startswith("connection"):
             db.close_quietly(self.conn)
             self.conn = None
+
+    def _record(self, call: Call, cycle: str | None) -> None:
+        """Live metrics of one call from its attempts' times: the wait for the second lock of every attempt
+        (``toolclash_lock_wait_seconds``), the victims' and lock timeouts' counts, and, when this agent was its
+        cycle's victim, the detection time as ``checks/deadlock.py`` defines it (victim's error − the last
+        member's request for its second lock)."""
+        tries = call.result.get("tries") or []
+        labels = (("tool", dl.TOOL),)
+        for t in tries:
+            end = t.get("t_got") or t.get("t_err")
+            if t.get("t_req") is not None and end is not None:
+                waited = max(0.0, float(end) - float(t["t_req"]))
+                observe("toolclash_lock_wait_seconds", labels, waited)
+                if waited >= LOCK_WAITED_S:
+                    self.rt.bump("lock_waits")
+            if t.get("sqlstate") == "40P01":
+                self.rt.bump("deadlock_victims")
+            elif t.get("sqlstate") == "55P03":
+                self.rt.bump("lock_timeouts")
+        if cycle is None:
+            return
+        members = _cycles.done(cycle)
+        if not tries or tries[0].get("sqlstate") not in dl.VICTIM_STATES or tries[0].get("t_err") is None:
+            return
+        requests = [m[0].get("t_req") if m else None for m in members]
+        victims = [m for m in members if m and m[0].get("sqlstate") in dl.VICTIM_STATES]
+        if len(members) == self.size and None not in requests and len(victims) == 1:
+            detection = float(tries[0]["t_err"]) - max(float(r) for r in requests if r is not None)
+            observe("toolclash_deadlock_detection_seconds", labels, max(0.0, detection))
+            self.rt.bump("deadlock_detections")
 
     def on_stop(self) -> None:
         if hasattr(self, "barrier"):

@@ -349,3 +349,17 @@ def install(rt: Any) -> Observer:
 
 def observer() -> Observer | None:
     return _observer
+
+
+def observe(metric: str, labels: Labels, value: float) -> None:
+    """One histogram observation in this process's registry (a worker ships it to the master with the rest);
+    nothing when observability is not installed (a locustfile without :func:`users.runtime.setup`)."""
+    if _observer is not None:
+        _observer.registry.observe(metric, labels, value)
+
+
+def set_gauge(metric: str, labels: Labels, value: float) -> None:
+    """This process's value of a gauge; the master sums the processes' values at scrape time (so a figure that
+    every process sees whole, e.g. a queue's depth in Redis, must be set by one process only)."""
+    if _observer is not None:
+        _observer.registry.set(metric, labels, value, source=_observer.process_label())

@@ -25,6 +25,7 @@ from toolclash.settings import Settings
 from toolclash.tools import pool as pool_tool
 from toolclash.tools.pool import AnalyticsTool, BouncerSource, BouncerWaiting, ClientSource, pool_state_record
 from users.client import ToolClient
+from users.observe import observe, set_gauge
 from users.runtime import Runtime, runtime
 
 log = logging.getLogger("toolclash.pool")
@@ -40,6 +41,8 @@ class _Shared:
         self.waiting: BouncerWaiting | None = None
         self.sampler: Any = None
         self.run_id = ""
+        self.label = ""
+        """The ``pool`` label of the live metrics: ``client`` or ``pgbouncer-<mode>`` (the agents' strategy)."""
 
     def join(self, rt: Runtime, opts: Any) -> Any:
         if self.source is None or self.run_id != rt.run_id:
@@ -50,6 +53,7 @@ class _Shared:
     def _open(self, rt: Runtime, opts: Any) -> None:
         settings = rt.require_settings()
         self.run_id = rt.run_id
+        self.label = pool_label(opts)
         if opts.pool == "client":
             self.pool = db.Pool(
                 "client", lambda: rt.connect("pool"), size=opts.pool_size,
@@ -85,6 +89,7 @@ class _Shared:
                 state = {k: stats[k] for k in ("pool", "size", "in_use", "idle", "waiting", "opening")}
             else:
                 state = {"pool": self.source.label, "waiting": self.waiting() if self.waiting else None}
+            self._gauges(state)
             history.record(pool_state_record(rt.run_id, history.new_op_id(), rt.process, "sampler", state,
                                              tool=pool_tool.SAMPLE_TOOL))
 
@@ -105,6 +110,8 @@ class _Shared:
             else:
                 state = {"kind": "pgbouncer", "pool": self.source.label}
             history.record(pool_state_record(rt.run_id, history.new_op_id(), rt.process, "last-agent", state))
+        # nobody holds or waits any more (no stale "waiters stuck" alert after the run)
+        self._gauges({"waiting": 0, **({"in_use": 0} if self.pool is not None else {})})
         if self.pool is not None:
             self.pool.close()
         elif self.source is not None:
@@ -112,6 +119,19 @@ class _Shared:
         if self.waiting is not None:
             self.waiting.close()
         self.source, self.pool, self.waiting = None, None, None
+
+
+    def _gauges(self, state: dict[str, Any]) -> None:
+        """This process's pool state as live gauges (the master sums the processes); PgBouncer's pool size is
+        not the agents' to know, so only its waiting clients are set for it."""
+        labels = (("pool", self.label),)
+        for key in ("size", "in_use", "waiting"):
+            if state.get(key) is not None:
+                set_gauge(f"toolclash_pool_{key}", labels, float(state[key]))
+
+
+def pool_label(opts: Any) -> str:
+    return str(opts.pool) if opts.pool == "client" else f"pgbouncer-{opts.pgbouncer_mode}"
 
 
 _shared = _Shared()
@@ -141,7 +161,7 @@ class PoolAgent(User):
         self.rng = self.client.rng
         source = _shared.join(self.rt, self.opts)
         self.joined = True
-        self.label = self.opts.pool if self.opts.pool == "client" else f"pgbouncer-{self.opts.pgbouncer_mode}"
+        self.label = pool_label(self.opts)
         self.tool = AnalyticsTool(source, agent=self.agent, statement_timeout_ms=self.opts.statement_timeout_ms,
                                   facts_rows=self.opts.facts_rows, scan_rows=self.opts.scan_rows,
                                   fault=self.settings.fault_for("pool"), rng=self.rng)
@@ -155,8 +175,10 @@ class PoolAgent(User):
                                 lambda c: tool.analyze(c, lo, hi))
         if call.reason == pool_tool.CANCELLED:
             self.rt.bump("pool_cancelled")
+        wait_ms = call.result.get("wait_ms")
+        if wait_ms is not None and call.reason != pool_tool.TIMEOUT:  # served: a timed-out wait got nothing
+            observe("toolclash_pool_acquire_wait_seconds", (("pool", self.label),), float(wait_ms) / 1000.0)
         if self.opts.pool == "pgbouncer":  # the client pool counts its own waits
-            wait_ms = call.result.get("wait_ms")
             if wait_ms is not None:
                 self.rt.bump("pool_wait_" + db.wait_bucket(float(wait_ms)))
                 if float(wait_ms) >= QUEUED_MS:

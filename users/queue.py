@@ -14,15 +14,17 @@ import logging
 import time
 from typing import Any
 
+import gevent
 from locust import User, events, task
 from locust.exception import StopUser
 
 from toolclash import db
 from toolclash.settings import Settings
 from toolclash.tools import Call
-from toolclash.tools.queue import PRIORITIES, REJECTIONS, QueueTool, priority_mix, redis_client
+from toolclash.tools.queue import PRIORITIES, REJECTIONS, QueueTool, occupancy, priority_mix, redis_client
 from users.client import ToolClient, ToolFailure
-from users.runtime import runtime
+from users.observe import set_gauge
+from users.runtime import Runtime, runtime
 
 log = logging.getLogger("toolclash")
 
@@ -201,3 +203,62 @@ def _set_consumers(environment: Any, **_: Any) -> None:
 
 
 events.init.add_listener(_set_consumers)
+
+SAMPLE_S = 1.0
+"""Period of the queue's live gauges (depth by priority, capacity), sampled by the master."""
+
+
+class _Sampler:
+    """On the master (or the single process) while a run is under way: the queue's depth by priority and its
+    capacity as live gauges, read from Redis. One process only: every process would see the same whole queue,
+    and the master sums the processes' gauges."""
+
+    def __init__(self) -> None:
+        self.greenlet: Any = None
+
+    def on_test_start(self, environment: Any, **_: Any) -> None:
+        rt = runtime()
+        if rt.is_worker or not rt.run_active or "queue" not in rt.scenarios or "REDIS_URL" not in rt.urls:
+            return
+        self.stop()
+        self.greenlet = gevent.spawn(self._run, rt)
+
+    def _run(self, rt: Runtime) -> None:
+        settings = rt.require_settings()
+        capacity = float(settings.options_of("queue").queue_capacity)
+        client: Any = None
+        try:
+            while rt.run_active:
+                try:
+                    if client is None:
+                        client = redis_client(rt.urls["REDIS_URL"], timeout=settings.connect_timeout_s)
+                    depth = occupancy(client)
+                except Exception as exc:  # noqa: BLE001 - Redis away (restarting?): no gauges now, try again
+                    log.debug("queue sampler: %s", exc)
+                    _closed(client)
+                    client = None
+                else:
+                    for priority, n in depth.items():
+                        set_gauge("toolclash_queue_depth", (("priority", priority),), float(n))
+                    set_gauge("toolclash_queue_capacity", (("priority", "all"),), capacity)
+                gevent.sleep(SAMPLE_S)
+        finally:
+            _closed(client)
+
+    def stop(self, **_: Any) -> None:
+        if self.greenlet is not None:
+            self.greenlet.kill(block=True, timeout=2)
+            self.greenlet = None
+
+
+def _closed(client: Any) -> None:
+    if client is not None:
+        try:
+            client.close()
+        except Exception:  # noqa: BLE001 - it is being discarded
+            pass
+
+
+_sampler = _Sampler()
+events.test_start.add_listener(_sampler.on_test_start)
+events.test_stop.add_listener(_sampler.stop)

@@ -200,7 +200,8 @@ class DeadlockTool:
         *between* runs once, on the first attempt, while the first lock is held (the barrier that
         lets every member of the cycle take its first lock before any asks for its second).
         ``result["tries"]`` holds per attempt: ``t_first`` (first lock held), ``t_req`` (second lock
-        requested), ``t_err`` and ``sqlstate`` (if the attempt failed), wall-clock seconds.
+        requested), ``t_got`` (second lock held), ``t_err`` and ``sqlstate`` (if the attempt failed), wall-clock
+        seconds.
         """
         try:
             return self._loop(call, first, second, cycle, between)
@@ -226,6 +227,7 @@ class DeadlockTool:
                     t["t_req"] = time.time()
                     try:
                         self._write(cur, call.op_id, second)
+                        t["t_got"] = time.time()
                     except psycopg2.Error as exc:
                         if self.fault == "commit_after_deadlock" and exc.pgcode in VICTIM_STATES:
                             t["t_err"], t["sqlstate"], t["ignored"] = time.time(), exc.pgcode, True

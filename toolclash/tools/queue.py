@@ -415,6 +415,20 @@ def clear_keys(client: Any) -> int:
     return n
 
 
+def occupancy(client: Any) -> dict[str, int]:
+    """Ready jobs per priority name (:data:`PRIORITIES`), and ``all``: ready + in flight, the occupancy that
+    admission compares with ``--queue-capacity`` (one round trip; for the live gauges)."""
+    pipe = client.pipeline(transaction=False)
+    for i in range(len(PRIORITIES)):
+        pipe.zcount(K.ready, i * SCORE_STRIDE, f"({(i + 1) * SCORE_STRIDE}")
+    pipe.zcard(K.ready)
+    pipe.zcard(K.inflight)
+    *ready, total, inflight = pipe.execute()
+    out = {name: int(n) for name, n in zip(PRIORITIES, ready, strict=True)}
+    out["all"] = int(total) + int(inflight)
+    return out
+
+
 CONFIG_KEYS = ("queue_capacity", "queue_rate_per_agent", "queue_rate_global", "queue_rate_window_s",
                "queue_lease_ms", "queue_inversion_tolerance_ms", "gate_critical_wait_p95_ms")
 
