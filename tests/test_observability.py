@@ -39,6 +39,15 @@ def prom_query(base: str, expr: str) -> list[dict[str, Any]]:
     return prom_get(base, "/api/v1/query", query=expr)["result"]  # type: ignore[no-any-return]
 
 
+_OBSERVED_START: list[float] = []
+
+
+def WINDOW() -> str:
+    """A PromQL range reaching back to the observed run's start and no further: earlier runs of the test session
+    exported the same series to the same Prometheus, and a fixed [5m] would sum theirs in."""
+    return f"{int(time.time() - _OBSERVED_START[0]) + 1}s"
+
+
 def free_port() -> str:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -71,9 +80,10 @@ def observed(stack: dict[str, str], tmp_path_factory: pytest.TempPathFactory) ->
     watcher = AlertWatcher(prometheus)
     watcher.start()
     port = free_port()
+    _OBSERVED_START[:] = [time.time()]
     try:
         run = run_locust(["--processes", "2", "--master-bind-host", "127.0.0.1", "--master-bind-port", port,
-                          "--master-port", port, "--stages", "5,12", "--stage-seconds", "3", "--stage-spawn-rate",
+                          "--master-port", port, "--stages", "8,20", "--stage-seconds", "3", "--stage-spawn-rate",
                           "20", "--profile", "stress", "--accounts", "1", "--strategy", "serializable",
                           "--cycle-size", "2", "--facts-rows", "20000", "--scan-rows", "5000",
                           "--fault", "ambiguous_as_fail", "--stop-timeout", "2", "--metrics-linger-s", "15"],
@@ -95,12 +105,12 @@ def test_planted_fault_fires_the_check_alert_in_prometheus(observed: tuple[Locus
     assert alert["labels"]["check"] in {c["name"] for c in run.verdict["checks"] if c["valid"] is False}
     # the ALERTS series Prometheus keeps agrees
     seen = prom_query(stack["PROMETHEUS_URL"],
-                      'max_over_time(ALERTS{alertname="ToolclashCheckInvalid",alertstate="firing"}[5m])')
+                      'max_over_time(ALERTS{alertname="ToolclashCheckInvalid",alertstate="firing"}[' + WINDOW() + '])')
     assert {s["metric"]["check"] for s in seen} >= {alert["labels"]["check"]}
 
 
 def _last(base: str, metric: str) -> dict[str, float]:
-    rows = prom_query(base, f"last_over_time({metric}[5m])")
+    rows = prom_query(base, f"last_over_time({metric}[{WINDOW()}])")
     return {json.dumps(r["metric"], sort_keys=True): float(r["value"][1]) for r in rows}
 
 
@@ -138,9 +148,9 @@ def test_worker_metrics_are_summed_on_the_master(observed: tuple[LocustRun, Aler
     processes = {json.loads(k)["process"] for k in _last(base, "toolclash_process_resident_memory_bytes")}
     assert processes == {"master", "w0", "w1"}, processes
     # the master started Debian's postgres exporter where the embedded Prometheus expects it
-    pg_up = prom_query(base, 'max_over_time(pg_up{job="postgres"}[5m])')
+    pg_up = prom_query(base, 'max_over_time(pg_up{job="postgres"}[' + WINDOW() + '])')
     assert [float(r["value"][1]) for r in pg_up] == [1.0], pg_up
-    stages = prom_query(base, "max_over_time(toolclash_ramp_stage_agents[5m])")
+    stages = prom_query(base, "max_over_time(toolclash_ramp_stage_agents[" + WINDOW() + "])")
     assert [float(r["value"][1]) for r in stages] == [12.0], stages
 
 
@@ -157,7 +167,7 @@ def test_scenario_metrics_reach_prometheus(observed: tuple[LocustRun, AlertWatch
     resolved = run.verdict["figures"]["deadlock"]["detection"]["n"]
     assert 0 < detections <= resolved, (detections, resolved)
     p99 = prom_query(base, "histogram_quantile(0.99, sum by (le) "
-                           "(last_over_time(toolclash_deadlock_detection_seconds_bucket[5m])))")
+                           "(last_over_time(toolclash_deadlock_detection_seconds_bucket[" + WINDOW() + "])))")
     assert 0 < float(p99[0]["value"][1]) <= 2.0, p99
     rounds = [op for op in ops if op["tool"] == "lock_round"]
     waits = sum(_last(base, "toolclash_lock_wait_seconds_count").values())
@@ -170,12 +180,12 @@ def test_scenario_metrics_reach_prometheus(observed: tuple[LocustRun, AlertWatch
               and (op.get("result") or {}).get("wait_ms") is not None]
     acquired = sum(_last(base, 'toolclash_pool_acquire_wait_seconds_count{pool="client"}').values())
     assert acquired == len(served) > 0, (acquired, len(served))
-    size = prom_query(base, 'max_over_time(toolclash_pool_size{pool="client"}[5m])')
+    size = prom_query(base, 'max_over_time(toolclash_pool_size{pool="client"}[' + WINDOW() + '])')
     assert float(size[0]["value"][1]) in {20.0, 40.0}, size  # --pool-size 20 in one or both workers
     # queue: depth by priority and capacity, sampled from Redis by the master alone
-    depth = prom_query(base, "max_over_time(toolclash_queue_depth[5m])")
+    depth = prom_query(base, "max_over_time(toolclash_queue_depth[" + WINDOW() + "])")
     assert {r["metric"]["priority"] for r in depth} == {"critical", "normal", "bulk", "all"}, depth
-    capacity = prom_query(base, "max_over_time(toolclash_queue_capacity[5m])")
+    capacity = prom_query(base, "max_over_time(toolclash_queue_capacity[" + WINDOW() + "])")
     assert [(r["metric"]["priority"], float(r["value"][1])) for r in capacity] == [("all", 50.0)], capacity
     admitted = sum(_last(base, 'toolclash_queue_events_total{event="admitted"}').values())
     assert admitted == sum(1 for op in ops if op["tool"] == "submit" and op["outcome"] == "ok") > 0

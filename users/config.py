@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-from locust import User, task
-from locust.exception import StopUser
+from locust import task
 
 from toolclash import db
 from toolclash.history import FAIL, OK
-from toolclash.settings import Settings
 from toolclash.tools import Call
 from toolclash.tools.config import CONFLICT_EXHAUSTED, STALE_TIMESTAMP, TOOL, ConfigTool, agent_number, field_of
-from users.client import ToolClient, ToolFailure
-from users.runtime import runtime
+from users.agent import PgAgent
 
 
-class ConfigAgent(User):
+class ConfigAgent(PgAgent):
     """An AI agent that tunes its part of a shared configuration: one ``update_config`` call per task.
 
     Agent number n (from its name) owns field ((n - 1) mod --fields) + 1.
@@ -25,45 +21,22 @@ class ConfigAgent(User):
 
     abstract = False
 
+    SCENARIO = "config"
+
     def __init__(self, environment: Any) -> None:
         super().__init__(environment)
-        self.rt = runtime()
-        self.agent = self.rt.next_agent()
-        self.conn: Any = None
-        self.tool: ConfigTool | None = None
         self.round = 0
 
-    def wait_time(self) -> float:
-        return self.rng.uniform(self.settings.wait_min, self.settings.wait_max)
-
-    def on_start(self) -> None:
-        if self.rt.history is None or self.rt.settings is None:  # the run was aborted at test_start
-            raise StopUser
-        self.settings: Settings = self.rt.settings
-        self.opts = self.settings.options_of("config")
-        self.strategy = self.settings.strategy_for("config")
-        self.fault = self.settings.fault_for("config")
+    def prepare(self) -> None:
         self.field = field_of(agent_number(self.agent), self.opts.fields)
-        self.client = ToolClient(self.environment, self.rt, self.agent)
-        self.rng = self.client.rng
-        self._connect()
 
-    def _connect(self) -> bool:
-        start = time.perf_counter()
-        try:
-            self.conn = self.rt.connect(self.agent)
-        except db.ConnectError as exc:  # counted as a failure; the next task tries again
-            self.environment.events.request.fire(
-                request_type="connect", name="postgresql", response_time=(time.perf_counter() - start) * 1000.0,
-                response_length=0, exception=ToolFailure(str(exc)), context={"agent": self.agent})
-            return False
-        self.tool = ConfigTool(self.conn, strategy=self.strategy, agent=self.agent, field=self.field,
-                               think_ms=self.settings.tool_think_ms, fault=self.fault, rng=self.rng)
-        return True
+    def make_tool(self, conn: Any) -> Any:
+        return ConfigTool(conn, strategy=self.strategy, agent=self.agent, field=self.field,
+                          think_ms=self.settings.tool_think_ms, fault=self.fault, rng=self.rng)
 
     @task
     def update_config(self) -> None:
-        if (self.conn is None or self.conn.closed) and not self._connect():
+        if not self.connected():
             return
         assert self.tool is not None
         tool = self.tool

@@ -2,61 +2,32 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-from locust import User, task
-from locust.exception import StopUser
+from locust import task
 
 from toolclash import db
-from toolclash.settings import Settings
 from toolclash.tools.credits import CreditsTool
-from users.client import ToolClient, ToolFailure
-from users.runtime import runtime
+from users.agent import PgAgent
 
 _leaked: list[Any] = []
 """Connections kept open on purpose by ``--fault leak_session`` (the sessions check must see them)."""
 
 
-class CreditAgent(User):
+class CreditAgent(PgAgent):
     """An AI agent that spends credits: one ``deduct`` tool call per task."""
 
     abstract = False
 
+    SCENARIO = "credits"
+
     def __init__(self, environment: Any) -> None:
         super().__init__(environment)
-        self.rt = runtime()
-        self.agent = self.rt.next_agent()
-        self.conn: Any = None
-        self.tool: CreditsTool | None = None
         self.round = 0
 
-    def wait_time(self) -> float:
-        return self.rng.uniform(self.settings.wait_min, self.settings.wait_max)
-
-    def on_start(self) -> None:
-        if self.rt.history is None or self.rt.settings is None:  # the run was aborted at test_start
-            raise StopUser
-        self.settings: Settings = self.rt.settings
-        self.opts = self.settings.options_of("credits")
-        self.strategy = self.settings.strategy_for("credits")
-        self.fault = self.settings.fault_for("credits")
-        self.client = ToolClient(self.environment, self.rt, self.agent)
-        self.rng = self.client.rng
-        self._connect()
-
-    def _connect(self) -> bool:
-        start = time.perf_counter()
-        try:
-            self.conn = self.rt.connect(self.agent)
-        except db.ConnectError as exc:  # counted as a failure; the next task tries again
-            self.environment.events.request.fire(
-                request_type="connect", name="postgresql", response_time=(time.perf_counter() - start) * 1000.0,
-                response_length=0, exception=ToolFailure(str(exc)), context={"agent": self.agent})
-            return False
-        self.tool = CreditsTool(self.conn, strategy=self.strategy, agent=self.agent,
-                                think_ms=self.settings.tool_think_ms, fault=self.fault, rng=self.rng)
-        return True
+    def make_tool(self, conn: Any) -> Any:
+        return CreditsTool(conn, strategy=self.strategy, agent=self.agent,
+                           think_ms=self.settings.tool_think_ms, fault=self.fault, rng=self.rng)
 
     def pick_account(self) -> int:
         s = self.opts
@@ -66,7 +37,7 @@ class CreditAgent(User):
 
     @task
     def deduct(self) -> None:
-        if (self.conn is None or self.conn.closed) and not self._connect():
+        if not self.connected():
             return
         assert self.tool is not None
         tool = self.tool

@@ -8,62 +8,33 @@ the master starts them (``toolclash.tools.workspace.start``) and drains them at 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
-from locust import User, task
-from locust.exception import StopUser
+from locust import task
 
 from toolclash import db
-from toolclash.settings import Settings
 from toolclash.tools import Call
 from toolclash.tools.workspace import PERMS, WorkspaceTool, sha256_of
-from users.client import ToolClient, ToolFailure
-from users.runtime import runtime
+from users.agent import PgAgent
 
 CALLS_PER_TASK = 5
 
 
-class WorkspaceAgent(User):
+class WorkspaceAgent(PgAgent):
     """An AI agent sharing a workspace with others: uploads, config changes, grants, revokes, queries."""
 
     abstract = False
 
+    SCENARIO = "workspace"
+
     def __init__(self, environment: Any) -> None:
         super().__init__(environment)
-        self.rt = runtime()
-        self.agent = self.rt.next_agent()
-        self.conn: Any = None
-        self.tool: WorkspaceTool | None = None
         self.calls = 0
 
-    def wait_time(self) -> float:
-        return self.rng.uniform(self.settings.wait_min, self.settings.wait_max)
-
-    def on_start(self) -> None:
-        if self.rt.history is None or self.rt.settings is None:  # the run was aborted at test_start
-            raise StopUser
-        self.settings: Settings = self.rt.settings
-        self.opts = self.settings.options_of("workspace")
-        self.strategy = self.settings.strategy_for("workspace")
-        self.fault = self.settings.fault_for("workspace")
-        self.client = ToolClient(self.environment, self.rt, self.agent)
-        self.rng = self.client.rng
-        self._connect()
-
-    def _connect(self) -> bool:
-        start = time.perf_counter()
-        try:
-            self.conn = self.rt.connect(self.agent)
-        except db.ConnectError as exc:  # counted as a failure; the next task tries again
-            self.environment.events.request.fire(
-                request_type="connect", name="postgresql", response_time=(time.perf_counter() - start) * 1000.0,
-                response_length=0, exception=ToolFailure(str(exc)), context={"agent": self.agent})
-            return False
-        self.tool = WorkspaceTool(self.conn, agent=self.agent, strategy=self.strategy,
-                                  think_ms=self.settings.tool_think_ms, fault=self.fault, rng=self.rng)
-        return True
+    def make_tool(self, conn: Any) -> Any:
+        return WorkspaceTool(conn, agent=self.agent, strategy=self.strategy,
+                             think_ms=self.settings.tool_think_ms, fault=self.fault, rng=self.rng)
 
     def next_call(self, tool: WorkspaceTool) -> tuple[str, dict[str, Any], Callable[[Call], Call]]:
         """The next tool call: its name, its recorded arguments and how to run it."""
@@ -89,7 +60,7 @@ class WorkspaceAgent(User):
 
     @task
     def act(self) -> None:
-        if (self.conn is None or self.conn.closed) and not self._connect():
+        if not self.connected():
             return
         assert self.tool is not None
         self.calls += 1
