@@ -315,6 +315,8 @@ def test_report_renders_with_every_plot_in_chromium(observed: tuple[LocustRun, A
                                                     stack: dict[str, str], tmp_path: Path) -> None:
     from playwright.sync_api import sync_playwright
 
+    from toolclash.history import read_history
+
     run, _ = observed
     report = run.run_dir / "report.html"
     text = report.read_text()
@@ -334,7 +336,13 @@ def test_report_renders_with_every_plot_in_chromium(observed: tuple[LocustRun, A
     assert len(images) >= 4, images
     assert all(complete and width > 100 for _alt, complete, width in images), images
     titles = {alt for alt, _c, _w in images}
-    assert {"Throughput and agents over time", "Latency percentiles over time", "Conflict rate per stage"} <= titles
+    assert {"Throughput and agents over time", "Latency percentiles over time", "Conflict rate per stage",
+            "Deadlock detection time"} <= titles
+    # the other scenarios' plots: drawn only when the run gave that scenario agents (pool: exactly then)
+    tools = {op["tool"] for op in read_history(run.run_dir).ops}
+    assert ("Pool acquire wait over time" in titles) == ("analyze" in tools), (titles, tools)
+    assert "Queue wait by priority" not in titles or "submit" in tools, (titles, tools)
+    assert "Analytics lag over time" not in titles or "grant_tool_access" in tools, (titles, tools)
 
 
 def _doctored_baseline(run_dir: Path, dest: Path, p95_factor: float) -> Path:
