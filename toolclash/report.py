@@ -278,12 +278,15 @@ def _queue_depth_plot(run_dir: Path, t0: float | None) -> Any:
         if len(part):
             ax.step(part["t"], part["depth"], where="post", label=name, linewidth=1.2)
     capacity = _setting(run_dir, "queue_capacity", None)
+    note = ""
     if capacity is not None:
-        ax.axhline(float(capacity), color="red", linestyle=":", label="capacity (whole queue, ready + in flight)")
+        note = f"; capacity {capacity} for the whole queue, ready + in flight"
+        if float(df["depth"].max()) >= 0.2 * float(capacity):  # else the line would flatten the curves
+            ax.axhline(float(capacity), color="red", linestyle=":", label="capacity (ready + in flight)")
     ax.set_xlabel("seconds since start")
     ax.set_ylabel("ready jobs (admitted, not claimed)")
-    ax.legend(loc="upper left", title="priority")
-    ax.set_title("Queue depth by priority (replayed from the job records)")
+    ax.legend(loc="best", title="priority")
+    ax.set_title(f"Queue depth by priority (replayed from the job records{note})")
     return fig
 
 
@@ -305,7 +308,7 @@ def _queue_wait_plot(fig_queue: dict[str, Any], run_dir: Path) -> Any:
         ax.hlines(float(gate), i - 0.45, i + 0.45, color="red", linestyle=":", label="critical P95 gate")
     ax.set_xticks(list(x), [f"{n} ({waits[n]['jobs']} jobs)" for n in names])
     ax.set_ylabel("queue wait, admitted → first claimed (ms)")
-    ax.legend(loc="upper left")
+    ax.legend(loc="best")
     ax.set_title("Queue wait by priority")
     return fig
 
