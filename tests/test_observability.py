@@ -1,11 +1,12 @@
 """Observability against the real Prometheus: one short distributed ramp with a planted fault, then what
 Prometheus saw (merged worker metrics, the alert firing), the alert rules' unit tests, the registry's merge.
 
-The run (module fixture): locustfiles/mixed.py (every scenario), 2 worker processes, stages 5 → 12 agents
+The run (module fixture): locustfiles/mixed.py (every scenario), 2 worker processes, stages 5 → 14 agents
 of 3 s each: credits serializable on one hot account (conflicts and retries) with ``--fault
-ambiguous_as_fail`` (a check must turn invalid); deadlock cycles of 2 (the 3 deadlock agents split 2 + 1
-over the workers, and a cycle's group lives in one process); pool agents, queue submitters and consumers;
-scraped every second by the session's private Prometheus.
+ambiguous_as_fail`` (a check must turn invalid); deadlock cycles of 2 (3 deadlock agents per worker, a
+cycle's group lives in one process); 2 queue consumers; the 6 weighted agent kinds (config, credits,
+crossservice, pool, queue submitter, workspace) one each at 14 agents (6 + 2 + 6: at 12 the queue submitter
+and workspace got none); scraped every second by the session's private Prometheus.
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ def observed(stack: dict[str, str], tmp_path_factory: pytest.TempPathFactory) ->
     _OBSERVED_START[:] = [time.time()]
     try:
         run = run_locust(["--processes", "2", "--master-bind-host", "127.0.0.1", "--master-bind-port", port,
-                          "--master-port", port, "--stages", "8,20", "--stage-seconds", "3", "--stage-spawn-rate",
+                          "--master-port", port, "--stages", "5,14", "--stage-seconds", "3", "--stage-spawn-rate",
                           "20", "--profile", "stress", "--accounts", "1", "--strategy", "serializable",
                           "--cycle-size", "2", "--facts-rows", "20000", "--scan-rows", "5000",
                           "--fault", "ambiguous_as_fail", "--stop-timeout", "2", "--metrics-linger-s", "15"],
@@ -151,7 +152,34 @@ def test_worker_metrics_are_summed_on_the_master(observed: tuple[LocustRun, Aler
     pg_up = prom_query(base, 'max_over_time(pg_up{job="postgres"}[' + WINDOW() + '])')
     assert [float(r["value"][1]) for r in pg_up] == [1.0], pg_up
     stages = prom_query(base, "max_over_time(toolclash_ramp_stage_agents[" + WINDOW() + "])")
-    assert [float(r["value"][1]) for r in stages] == [12.0], stages
+    assert [float(r["value"][1]) for r in stages] == [14.0], stages
+
+
+def test_server_exporters_ran_against_the_stacks_redis_and_pgbouncer(observed: tuple[LocustRun, AlertWatcher],
+                                                                     stack: dict[str, str]) -> None:
+    """Debian's redis and pgbouncer exporters, started by the master where the embedded Prometheus scrapes them,
+    saw the run's servers; they stopped with the run."""
+    from toolclash.metrics import scrape_targets
+
+    base = stack["PROMETHEUS_URL"]
+    # the pgbouncer exporter (1.7) has no up metric of its own: Prometheus's up{job} stands for it
+    for expr in ('max_over_time(redis_up{job="redis"}[' + WINDOW() + '])',
+                 'max_over_time(up{job="redis"}[' + WINDOW() + '])',
+                 'max_over_time(up{job="pgbouncer"}[' + WINDOW() + '])'):
+        found = prom_query(base, expr)
+        assert [float(r["value"][1]) for r in found] == [1.0], (expr, found)
+    clients = prom_query(base, 'max_over_time(redis_connected_clients{job="redis"}[' + WINDOW() + '])')
+    assert float(clients[0]["value"][1]) >= 1, clients
+    databases = prom_query(base, 'max_over_time(pgbouncer_databases{job="pgbouncer"}[' + WINDOW() + '])')
+    assert float(databases[0]["value"][1]) >= 2, databases  # toolclash and toolclash_tx at least
+    # SHOW STATS read through the shim's renamed column (a row per database in use: the console at least)
+    requests = prom_query(base, 'last_over_time(pgbouncer_requests_total{job="pgbouncer"}[' + WINDOW() + '])')
+    assert "pgbouncer" in {r["metric"]["database"] for r in requests}, requests
+    for job in ("postgres", "redis", "pgbouncer"):  # stopped at the end of the run: nothing listens there
+        host, port = scrape_targets(base)[job]
+        with socket.socket() as sock:
+            sock.settimeout(2)
+            assert sock.connect_ex((host, port)) != 0, f"the {job} exporter still listens on {host}:{port}"
 
 
 def test_scenario_metrics_reach_prometheus(observed: tuple[LocustRun, AlertWatcher], stack: dict[str, str]) -> None:
@@ -325,6 +353,8 @@ def test_report_renders_with_every_plot_in_chromium(observed: tuple[LocustRun, A
                                                     stack: dict[str, str], tmp_path: Path) -> None:
     from playwright.sync_api import sync_playwright
 
+    from toolclash.history import read_history
+
     run, _ = observed
     report = run.run_dir / "report.html"
     text = report.read_text()
@@ -344,7 +374,13 @@ def test_report_renders_with_every_plot_in_chromium(observed: tuple[LocustRun, A
     assert len(images) >= 4, images
     assert all(complete and width > 100 for _alt, complete, width in images), images
     titles = {alt for alt, _c, _w in images}
-    assert {"Throughput and agents over time", "Latency percentiles over time", "Conflict rate per stage"} <= titles
+    assert {"Throughput and agents over time", "Latency percentiles over time", "Conflict rate per stage",
+            "Deadlock detection time"} <= titles
+    # the other scenarios' plots: drawn only when the run gave that scenario agents (pool: exactly then)
+    tools = {op["tool"] for op in read_history(run.run_dir).ops}
+    assert ("Pool acquire wait over time" in titles) == ("analyze" in tools), (titles, tools)
+    assert "Queue wait by priority" not in titles or "submit" in tools, (titles, tools)
+    assert "Analytics lag over time" not in titles or "grant_tool_access" in tools, (titles, tools)
 
 
 def _doctored_baseline(run_dir: Path, dest: Path, p95_factor: float) -> Path:

@@ -6,9 +6,12 @@ can be rebuilt later, with no server::
     python -m toolclash.report reports/<run-id> [--baseline reports/<other-run>]
 
 Plots: throughput and active agents over time, latency percentiles over time, conflict rate per ramp
-stage against its threshold, attempts per call. Then the checks with their evidence, the SLA gates and
-the options (secrets masked). ``--baseline`` compares throughput and P95 with another run and writes
-``baseline.json`` whose gates are missed when throughput fell or P95 rose beyond the tolerances.
+stage against its threshold, attempts per call; and, when the run holds that scenario's data, the deadlock
+detection-time histogram, pool acquire wait over time, queue depth (replayed from the job records) and
+queue wait by priority, and the analytics lag (outbox → ClickHouse) over time. Then the checks with
+their evidence, the SLA gates and the options (secrets masked). ``--baseline`` compares throughput and
+P95 with another run and writes ``baseline.json`` whose gates are missed when throughput fell or P95 rose
+beyond the tolerances.
 Locust-free.
 """
 
@@ -168,7 +171,162 @@ def plots(run_dir: Path, verdict: dict[str, Any]) -> list[tuple[str, str]]:
         ax.legend()
         plt.setp(ax.get_xticklabels(), rotation=20, ha="right")
         out.append(("Conflict rate per stage", _png(fig)))
+    out.extend(scenario_plots(run_dir, verdict, float(df["invoke_ts"].min()) if len(df) else None))
     return out
+
+
+# the scenarios' plots: each drawn only when the run holds that scenario's data
+
+
+def _final(run_dir: Path, scenario: str) -> dict[str, Any]:
+    path = run_dir / "final" / f"{scenario}.json"
+    return read_json(path) if path.is_file() else {}
+
+
+def scenario_plots(run_dir: Path, verdict: dict[str, Any], t0: float | None) -> list[tuple[str, str]]:
+    """Deadlock detection histogram, pool acquire wait over time, queue depth and wait by priority, analytics lag."""
+    figures = verdict.get("figures", {})
+    out: list[tuple[str, str]] = []
+    for title, draw in (("Deadlock detection time", lambda: _deadlock_plot(figures.get("deadlock") or {},
+                                                                           run_dir)),
+                        ("Pool acquire wait over time", lambda: _pool_plot(run_dir, t0)),
+                        ("Queue depth by priority", lambda: _queue_depth_plot(run_dir, t0)),
+                        ("Queue wait by priority", lambda: _queue_wait_plot(figures.get("queue") or {}, run_dir)),
+                        ("Analytics lag over time", lambda: _lag_plot(run_dir, t0))):
+        fig = draw()
+        if fig is not None:
+            out.append((title, _png(fig)))
+    return out
+
+
+def _deadlock_plot(fig_deadlock: dict[str, Any], run_dir: Path) -> Any:
+    import matplotlib.pyplot as plt
+
+    det = fig_deadlock.get("detection") or {}
+    hist = det.get("histogram_ms") or {}
+    if not det.get("n") or not hist:
+        return None
+    fig, ax = plt.subplots(figsize=(9, 3.2))
+    ax.bar(list(hist), list(hist.values()), color="slategray")
+    gate = float(_setting(run_dir, "gate_detection_ms", 500.0))
+    ax.set_xlabel("detection time (ms): the victim's error − the last member's request for its second lock")
+    ax.set_ylabel("resolved cycles")
+    ax.set_title(f"Deadlock detection time: {det['n']} cycles, p50 {_fmt(det.get('p50_ms'))} ms, "
+                 f"p95 {_fmt(det.get('p95_ms'))} ms, p99 {_fmt(det.get('p99_ms'))} ms (gate p99 < {gate:g} ms)")
+    return fig
+
+
+def _pool_plot(run_dir: Path, t0: float | None) -> Any:
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    rows = [(float(op["invoke_ts"]), float(op["result"]["wait_ms"]), op.get("reason") == "pool-timeout")
+            for op in read_history(run_dir).ops
+            if op["tool"] == "analyze" and (op.get("result") or {}).get("wait_ms") is not None]
+    if not rows or t0 is None:
+        return None
+    df = pd.DataFrame(rows, columns=["t", "wait_ms", "timeout"])
+    df["t"] -= t0
+    step = _bin_seconds(float(df["t"].max()))
+    served, timed_out = df[~df["timeout"]], df[df["timeout"]]
+    fig, ax = plt.subplots(figsize=(9, 3.2))
+    ax.scatter(served["t"], served["wait_ms"], s=6, color="lightsteelblue", label="served call")
+    if len(timed_out):
+        ax.scatter(timed_out["t"], timed_out["wait_ms"], s=18, marker="x", color="firebrick", label="pool timeout")
+    if len(served):
+        q = served.groupby((served["t"] // step) * step + step / 2)["wait_ms"].quantile([0.5, 0.95]).unstack()
+        for col, label in zip(q.columns, ("p50", "p95"), strict=True):
+            ax.plot(q.index, q[col], label=f"{label} ({step:g} s bins)", linewidth=1.2)
+    ax.set_xlabel("seconds since start (call invoked)")
+    ax.set_ylabel("acquire wait (ms)")
+    ax.legend(loc="upper left")
+    ax.set_title("Pool acquire wait over time (analytical calls)")
+    return fig
+
+
+def queue_depth(jobs: Any) -> Any:
+    """Ready jobs per priority over time (epoch seconds), replayed from the queue's job records: +1 when a job
+    is admitted, -1 when it is first claimed (an admission sorts before a claim at the same microsecond)."""
+    import pandas as pd
+
+    from checks.queue import ADMITTED, CLAIMED, PRIO, PRIORITY_NAMES
+
+    events = []
+    for rec in jobs:
+        if int(rec[ADMITTED]):
+            events.append((int(rec[ADMITTED]) / 1e6, PRIORITY_NAMES[int(rec[PRIO])], 1))
+            if int(rec[CLAIMED]):
+                events.append((int(rec[CLAIMED]) / 1e6, PRIORITY_NAMES[int(rec[PRIO])], -1))
+    df = pd.DataFrame(sorted(events, key=lambda e: (e[0], -e[2])), columns=["t", "priority", "delta"])
+    df["delta"] = df["delta"].astype("int64")  # an empty frame's columns are object dtype
+    df["depth"] = df.groupby("priority")["delta"].cumsum()
+    return df
+
+
+def _queue_depth_plot(run_dir: Path, t0: float | None) -> Any:
+    import matplotlib.pyplot as plt
+
+    from checks.queue import PRIORITY_NAMES
+
+    df = queue_depth(((_final(run_dir, "queue").get("redis") or {}).get("jobs") or {}).values())
+    if not len(df):
+        return None
+    df["t"] -= t0 if t0 is not None else float(df["t"].min())
+    fig, ax = plt.subplots(figsize=(9, 3.2))
+    for name in PRIORITY_NAMES:
+        part = df[df["priority"] == name]
+        if len(part):
+            ax.step(part["t"], part["depth"], where="post", label=name, linewidth=1.2)
+    capacity = _setting(run_dir, "queue_capacity", None)
+    note = ""
+    if capacity is not None:
+        note = f"; capacity {capacity} for the whole queue, ready + in flight"
+        if float(df["depth"].max()) >= 0.2 * float(capacity):  # else the line would flatten the curves
+            ax.axhline(float(capacity), color="red", linestyle=":", label="capacity (ready + in flight)")
+    ax.set_xlabel("seconds since start")
+    ax.set_ylabel("ready jobs (admitted, not claimed)")
+    ax.legend(loc="best", title="priority")
+    ax.set_title(f"Queue depth by priority (replayed from the job records{note})")
+    return fig
+
+
+def _queue_wait_plot(fig_queue: dict[str, Any], run_dir: Path) -> Any:
+    import matplotlib.pyplot as plt
+
+    waits = {name: w for name, w in (fig_queue.get("queue_wait_by_priority") or {}).items() if w.get("jobs")}
+    if not waits:
+        return None
+    names = list(waits)
+    fig, ax = plt.subplots(figsize=(9, 3.2))
+    x = range(len(names))
+    for offset, key, color in ((-0.2, "p50_ms", "steelblue"), (0.2, "p95_ms", "darkorange")):
+        vals = [float(waits[n][key]) if waits[n].get(key) is not None else math.nan for n in names]
+        ax.bar([i + offset for i in x], vals, width=0.4, color=color, label=key.replace("_ms", ""))
+    gate = _setting(run_dir, "gate_critical_wait_p95_ms", None)
+    if gate is not None and "critical" in names:
+        i = names.index("critical")
+        ax.hlines(float(gate), i - 0.45, i + 0.45, color="red", linestyle=":", label="critical P95 gate")
+    ax.set_xticks(list(x), [f"{n} ({waits[n]['jobs']} jobs)" for n in names])
+    ax.set_ylabel("queue wait, admitted → first claimed (ms)")
+    ax.legend(loc="best")
+    ax.set_title("Queue wait by priority")
+    return fig
+
+
+def _lag_plot(run_dir: Path, t0: float | None) -> Any:
+    import matplotlib.pyplot as plt
+
+    rows = sorted((float(r["created_at"]), (float(r["relayed_at"]) - float(r["created_at"])) * 1000.0)
+                  for r in _final(run_dir, "crossservice").get("outbox", []) if r.get("relayed_at") is not None)
+    if not rows:
+        return None
+    base = t0 if t0 is not None else rows[0][0]
+    fig, ax = plt.subplots(figsize=(9, 3.2))
+    ax.scatter([r[0] - base for r in rows], [r[1] for r in rows], s=6, color="teal")
+    ax.set_xlabel("seconds since start (outbox event created)")
+    ax.set_ylabel("lag to ClickHouse (ms)")
+    ax.set_title(f"Analytics lag over time (outbox → ClickHouse, {len(rows)} events)")
+    return fig
 
 
 def _conflict_rates(verdict: dict[str, Any]) -> list[tuple[str, float, float]]:

@@ -1296,15 +1296,16 @@ class PrometheusService(Service):
     Its configuration is ``prometheus/prometheus.yml`` with the ``toolclash`` job pointed at
     ``127.0.0.1:<scrape_port>`` (a port picked free at start and recorded in the state: the Locust
     master reads it from Prometheus's loaded configuration and serves its exporter there), the
-    ``postgres`` job at another free port (where the master starts Debian's postgres exporter against
-    the run's DATABASE_URL), the compose-only jobs dropped, and 1-second
+    ``postgres``, ``pgbouncer`` and ``redis`` jobs each at another free port (where the master starts
+    Debian's exporter for that server against the run's DATABASE_URL, PGBOUNCER_URL, REDIS_URL), the
+    compose-only ``clickhouse`` job dropped, and 1-second
     scrape and rule intervals, so that short runs are seen; the alert rules are ``prometheus/alerts.yml``.
     """
 
     name = "prometheus"
     env_var = "PROMETHEUS_URL"
     READY_PATH = "/-/ready"
-    SERVER_EXPORTER_JOBS: ClassVar[tuple[str, ...]] = ("postgres",)
+    SERVER_EXPORTER_JOBS: ClassVar[tuple[str, ...]] = ("postgres", "pgbouncer", "redis")
     """Jobs of prometheus.yml kept with a free 127.0.0.1 port: the run starts that exporter there (users/observe.py)."""
 
     @property
