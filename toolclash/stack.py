@@ -135,12 +135,38 @@ def _check_traversable(path: Path, run_as: RunAs) -> None:
             )
 
 
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands out for outgoing connections (ip_local_port_range)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def _free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now (the kernel picks it; another process may take it later)."""
+    """A TCP port free on 127.0.0.1 right now, below the kernel's ephemeral range where one is free.
+
+    A server's port inside the ephemeral range can be taken, while the server is down for a restart, by
+    any outgoing connection's local port, even by a client of that very server retrying its connect (TCP
+    self-connect); below the range only listeners compete for it. Another process may still take it later.
+    """
+    import random
+
+    low = _ephemeral_low()
+    if low > 20000:
+        rng = random.SystemRandom()
+        for _ in range(50):
+            port = rng.randrange(15000, low)
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                try:
+                    sock.bind((LOOPBACK, port))
+                except OSError:
+                    continue
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((LOOPBACK, 0))
-        port: int = sock.getsockname()[1]
-        return port
+        found: int = sock.getsockname()[1]
+        return found
 
 
 def _read_text(path: Path, offset: int = 0) -> str:
