@@ -85,7 +85,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("relay_interval_s", float, 0.1, "cross-service: pause of the outbox relay between batches, seconds"),
     Option("relay_redeliver_rate", float, 0.1, "cross-service: share of relay batches whose acknowledgement is "
            "lost after the ClickHouse insert (a relay crash): they are delivered again"),
-    Option("recovery_min_age_s", float, 1.5, "cross-service: mid-run recovery leaves prepared transactions "
+    Option("recovery_min_age_s", float, 0.5, "cross-service: mid-run recovery leaves prepared transactions "
            "younger than this to their coordinator"),
 )
 
@@ -578,7 +578,7 @@ class Relay:
     """
 
     def __init__(self, backend: Any, *, dedup: bool = True, redeliver_rate: float = 0.0, interval_s: float = 0.1,
-                 recover_2pc: bool = True, min_age_s: float = 1.5, batch: int = 500,
+                 recover_2pc: bool = True, min_age_s: float = 0.5, batch: int = 500,
                  rng: random.Random | None = None, outage: tuple[float, float] | None = None,
                  auth_server: AuthServerControl | None = None, fault: str = "none") -> None:
         self.backend = backend
