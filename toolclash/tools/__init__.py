@@ -26,9 +26,10 @@ START, STATEMENT, COMMIT, DONE = "start", "statement", "commit", "done"
 class Reject(Exception):
     """A definite business rejection (e.g. insufficient funds): roll back, outcome ``fail``."""
 
-    def __init__(self, reason: str, **result: Any) -> None:
+    def __init__(self, reason: str, *, error_class: str | None = None, **result: Any) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.error_class = error_class
         self.result = result
 
 
@@ -73,7 +74,8 @@ class Call:
 
 
 def transact(conn: Any, call: Call, body: Callable[[Any], dict[str, Any]], *, isolation: int | None = None,
-             retry_lock_not_available: bool = False, fault: Callable[[Call], str | None] | None = None) -> Call:
+             retry_lock_not_available: bool = False, fault: Callable[[Call], str | None] | None = None,
+             give_up: str | None = None) -> Call:
     """Run *body(cursor)* as one transaction on *conn*, retrying conflicts under *call*'s policy.
 
     *body* returns the call's result dict, or raises :class:`Reject` (definite ``fail``) or
@@ -83,11 +85,13 @@ def transact(conn: Any, call: Call, body: Callable[[Any], dict[str, Any]], *, is
 
     *fault*, if given, is asked before COMMIT and may return ``"rollback"`` (acknowledge without
     committing) or ``"misreport"`` (commit, then report ``fail``): planted faults for the checks.
+    *give_up*, if given, is the planted fault of not retrying: a retryable conflict ends the call at once as
+    ``fail`` with that reason.
     """
     if isolation is not None and conn.isolation_level != isolation:
         conn.set_session(isolation_level=isolation)
     try:
-        return _attempt_loop(conn, call, body, retry_lock_not_available, fault)
+        return _attempt_loop(conn, call, body, retry_lock_not_available, fault, give_up)
     except BaseException:
         # Interrupted (GreenletExit at stop, Ctrl-C) mid-transaction: close the session now so the server
         # rolls back and releases its locks at once. Left to the garbage collector, a session stopped
@@ -97,7 +101,7 @@ def transact(conn: Any, call: Call, body: Callable[[Any], dict[str, Any]], *, is
 
 
 def _attempt_loop(conn: Any, call: Call, body: Callable[[Any], dict[str, Any]], retry_lock_not_available: bool,
-                  fault: Callable[[Call], str | None] | None) -> Call:
+                  fault: Callable[[Call], str | None] | None, give_up: str | None) -> Call:
     attempts = call.attempts
     while attempts.next():
         try:
@@ -115,7 +119,7 @@ def _attempt_loop(conn: Any, call: Call, body: Callable[[Any], dict[str, Any]], 
             return call.finish(OK, **result)
         except Reject as rej:
             _rollback(conn)
-            return call.finish(FAIL, rej.reason, **rej.result)
+            return call.finish(FAIL, rej.reason, rej.error_class, **rej.result)
         except VersionConflict:
             _rollback(conn)
             if attempts.conflict(VERSION_CONFLICT):
@@ -129,6 +133,9 @@ def _attempt_loop(conn: Any, call: Call, body: Callable[[Any], dict[str, Any]], 
                 return call.finish(FAIL, "connection-lost", kind.error_class)
             _rollback(conn)
             if kind.kind == "retryable" and kind.cause:
+                if give_up is not None:
+                    attempts.sqlstates.append(kind.sqlstate or "")
+                    return call.finish(FAIL, give_up, kind.error_class)
                 if attempts.conflict(kind.cause, kind.sqlstate):
                     continue
                 return call.finish(FAIL, attempts.gave_up, kind.error_class)

@@ -38,11 +38,9 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 import psycopg2
 
 from toolclash import schema
-from toolclash.db import classify, close_quietly
-from toolclash.history import FAIL, OK, UNKNOWN
 from toolclash.run import application_name
 from toolclash.settings import Option, SettingsError
-from toolclash.tools import COMMIT, STATEMENT, Call
+from toolclash.tools import Call, Reject, transact
 
 NAME = "deadlock"
 TOOL = "lock_round"
@@ -203,71 +201,39 @@ class DeadlockTool:
         requested), ``t_got`` (second lock held), ``t_err`` and ``sqlstate`` (if the attempt failed), wall-clock
         seconds.
         """
-        try:
-            return self._loop(call, first, second, cycle, between)
-        except BaseException:
-            close_quietly(self.conn)  # interrupted with locks held: the server rolls back at once
-            raise
-
-    def _loop(self, call: Call, first: str, second: str, cycle: str, between: Callable[[], Any] | None) -> Call:
         tries: list[dict[str, Any]] = call.result.setdefault("tries", [])
-        attempts = call.attempts
-        while attempts.next():
+
+        def body(cur: Any) -> dict[str, Any]:
             t: dict[str, Any] = {}
             tries.append(t)
-            call.phase = STATEMENT
             try:
-                with self.conn.cursor() as cur:
-                    self._write(cur, call.op_id, first)
-                    t["t_first"] = time.time()
-                    if between is not None and attempts.count == 1:
-                        between()
-                    if self.fault == "commit_after_deadlock":
-                        cur.execute("SAVEPOINT second_lock")
-                    t["t_req"] = time.time()
-                    try:
-                        self._write(cur, call.op_id, second)
-                        t["t_got"] = time.time()
-                    except psycopg2.Error as exc:
-                        if self.fault == "commit_after_deadlock" and exc.pgcode in VICTIM_STATES:
-                            t["t_err"], t["sqlstate"], t["ignored"] = time.time(), exc.pgcode, True
-                            cur.execute("ROLLBACK TO SAVEPOINT second_lock")  # the planted fault: go on
-                        else:
-                            raise
-                    cur.execute(_ROUND, (call.op_id, self.agent, cycle, first, second))
-                call.phase = COMMIT
-                self.conn.commit()
-                return call.finish(OK)
-            except MissingResource as exc:
-                _rollback(self.conn)
-                return call.finish(FAIL, "no-such-resource", "MissingResource", resource=str(exc))
+                self._write(cur, call.op_id, first)
+                t["t_first"] = time.time()
+                if between is not None and call.attempts.count == 1:
+                    between()
+                if self.fault == "commit_after_deadlock":
+                    cur.execute("SAVEPOINT second_lock")
+                t["t_req"] = time.time()
+                try:
+                    self._write(cur, call.op_id, second)
+                    t["t_got"] = time.time()
+                except psycopg2.Error as exc:
+                    if self.fault == "commit_after_deadlock" and exc.pgcode in VICTIM_STATES:
+                        t["t_err"], t["sqlstate"], t["ignored"] = time.time(), exc.pgcode, True
+                        cur.execute("ROLLBACK TO SAVEPOINT second_lock")  # the planted fault: go on
+                    else:
+                        raise
+                cur.execute(_ROUND, (call.op_id, self.agent, cycle, first, second))
             except psycopg2.Error as exc:
                 t.setdefault("t_err", time.time())
                 t.setdefault("sqlstate", exc.pgcode)
-                kind = classify(exc, retry_lock_not_available=self.priority == "lock_timeout")
-                if kind.kind == "connection":
-                    if call.phase == COMMIT:
-                        return call.finish(UNKNOWN, "connection-lost-during-commit", kind.error_class)
-                    return call.finish(FAIL, "connection-lost", kind.error_class)
-                _rollback(self.conn)
-                if kind.kind == "retryable" and kind.cause:
-                    if self.fault == "no_retry":  # the planted fault: the victim gives up
-                        attempts.sqlstates.append(kind.sqlstate or "")
-                        return call.finish(FAIL, "victim-gave-up", kind.error_class)
-                    if attempts.conflict(kind.cause, kind.sqlstate):
-                        continue
-                    return call.finish(FAIL, attempts.gave_up, kind.error_class)
-                if call.phase == COMMIT and kind.sqlstate is None:
-                    return call.finish(UNKNOWN, "commit-error", kind.error_class)
-                return call.finish(FAIL, kind.kind, kind.error_class)
-        return call.finish(FAIL, attempts.gave_up or "retries-exhausted")
+                raise
+            except MissingResource as exc:
+                raise Reject("no-such-resource", error_class="MissingResource", resource=str(exc)) from None
+            return {}
 
-
-def _rollback(conn: Any) -> None:
-    try:
-        conn.rollback()
-    except psycopg2.Error:
-        pass
+        return transact(self.conn, call, body, retry_lock_not_available=self.priority == "lock_timeout",
+                        give_up="victim-gave-up" if self.fault == "no_retry" else None)
 
 
 # --- layout of groups and resources ------------------------------------------------------------------------
