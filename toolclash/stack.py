@@ -928,6 +928,17 @@ def _port_free(port: int) -> bool:
         return True
 
 
+def _port_comes_free(port: int, wait_s: float = 5.0) -> bool:
+    """Whether *port* is free now or within *wait_s*: a server killed a moment ago may still hold it while the
+    kernel tears its sockets down, and a restart on the same port keeps clients' URLs valid."""
+    deadline = time.monotonic() + wait_s
+    while not _port_free(port):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
 class RedisService(Service):
     """A private Redis: 127.0.0.1 only, protected mode, a generated ``requirepass``, run as the stack's user.
 
@@ -1022,7 +1033,7 @@ class RedisService(Service):
             if time.monotonic() >= deadline:
                 raise StackError(f"Redis did not start before the deadline: {_tail(_read_text(self.log_file))}; "
                                  "retry with a longer --timeout")
-            last_port = recorded if attempt == 0 and recorded and _port_free(recorded) else _free_port()
+            last_port = recorded if attempt == 0 and recorded and _port_comes_free(recorded) else _free_port()
             settings = self._settings(last_port)
             lines = ["# written by toolclash.stack on every start; edits are lost"]
             lines += [f"{key} {value}" if value else f'{key} ""' for key, value in settings.items()]
