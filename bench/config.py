@@ -8,7 +8,7 @@ think time). Figures per run, from the run's own verdict and history:
 * conflict rate after start — the same ratio over calls invoked after the first 2 s (all agents start
   at once, so their first calls all collide): shown next to the gate's figure, never instead of it;
 * writes/s — ok writes whose ``complete_ts`` lies in the steady window (``bench.throughput.steady_window``);
-* conflict rate — version conflicts / attempts, exactly the SLA gate's figure (``checks.sla``), and
+* conflict rate — version conflicts / attempts, exactly the SLA gate's figure (``checks.gates``), and
   conflicts per acknowledged write; P95 including retries; success after retries; conflict-exhausted.
 
 The seed's targets (conflict rate < 5 % normal, < 20 % stress) are shown against the figures, never

@@ -20,9 +20,9 @@ import threading
 import time
 from typing import Any
 
-from checks.sla import percentile
+from checks.gates import percentile
+from toolclash.backend import Backend
 from toolclash.retry import RetryPolicy
-from toolclash.run import Backend
 from toolclash.tools import Call
 from toolclash.tools.crossservice import CRASH_POINTS, CrossServiceTool, Relay, reset, snapshot
 

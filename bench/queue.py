@@ -58,8 +58,8 @@ def _child(mode: str, clients: int, seconds: float) -> dict[str, Any]:
     import gevent.event
 
     from toolclash import db
+    from toolclash.backend import Backend
     from toolclash.retry import RetryPolicy
-    from toolclash.run import Backend
     from toolclash.settings import Settings
     from toolclash.tools import Call
     from toolclash.tools import queue as q
@@ -198,7 +198,7 @@ def queue_phase(args: argparse.Namespace, report: dict[str, Any], say: Any) -> N
     """Run the queue phase unless ``--skip-queue``; figures go to ``report["queue"]`` and are printed."""
     if getattr(args, "skip_queue", False):
         return
-    from toolclash.run import Backend
+    from toolclash.backend import Backend
     from toolclash.settings import Settings
     from toolclash.stack import Stack, StackError
     from toolclash.tools import queue as q

@@ -13,6 +13,7 @@ import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 EVIDENCE_CAP = 20
@@ -86,26 +87,56 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def guarded(name: str, fn: Callable[[], CheckResult]) -> CheckResult:
+def guarded(name: str, fn: Callable[[], CheckResult | None]) -> CheckResult | None:
     """Run a check; a crash yields ``unknown`` with the error as evidence (never ``true``)."""
     try:
         return fn()
     except Exception as exc:  # noqa: BLE001 - a crashing checker must not pass
-        tb = traceback.format_exc(limit=3).strip().splitlines()[-3:]
-        return CheckResult(name, UNKNOWN, {}, [{"error": f"{type(exc).__name__}: {exc}", "where": tb}], 1,
-                           "the checker crashed; its verdict is unknown")
+        return CheckResult(name, UNKNOWN, {}, [_error(exc)], 1, "the checker crashed; its verdict is unknown")
 
 
-def guarded_many(name: str, fn: Callable[[], list[CheckResult]]) -> list[CheckResult]:
-    """Like :func:`guarded` for a function that returns several results."""
-    out: list[CheckResult] = []
+def _error(exc: BaseException) -> dict[str, Any]:
+    return {"error": f"{type(exc).__name__}: {exc}", "where": traceback.format_exc(limit=3).strip().splitlines()[-3:]}
 
-    def one() -> CheckResult:
-        out.extend(fn())
-        return CheckResult(name, True)
 
-    crashed = guarded(name, one)
-    return out if crashed.valid is True else [crashed]
+@dataclass(frozen=True, kw_only=True)
+class Checks:
+    """What a scenario's checks module declares (``SPEC = Checks(...)``); :mod:`checks.verdict` runs it.
+
+    *view* builds the indexes its checks share from ``(ops, final, incomplete processes)``; each of *checks* is
+    ``(name, fn(view) -> CheckResult | None)`` (None: not applicable to this run) and is guarded on its own.
+    *figures* ``(ops, final) -> dict`` add to the common SLA figures; *gates* ``(ops, final, thresholds)`` are
+    the scenario's own gates (built with :func:`checks.gates.gate`); *plots* ``(PlotInput) -> [(title, figure)]``
+    draw its data in the report.
+    """
+
+    view: Callable[[list[Any], Mapping[str, Any], frozenset[str]], Any]
+    checks: tuple[tuple[str, Callable[[Any], CheckResult | None]], ...]
+    figures: Callable[[list[Any], Mapping[str, Any]], dict[str, Any]] | None = None
+    gates: Callable[[list[Any], Mapping[str, Any], Mapping[str, Any]], list[dict[str, Any]]] | None = None
+    plots: Callable[[Any], list[tuple[str, Any]]] | None = None
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.checks)
+
+
+def run_checks(spec: Checks, ops: Iterable[Any], final: Mapping[str, Any],
+               incomplete_processes: Iterable[str] = ()) -> list[CheckResult]:
+    """Every check of *spec*, each guarded on its own: one that crashes is ``unknown``, the others still judge."""
+    with gc_paused():
+        try:
+            view = spec.view(ops if isinstance(ops, list) else list(ops), final, frozenset(incomplete_processes))
+        except Exception as exc:  # noqa: BLE001 - without its indexes no check of the scenario can decide
+            error = _error(exc)
+            return [CheckResult(name, UNKNOWN, {}, [error], 1, "could not index the history and final state; "
+                                "the verdict is unknown") for name in spec.names]
+        out = []
+        for name, fn in spec.checks:
+            res = guarded(name, partial(fn, view))
+            if res is not None:
+                out.append(res)
+        return out
 
 
 def exit_code(checks: Iterable[CheckResult], gates: Iterable[Mapping[str, Any]]) -> int:

@@ -25,14 +25,13 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from checks import UNKNOWN, CheckResult, Evidence, gc_paused, result
+from checks import UNKNOWN, CheckResult, Checks, Evidence, result, run_checks
 from toolclash.history import FAIL, OK
 
 TOOL = "update_config"
 INITIAL_VALUE = "init"
 STALE_TIMESTAMP = "stale-timestamp"
 CONFLICT_EXHAUSTED = "conflict-exhausted"
-BUSINESS_REJECTIONS = frozenset({STALE_TIMESTAMP})
 """A write that lost to a newer timestamp is ``timestamp_ordered``'s defined answer, not a failure."""
 
 
@@ -82,9 +81,7 @@ class ConfigView:
 
 def check_all(ops: Iterable[Mapping[str, Any]], final: Mapping[str, Any],
               incomplete_processes: Iterable[str] = ()) -> list[CheckResult]:
-    with gc_paused():
-        v = ConfigView(ops, final, incomplete_processes)
-        return [write_log(v), final_document(v), version(v), lost_updates(v), fail_no_trace(v), timestamp_order(v)]
+    return run_checks(SPEC, ops, final, incomplete_processes)
 
 
 def _no_log(name: str) -> CheckResult:
@@ -362,3 +359,12 @@ def figures(ops: Iterable[Mapping[str, Any]], final: Mapping[str, Any]) -> dict[
             "backoff_s": round(backoff_s, 3), "backoff_ms_per_call": backoff_s * 1000.0 / calls if calls else math.nan,
             "conflict_exhausted": exhausted, "stale_timestamp": stale,
             "versions": {str(r["id"]): r["version"] for r in final.get("config_records", [])}}
+
+
+SPEC = Checks(
+    view=ConfigView,
+    checks=(("config.write_log", write_log), ("config.final_document", final_document), ("config.version", version),
+            ("config.lost_updates", lost_updates), ("config.fail_no_trace", fail_no_trace),
+            ("config.timestamp_order", timestamp_order)),
+    figures=figures,
+)

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from itertools import pairwise
 from typing import Any
 
-from checks import UNKNOWN, CheckResult, Evidence, gc_paused, result
+from checks import UNKNOWN, CheckResult, Checks, Evidence, result, run_checks
 from toolclash.history import FAIL, OK
 
 TOOL = "deduct"
@@ -45,9 +45,7 @@ class CreditsView:
 
 def check_all(ops: Iterable[Mapping[str, Any]], final: Mapping[str, Any],
               incomplete_processes: Iterable[str] = ()) -> list[CheckResult]:
-    with gc_paused():
-        view = CreditsView(ops, final, incomplete_processes)
-        return [conservation(view), no_negative(view), ledger_matches_history(view), lost_updates(view)]
+    return run_checks(SPEC, ops, final, incomplete_processes)
 
 
 def _subset_sum_reaches(amounts: Sequence[int], target: int) -> bool:
@@ -233,3 +231,10 @@ def lost_updates(v: CreditsView) -> CheckResult:
     if broken:
         return result(name, False, counts, ev, "a balance chain does not start at the initial balance")
     return result(name, True, counts, ev, "every applied deduction is in the surviving balance chain")
+
+
+SPEC = Checks(
+    view=CreditsView,
+    checks=(("credits.conservation", conservation), ("credits.no_negative", no_negative),
+            ("credits.ledger", ledger_matches_history), ("credits.lost_updates", lost_updates)),
+)

@@ -18,13 +18,13 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from checks import UNKNOWN, CheckResult, Evidence, gc_paused, result
-from checks.sla import percentile
+from checks import UNKNOWN, CheckResult, Checks, Evidence, result, run_checks
+from checks.gates import percentile
+from checks.plotting import PlotInput, pyplot
 from toolclash.history import FAIL, OK
 
 TOOL = "grant_tool_access"
 INJECTED = "injected-fault"
-BUSINESS_REJECTIONS = frozenset({"insufficient-funds", INJECTED})
 """Correct answers left out of the success rate: no funds, and failures an ``--inject`` option caused."""
 
 COMMITTED, NONE, COMPENSATED, PARTIAL = "committed", "none", "compensated", "partial"
@@ -78,9 +78,7 @@ class View:
 
 def check_all(ops: Iterable[Mapping[str, Any]], final: Mapping[str, Any],
               incomplete_processes: Iterable[str] = ()) -> list[CheckResult]:
-    with gc_paused():
-        v = View(ops, final, incomplete_processes)
-        return [atomic(v), no_prepared_left(v), credits_conserved(v), analytics_exactly_once(v)]
+    return run_checks(SPEC, ops, final, incomplete_processes)
 
 
 def atomic(v: View) -> CheckResult:
@@ -238,3 +236,28 @@ def figures(ops: Iterable[Mapping[str, Any]], final: Mapping[str, Any]) -> dict[
             "decisions_by": dict(by), "sagas_by_state": dict(sagas), "relay": final.get("relay"),
             "saga_compensated_by_recovery": sum(1 for r in final.get("sagas", [])
                                                 if r["state"] == "compensated" and r["updated_by"] != "agent")}
+
+
+def plots(p: PlotInput) -> list[tuple[str, Any]]:
+    """Lag of every outbox event to ClickHouse over time."""
+    rows = sorted((float(r["created_at"]), (float(r["relayed_at"]) - float(r["created_at"])) * 1000.0)
+                  for r in p.final("crossservice").get("outbox", []) if r.get("relayed_at") is not None)
+    if not rows:
+        return []
+    plt = pyplot()
+    base = p.t0 if p.t0 is not None else rows[0][0]
+    fig, ax = plt.subplots(figsize=(9, 3.2))
+    ax.scatter([r[0] - base for r in rows], [r[1] for r in rows], s=6, color="teal")
+    ax.set_xlabel("seconds since start (outbox event created)")
+    ax.set_ylabel("lag to ClickHouse (ms)")
+    ax.set_title(f"Analytics lag over time (outbox → ClickHouse, {len(rows)} events)")
+    return [("Analytics lag over time", fig)]
+
+
+SPEC = Checks(
+    view=View,
+    checks=(("crossservice.atomic", atomic), ("crossservice.prepared", no_prepared_left),
+            ("crossservice.credits", credits_conserved), ("crossservice.analytics", analytics_exactly_once)),
+    figures=figures,
+    plots=plots,
+)

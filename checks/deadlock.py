@@ -21,8 +21,9 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from checks import UNKNOWN, CheckResult, Evidence, gc_paused, result
-from checks.sla import percentile
+from checks import UNKNOWN, CheckResult, Checks, Evidence, result, run_checks
+from checks.gates import gate, percentile
+from checks.plotting import PlotInput, fmt, pyplot
 from toolclash.history import FAIL, OK
 
 TOOL = "lock_round"
@@ -65,6 +66,7 @@ class DeadlockView:
         self.server: Mapping[str, Any] | None = final.get("server")
         self.open_transactions: list[Mapping[str, Any]] | None = final.get("open_transactions")
         self.incomplete = frozenset(incomplete_processes)
+        self.final = final
         self.cycles = find_cycles(self.ops.values())
 
     def from_incomplete_process(self, op_id: str) -> bool:
@@ -101,13 +103,12 @@ def find_cycles(ops: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 def check_all(ops: Iterable[Mapping[str, Any]], final: Mapping[str, Any],
               incomplete_processes: Iterable[str] = ()) -> list[CheckResult]:
-    with gc_paused():
-        view = DeadlockView(ops, final, incomplete_processes)
-        out = [atomic_rounds(view), counters(view), no_open_transaction(view), victims(view),
-               server_deadlocks(view)]
-        if final.get("server_log") is not None:  # only when the server's log could be read
-            out.append(server_log(view, final["server_log"]))
-        return out
+    return run_checks(SPEC, ops, final, incomplete_processes)
+
+
+def _server_log(view: DeadlockView) -> CheckResult | None:
+    log = view.final.get("server_log")
+    return None if log is None else server_log(view, log)  # only when the server's log could be read
 
 
 # --- checks --------------------------------------------------------------------------------------------------
@@ -443,28 +444,48 @@ def _count(values: Iterable[str]) -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
-def _gate(scope: str, gate: str, value: Any, op: str, limit: float, empty_note: str) -> dict[str, Any]:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return {"scope": scope, "gate": gate, "figure": None, "op": op, "threshold": limit, "met": False,
-                "note": empty_note}
-    met = value < limit if op == "<" else value >= limit
-    return {"scope": scope, "gate": gate, "figure": value, "op": op, "threshold": limit, "met": bool(met), "note": ""}
-
-
-def gates(ops: list[Mapping[str, Any]], final: Mapping[str, Any], settings: Mapping[str, Any]) -> list[dict[str, Any]]:
+def gates(ops: list[Mapping[str, Any]], final: Mapping[str, Any], limits: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Detection p99 < --gate-detection-ms; no starved agent; longest call < --gate-max-wait-ms; in cascade
     mode recovery and cascade size."""
     fig = figures(ops, final)
     out = [
-        _gate("deadlock", "detection_p99_ms", fig["detection"]["p99_ms"], "<",
-              float(settings.get("gate_detection_ms", 500.0)), "no cycle was resolved"),
-        _gate("deadlock", "starved_agents", fig["progress"]["starved_agents"], "<", 1, "no agent ran"),
-        _gate("deadlock", "max_wait_ms", fig["progress"]["max_wait_ms"], "<",
-              float(settings.get("gate_max_wait_ms", 5000.0)), "no call completed"),
+        gate("deadlock", "detection_p99_ms", fig["detection"]["p99_ms"], "<", float(limits["gate_detection_ms"]),
+             "no cycle was resolved"),
+        gate("deadlock", "starved_agents", fig["progress"]["starved_agents"], "<", 1, "no agent ran"),
+        gate("deadlock", "max_wait_ms", fig["progress"]["max_wait_ms"], "<", float(limits["gate_max_wait_ms"]),
+             "no call completed"),
     ]
     if any((op.get("args") or {}).get("cascade") is not None for op in ops if op["tool"] == TOOL):
-        out.append(_gate("deadlock", "cascade_recovery_s", fig["cascade_recovery_max_s"], "<",
-                         float(settings.get("gate_recovery_s", 2.0)), "no cascade could be measured"))
-        out.append(_gate("deadlock", "cascade_cycles", fig["cascade_cycles_min"], ">=",
-                         float(settings.get("cascade_min_cycles", 20)), "no cascade could be measured"))
+        out.append(gate("deadlock", "cascade_recovery_s", fig["cascade_recovery_max_s"], "<",
+                        float(limits["gate_recovery_s"]), "no cascade could be measured"))
+        out.append(gate("deadlock", "cascade_cycles", fig["cascade_cycles_min"], ">=",
+                        float(limits["cascade_min_cycles"]), "no cascade could be measured"))
     return out
+
+
+def plots(p: PlotInput) -> list[tuple[str, Any]]:
+    """The detection-time histogram of the resolved cycles."""
+    det = p.figures("deadlock").get("detection") or {}
+    hist = det.get("histogram_ms") or {}
+    if not det.get("n") or not hist:
+        return []
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(9, 3.2))
+    ax.bar(list(hist), list(hist.values()), color="slategray")
+    limit = float(p.setting("gate_detection_ms", 500.0))
+    ax.set_xlabel("detection time (ms): the victim's error − the last member's request for its second lock")
+    ax.set_ylabel("resolved cycles")
+    ax.set_title(f"Deadlock detection time: {det['n']} cycles, p50 {fmt(det.get('p50_ms'))} ms, "
+                 f"p95 {fmt(det.get('p95_ms'))} ms, p99 {fmt(det.get('p99_ms'))} ms (gate p99 < {limit:g} ms)")
+    return [("Deadlock detection time", fig)]
+
+
+SPEC = Checks(
+    view=DeadlockView,
+    checks=(("deadlock.atomic_rounds", atomic_rounds), ("deadlock.counters", counters),
+            ("deadlock.no_open_transaction", no_open_transaction), ("deadlock.victims", victims),
+            ("deadlock.server_count", server_deadlocks), ("deadlock.server_log", _server_log)),
+    figures=figures,
+    gates=gates,
+    plots=plots,
+)

@@ -12,17 +12,14 @@ from __future__ import annotations
 import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from checks import UNKNOWN, CheckResult, Evidence, gc_paused, result
-from checks.sla import percentile
+from checks import UNKNOWN, CheckResult, Checks, Evidence, result, run_checks
+from checks.gates import gate, percentile
+from checks.plotting import PlotInput, bin_seconds, pyplot
 from toolclash.history import FAIL, OK
-
-TOOL = "analyze"
-TIMEOUT, CANCELLED = "pool-timeout", "cancelled"
-QUEUED_MS = 10.0
-"""An acquire that waited at least this long found the pool exhausted."""
-BUSINESS_REJECTIONS: frozenset[str] = frozenset()
+from toolclash.tools.pool import CANCELLED, QUEUED_MS, TIMEOUT, TOOL
 
 
 def _agent_of(application_name: str) -> str:
@@ -32,11 +29,18 @@ def _agent_of(application_name: str) -> str:
 
 def check_all(ops: Iterable[Mapping[str, Any]], final: Mapping[str, Any],
               incomplete_processes: Iterable[str] = ()) -> list[CheckResult]:
-    with gc_paused():
-        calls = [op for op in ops if op["tool"] == TOOL]
-        incomplete = frozenset(incomplete_processes)
-        return [accounted(calls, final), aggregates(calls, final), client_idle(calls, final, incomplete),
-                bouncer_idle(final)]
+    return run_checks(SPEC, ops, final, incomplete_processes)
+
+
+@dataclass
+class PoolView:
+    calls: list[Mapping[str, Any]]
+    final: Mapping[str, Any]
+    incomplete: frozenset[str]
+
+    @classmethod
+    def of(cls, ops: Iterable[Mapping[str, Any]], final: Mapping[str, Any], incomplete: frozenset[str]) -> PoolView:
+        return cls([op for op in ops if op["tool"] == TOOL], final, incomplete)
 
 
 def accounted(calls: list[Mapping[str, Any]], final: Mapping[str, Any]) -> CheckResult:
@@ -228,11 +232,50 @@ def figures(ops: Iterable[Mapping[str, Any]], final: Mapping[str, Any]) -> dict[
 
 
 def gates(ops: Iterable[Mapping[str, Any]], final: Mapping[str, Any],
-          settings: Mapping[str, Any]) -> list[dict[str, Any]]:
+          limits: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Recovery after an exhausting burst: the longest episode under ``gate_pool_recovery_s``."""
-    limit = float(settings.get("gate_pool_recovery_s", 2.0))
     episodes = recovery_episodes(op for op in ops if op["tool"] == TOOL)
     worst = max((ep["recovery_s"] for ep in episodes), default=0.0)
-    note = "" if episodes else "the pool was never exhausted"
-    return [{"scope": "pool", "gate": "recovery_s", "figure": worst, "op": "<", "threshold": limit,
-             "met": worst < limit, "note": note}]
+    out = gate("pool", "recovery_s", worst, "<", float(limits["gate_pool_recovery_s"]))
+    out["note"] = "" if episodes else "the pool was never exhausted"
+    return [out]
+
+
+def plots(p: PlotInput) -> list[tuple[str, Any]]:
+    """Acquire wait of every analytical call over time, with its p50/p95 per time bin."""
+    import pandas as pd
+
+    rows = [(float(op["invoke_ts"]), float(op["result"]["wait_ms"]), op.get("reason") == TIMEOUT)
+            for op in p.ops if op["tool"] == TOOL and (op.get("result") or {}).get("wait_ms") is not None]
+    if not rows or p.t0 is None:
+        return []
+    plt = pyplot()
+    df = pd.DataFrame(rows, columns=["t", "wait_ms", "timeout"])
+    df["t"] -= p.t0
+    step = bin_seconds(float(df["t"].max()))
+    served, timed_out = df[~df["timeout"]], df[df["timeout"]]
+    fig, ax = plt.subplots(figsize=(9, 3.2))
+    ax.scatter(served["t"], served["wait_ms"], s=6, color="lightsteelblue", label="served call")
+    if len(timed_out):
+        ax.scatter(timed_out["t"], timed_out["wait_ms"], s=18, marker="x", color="firebrick", label="pool timeout")
+    if len(served):
+        q = served.groupby((served["t"] // step) * step + step / 2)["wait_ms"].quantile([0.5, 0.95]).unstack()
+        for col, label in zip(q.columns, ("p50", "p95"), strict=True):
+            ax.plot(q.index, q[col], label=f"{label} ({step:g} s bins)", linewidth=1.2)
+    ax.set_xlabel("seconds since start (call invoked)")
+    ax.set_ylabel("acquire wait (ms)")
+    ax.legend(loc="upper left")
+    ax.set_title("Pool acquire wait over time (analytical calls)")
+    return [("Pool acquire wait over time", fig)]
+
+
+SPEC = Checks(
+    view=PoolView.of,
+    checks=(("pool.accounted", lambda v: accounted(v.calls, v.final)),
+            ("pool.aggregates", lambda v: aggregates(v.calls, v.final)),
+            ("pool.client_idle", lambda v: client_idle(v.calls, v.final, v.incomplete)),
+            ("pool.bouncer_idle", lambda v: bouncer_idle(v.final))),
+    figures=figures,
+    gates=gates,
+    plots=plots,
+)

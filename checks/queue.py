@@ -25,16 +25,18 @@ from typing import Any
 
 import numpy as np
 
-from checks import UNKNOWN, CheckResult, Evidence, gc_paused, result
-from checks.sla import percentile
+from checks import UNKNOWN, CheckResult, Checks, Evidence, result, run_checks
+from checks.gates import gate, percentile
+from checks.plotting import PlotInput, pyplot
 from toolclash.history import FAIL, OK
+from toolclash.tools.queue import CONFIG_KEYS
+from toolclash.tools.queue import SCENARIO as QUEUE
 
 TOOLS = ("submit", "execute")
 PRIORITY_NAMES = ("critical", "normal", "bulk")
-BUSINESS_REJECTIONS = frozenset({"queue-full", "rate-limited-agent", "rate-limited-global"})
-DEFAULT_CONFIG = {"queue_capacity": 50, "queue_rate_per_agent": 4, "queue_rate_global": 400,
-                  "queue_rate_window_s": 1.0, "queue_inversion_tolerance_ms": 100.0,
-                  "gate_critical_wait_p95_ms": 1000.0}
+BUSINESS_REJECTIONS = QUEUE.rejections
+DEFAULT_CONFIG = {o.name: o.default for o in QUEUE.options if o.name in CONFIG_KEYS}
+"""The declared defaults of the options the queue's metadata records (used where a run did not record one)."""
 # job record fields
 AGENT, PRIO, ADMITTED, CLAIMED, DONE, DELIVERIES, STATE = range(7)
 
@@ -110,9 +112,7 @@ class QueueView:
 
 def check_all(ops: Iterable[Mapping[str, Any]], final: Mapping[str, Any],
               incomplete_processes: Iterable[str] = ()) -> list[CheckResult]:
-    with gc_paused():
-        v = QueueView(ops, final, incomplete_processes)
-        return [accounting(v), duplicates(v), capacity(v), priority(v), rate_limit(v)]
+    return run_checks(SPEC, ops, final, incomplete_processes)
 
 
 # ------------------------------------------------------------------------------------------ accounting
@@ -426,13 +426,92 @@ def figures(ops: Iterable[Mapping[str, Any]], final: Mapping[str, Any]) -> dict[
 
 
 def gates(ops: Iterable[Mapping[str, Any]], final: Mapping[str, Any],
-          settings: Mapping[str, Any]) -> list[dict[str, Any]]:
+          limits: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Critical jobs' queue wait P95 stays under ``--gate-critical-wait-p95-ms`` while bulk jobs may wait."""
-    limit = float(settings.get("gate_critical_wait_p95_ms") or DEFAULT_CONFIG["gate_critical_wait_p95_ms"])
     fig = _waits_by_priority(QueueView((), final))["critical"]  # the history is not needed for this one
-    value = fig["p95_ms"]
-    if not fig["jobs"]:
-        return [{"scope": "queue", "gate": "critical_wait_p95_ms", "figure": None, "op": "<", "threshold": limit,
-                 "met": False, "note": "no critical job was started"}]
-    return [{"scope": "queue", "gate": "critical_wait_p95_ms", "figure": value, "op": "<", "threshold": limit,
-             "met": value < limit, "note": ""}]
+    value = fig["p95_ms"] if fig["jobs"] else None
+    return [gate("queue", "critical_wait_p95_ms", value, "<", float(limits["gate_critical_wait_p95_ms"]),
+                 "no critical job was started")]
+
+
+def queue_depth(jobs: Iterable[list[Any]]) -> Any:
+    """Ready jobs per priority over time (epoch seconds), replayed from the queue's job records: +1 when a job
+    is admitted, -1 when it is first claimed (an admission sorts before a claim at the same microsecond)."""
+    import pandas as pd
+
+    events = []
+    for rec in jobs:
+        if int(rec[ADMITTED]):
+            events.append((int(rec[ADMITTED]) / 1e6, PRIORITY_NAMES[int(rec[PRIO])], 1))
+            if int(rec[CLAIMED]):
+                events.append((int(rec[CLAIMED]) / 1e6, PRIORITY_NAMES[int(rec[PRIO])], -1))
+    df = pd.DataFrame(sorted(events, key=lambda e: (e[0], -e[2])), columns=["t", "priority", "delta"])
+    df["delta"] = df["delta"].astype("int64")  # an empty frame's columns are object dtype
+    df["depth"] = df.groupby("priority")["delta"].cumsum()
+    return df
+
+
+def _depth_plot(p: PlotInput) -> Any:
+    df = queue_depth(((p.final("queue").get("redis") or {}).get("jobs") or {}).values())
+    if not len(df):
+        return None
+    plt = pyplot()
+    df["t"] -= p.t0 if p.t0 is not None else float(df["t"].min())
+    fig, ax = plt.subplots(figsize=(9, 3.2))
+    for name in PRIORITY_NAMES:
+        part = df[df["priority"] == name]
+        if len(part):
+            ax.step(part["t"], part["depth"], where="post", label=name, linewidth=1.2)
+    capacity = p.setting("queue_capacity", None)
+    note = ""
+    if capacity is not None:
+        note = f"; capacity {capacity} for the whole queue, ready + in flight"
+        if float(df["depth"].max()) >= 0.2 * float(capacity):  # else the line would flatten the curves
+            ax.axhline(float(capacity), color="red", linestyle=":", label="capacity (ready + in flight)")
+    ax.set_xlabel("seconds since start")
+    ax.set_ylabel("ready jobs (admitted, not claimed)")
+    ax.legend(loc="best", title="priority")
+    ax.set_title(f"Queue depth by priority (replayed from the job records{note})")
+    return fig
+
+
+def _wait_plot(p: PlotInput) -> Any:
+    waits = {name: w for name, w in (p.figures("queue").get("queue_wait_by_priority") or {}).items() if w.get("jobs")}
+    if not waits:
+        return None
+    plt = pyplot()
+    names = list(waits)
+    fig, ax = plt.subplots(figsize=(9, 3.2))
+    x = range(len(names))
+    for offset, key, color in ((-0.2, "p50_ms", "steelblue"), (0.2, "p95_ms", "darkorange")):
+        vals = [float(waits[n][key]) if waits[n].get(key) is not None else math.nan for n in names]
+        ax.bar([i + offset for i in x], vals, width=0.4, color=color, label=key.replace("_ms", ""))
+    limit = p.setting("gate_critical_wait_p95_ms", None)
+    if limit is not None and "critical" in names:
+        i = names.index("critical")
+        ax.hlines(float(limit), i - 0.45, i + 0.45, color="red", linestyle=":", label="critical P95 gate")
+    ax.set_xticks(list(x), [f"{n} ({waits[n]['jobs']} jobs)" for n in names])
+    ax.set_ylabel("queue wait, admitted → first claimed (ms)")
+    ax.legend(loc="best")
+    ax.set_title("Queue wait by priority")
+    return fig
+
+
+def plots(p: PlotInput) -> list[tuple[str, Any]]:
+    """Queue depth by priority over time, and queue wait by priority."""
+    out = []
+    for title, draw in (("Queue depth by priority", _depth_plot), ("Queue wait by priority", _wait_plot)):
+        fig = draw(p)
+        if fig is not None:
+            out.append((title, fig))
+    return out
+
+
+SPEC = Checks(
+    view=QueueView,
+    checks=(("queue.accounting", accounting), ("queue.duplicates", duplicates), ("queue.capacity", capacity),
+            ("queue.priority", priority), ("queue.rate_limit", rate_limit)),
+    figures=figures,
+    gates=gates,
+    plots=plots,
+)

@@ -1,12 +1,15 @@
-"""The verdict of a run: every check and every SLA gate, from ``reports/<run-id>/`` alone."""
+"""The verdict of a run: every check and every gate, from ``reports/<run-id>/`` alone.
+
+:func:`evaluate` is a pure function of the run directory (options, history, final state, stages, and
+the baseline run it names): the live run and ``python -m checks --run DIR`` get the same verdict and the
+same exit code.
+"""
 
 from __future__ import annotations
 
 import importlib
 import math
-from bisect import bisect_right
-from collections.abc import Callable
-from functools import partial
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,35 +20,18 @@ from checks import (
     EXIT_UNKNOWN,
     UNKNOWN,
     CheckResult,
+    Checks,
+    Evidence,
     exit_code,
+    gates,
     gc_paused,
-    guarded_many,
     result,
-    sla,
+    run_checks,
 )
 from checks import server as server_checks
-from toolclash.history import read_history
+from toolclash import scenario
+from toolclash.history import History, read_history
 from toolclash.run import read_json, write_json
-
-CHECKS: dict[str, str] = {
-    # scenario name -> checks module; one line per scenario. A checks module has TOOL (or TOOLS, the
-    # history's tool names it judges), check_all(ops, final, incomplete) -> [CheckResult], and optionally
-    # gates(ops, final, settings) -> [gate dicts as sla.gates() makes], figures(ops, final) -> dict, and
-    # BUSINESS_REJECTIONS (fail reasons that are correct answers, left out of the success rate).
-    "credits": "checks.credits",
-    "config": "checks.config",
-    "deadlock": "checks.deadlock",
-    "crossservice": "checks.crossservice",
-    "queue": "checks.queue",
-    "pool": "checks.pool",
-    "workspace": "checks.workspace",
-}
-
-GATE_DEFAULTS = {"gate_conflict_rate": 0.05, "gate_p95_ms": 2000.0, "gate_success_rate": 0.999,
-                 "stage_gate_conflict_low": 0.05, "stage_gate_conflict_high": 0.20}
-SMALL_STAGE = 10
-"""A ramp stage of at most this many agents is gated at ``stage_gate_conflict_low``, a larger one at ``…_high``."""
-"""Used when a run's options.json lacks a threshold (the normal-profile defaults)."""
 
 EXIT_MEANING = {
     EXIT_OK: "every check valid, every SLA gate met",
@@ -59,89 +45,105 @@ class RunDirError(ValueError):
     """The run directory cannot be read (one-line message)."""
 
 
+def spec_of(name: str) -> tuple[scenario.Scenario, Checks]:
+    """A scenario and its checks (``RunDirError`` when this installation does not know it)."""
+    try:
+        sc = scenario.REGISTRY[name]
+    except KeyError:
+        raise RunDirError(f"the run names scenario {name!r}, which these checks do not know (known: "
+                          f"{', '.join(scenario.REGISTRY)}); install the package that provides it") from None
+    return sc, importlib.import_module(sc.checks).SPEC
+
+
 def evaluate(run_dir: str | Path) -> dict[str, Any]:
     """Run every check and gate of the run in *run_dir*; pure function of the files there."""
     with gc_paused():
-        return _evaluate(run_dir)
+        return _evaluate(Path(run_dir))
 
 
-def _evaluate(run_dir: str | Path) -> dict[str, Any]:
-    run = Path(run_dir)
+def _evaluate(run: Path) -> dict[str, Any]:
     if not (run / "options.json").is_file():
         raise RunDirError(f"{run} is not a run directory (no options.json); pass reports/<run-id>")
     options = read_json(run / "options.json")
-    all_settings = options.get("settings", {})
-    settings = {**GATE_DEFAULTS, **{k: v for k, v in all_settings.items() if k in GATE_DEFAULTS}}
-    unknown = [s for s in options.get("scenarios", []) if s not in CHECKS]
-    if unknown:
-        raise RunDirError(f"{run} names scenario(s) these checks do not know: {', '.join(unknown)} "
-                          f"(known: {', '.join(CHECKS)}); update toolclash")
+    settings = options.get("settings", {})
+    specs = {name: spec_of(name) for name in options.get("scenarios", [])}
     history = read_history(run)
-    results: list[CheckResult] = []
-    results.append(_history_check(history))
+    results: list[CheckResult] = [_history_check(history)]
     figures: dict[str, Any] = {}
-    gates: list[dict[str, Any]] = []
-    server = _load(run / "final" / "server.json")
+    all_gates: list[dict[str, Any]] = []
     stages = _load(run / "stages.json") or []
-    for scenario in options.get("scenarios", []):
-        module = importlib.import_module(CHECKS[scenario])
-        final = _load(run / "final" / f"{scenario}.json")
-        tools = frozenset(getattr(module, "TOOLS", None) or (module.TOOL,))
+    for name, (sc, spec) in specs.items():
+        final = _load(run / "final" / f"{name}.json")
+        tools = frozenset(sc.tools)
         ops = [op for op in history.ops if op["tool"] in tools]
+        limits = gates.thresholds(settings, {o.name: o.default for o in sc.options})
         if final is None:
-            results.append(result(f"{scenario}.final_state", UNKNOWN, {},
-                                  None, "the final state was not captured"))
+            results.append(result(f"{name}.final_state", UNKNOWN, {}, None, "the final state was not captured"))
         else:
-            check_all: Callable[..., list[CheckResult]] = module.check_all
-            results.extend(guarded_many(f"{scenario}.checks",
-                                        partial(check_all, ops, final, history.incomplete)))
-        rejections = sla.BUSINESS_REJECTIONS | frozenset(getattr(module, "BUSINESS_REJECTIONS", ()))
-        fig = sla.figures(ops, rejections)
-        if final is not None and hasattr(module, "figures"):
-            fig.update(module.figures(ops, final))
-        figures[scenario] = fig
-        overall = sla.gates(fig, settings, scenario)
-        if stages:  # a ramp: the seed's conflict targets are per load level, so each stage is gated at its own
-            overall = [g for g in overall if g["gate"] != "conflict_rate"]
-        gates.extend(overall)
-        if final is not None and hasattr(module, "gates"):
-            gates.extend(module.gates(ops, final, {**all_settings, **settings}))
-        for stage, stage_ops in _by_stage(ops, stages):
+            results.extend(run_checks(spec, ops, final, history.incomplete))
+        rejections = gates.BUSINESS_REJECTIONS | sc.rejections
+        figures[name] = _figures(spec, ops, final, rejections)
+        # a ramp gates the conflict rate per stage: the test plan's targets are per load level
+        all_gates.extend(gates.sla_gates(figures[name], limits, name, conflict_rate=not stages))
+        if final is not None and spec.gates is not None:
+            all_gates.extend(spec.gates(ops, final, limits))
+        for stage, stage_ops in gates.by_stage(ops, stages):
             if not stage_ops and ops:  # no agent of this kind ran in this stage (mixed ramp): nothing to gate
                 continue
-            limit = settings["stage_gate_conflict_low" if stage["users"] <= SMALL_STAGE else "stage_gate_conflict_high"]
-            scope = f"{scenario}.stage{stage['stage']}({stage['users']})"
-            stage_fig = sla.figures(stage_ops, rejections)
-            if final is not None and hasattr(module, "figures"):  # a scenario's own definitions hold per stage too
-                stage_fig.update(module.figures(stage_ops, final))
-            figures[scope] = stage_fig
-            gates.extend(sla.gates(stage_fig, {**settings, "gate_conflict_rate": limit}, scope))
-    results.append(server_checks.sessions_closed(server))
-    code = exit_code(results, gates)
+            scope = gates.stage_scope(name, stage)
+            figures[scope] = _figures(spec, stage_ops, final, rejections)
+            all_gates.extend(gates.sla_gates(figures[scope], {**limits, "gate_conflict_rate":
+                                                               gates.stage_limit(stage, limits)}, scope))
+    results.append(server_checks.sessions_closed(_load(run / "final" / "server.json")))
+    duration = _duration(history)
+    summary = {"duration_s": duration, "scenarios": gates.summary(figures, duration)}
+    baseline = _baseline(options, summary, settings)
+    all_gates.extend(baseline.get("gates", []))
+    code = exit_code(results, all_gates)
     return {"run_id": options.get("run_id"), "exit_code": code, "meaning": EXIT_MEANING[code],
-            "checks": [r.to_dict() for r in results], "gates": gates, "figures": figures,
+            "checks": [r.to_dict() for r in results], "gates": all_gates, "figures": figures, "summary": summary,
+            "baseline": baseline or None,
             "history": {"records": len(history.ops), "processes": history.processes,
                         "incomplete": history.incomplete}}
 
 
-def _by_stage(ops: list[dict[str, Any]], stages: list[dict[str, Any]]) -> list[tuple[dict[str, Any], list[Any]]]:
-    """Split *ops* by the ramp stage in which they were invoked (the first stage also takes earlier ops)."""
-    if not stages:
-        return []
-    starts = [float(st["start"]) for st in stages]
-    buckets: list[list[Any]] = [[] for _ in stages]
-    for op in ops:
-        buckets[max(0, bisect_right(starts, op["invoke_ts"]) - 1)].append(op)
-    return list(zip(stages, buckets, strict=True))
+def _figures(spec: Checks, ops: list[Any], final: Mapping[str, Any] | None, rejections: frozenset[str]
+             ) -> dict[str, Any]:
+    fig = gates.figures(ops, rejections)
+    if final is not None and spec.figures is not None:  # a scenario's own definitions hold per stage too
+        fig.update(spec.figures(ops, final))
+    return fig
+
+
+def _duration(history: History) -> float:
+    if not history.ops:
+        return math.nan
+    return max(op["complete_ts"] for op in history.ops) - min(op["invoke_ts"] for op in history.ops)
+
+
+def _baseline(options: Mapping[str, Any], summary: Mapping[str, Any], settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The comparison with the run's ``--baseline`` (``{}`` without one): its gates count like every gate."""
+    named = str(options.get("baseline") or settings.get("baseline") or "")
+    if not named:
+        return {}
+    base_dir = Path(named)
+    limits = gates.thresholds(settings)
+    if not (base_dir / "checks.json").is_file():
+        return {"baseline": named, "gates": [gates.missing_baseline(named)], "rows": []}
+    base = read_json(base_dir / "checks.json")
+    base_summary = base.get("summary")
+    if base_summary is None:  # a run judged before summaries were written: rebuild it from its files
+        base_summary = evaluate(base_dir)["summary"]
+    found, rows = gates.baseline_gates(summary["scenarios"], base_summary["scenarios"], limits,
+                                       str(base.get("run_id")))
+    return {"baseline": named, "baseline_run_id": base.get("run_id"), "gates": found, "rows": rows}
 
 
 def _load(path: Path) -> Any:
     return read_json(path) if path.is_file() else None
 
 
-def _history_check(history: Any) -> CheckResult:
-    from checks import Evidence
-
+def _history_check(history: History) -> CheckResult:
     ev = Evidence()
     for process, why in sorted(history.incomplete.items()):
         ev.add({"process": process, "why": why})

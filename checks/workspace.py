@@ -32,9 +32,10 @@ from collections.abc import Iterable, Mapping
 from operator import itemgetter
 from typing import Any
 
-from checks import UNKNOWN, CheckResult, Evidence, gc_paused, result
-from checks.sla import percentile
+from checks import UNKNOWN, CheckResult, Checks, Evidence, result, run_checks
+from checks.gates import gate, percentile
 from toolclash.history import FAIL, OK
+from toolclash.tools.workspace import SCENARIO as WORKSPACE
 
 COMMANDS = ("upload_file", "set_config", "grant", "revoke")
 QUERY = "query_workspace"
@@ -42,9 +43,7 @@ TOOLS = (*COMMANDS, QUERY)
 EVENT_OF = {"upload_file": "FileUploaded", "set_config": "ConfigSet", "grant": "PermissionGranted",
             "revoke": "PermissionRevoked"}
 PERMISSION_EVENTS = ("PermissionGranted", "PermissionRevoked")
-BUSINESS_REJECTIONS = frozenset({"already-granted", "not-granted"})
-NAMES = ("workspace.sequence", "workspace.commands_events", "workspace.decisions", "workspace.projection",
-         "workspace.exactly_once", "workspace.reads", "workspace.audit")
+BUSINESS_REJECTIONS = WORKSPACE.rejections
 
 
 def payload_of(op: Mapping[str, Any]) -> dict[str, Any]:
@@ -155,9 +154,7 @@ class WorkspaceView:
 
 def check_all(ops: Iterable[Mapping[str, Any]], final: Mapping[str, Any],
               incomplete_processes: Iterable[str] = ()) -> list[CheckResult]:
-    with gc_paused():
-        v = WorkspaceView(ops, final, incomplete_processes)
-        return [sequence(v), commands_events(v), decisions(v), projection(v), exactly_once(v), reads(v), audit(v)]
+    return run_checks(SPEC, ops, final, incomplete_processes)
 
 
 # ------------------------------------------------------------------------------------------ checks
@@ -483,11 +480,16 @@ def figures(ops: Iterable[Mapping[str, Any]], final: Mapping[str, Any]) -> dict[
 
 
 def gates(ops: Iterable[Mapping[str, Any]], final: Mapping[str, Any],
-          settings: Mapping[str, Any]) -> list[dict[str, Any]]:
-    limit = float(settings.get("gate_lag_p95_ms", 1000.0))
-    value = figures(ops, final)["lag_p95_ms"]
-    if isinstance(value, float) and math.isnan(value):
-        return [{"scope": "workspace", "gate": "lag_p95_ms", "figure": None, "op": "<", "threshold": limit,
-                 "met": False, "note": "no projected events to measure"}]
-    return [{"scope": "workspace", "gate": "lag_p95_ms", "figure": value, "op": "<", "threshold": limit,
-             "met": value < limit, "note": ""}]
+          limits: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return [gate("workspace", "lag_p95_ms", figures(ops, final)["lag_p95_ms"], "<", float(limits["gate_lag_p95_ms"]),
+                 "no projected events to measure")]
+
+
+SPEC = Checks(
+    view=WorkspaceView,
+    checks=(("workspace.sequence", sequence), ("workspace.commands_events", commands_events),
+            ("workspace.decisions", decisions), ("workspace.projection", projection),
+            ("workspace.exactly_once", exactly_once), ("workspace.reads", reads), ("workspace.audit", audit)),
+    figures=figures,
+    gates=gates,
+)

@@ -11,8 +11,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project root, for toolclash/users/checks
 
-from users.runtime import setup
+from checks.judge import judge
+from users.plugin import setup
 
-setup(scenarios=["credits"])
+setup(scenarios=["credits"], judge=judge)
 
 from users.credits import CreditAgent  # noqa: E402, F401

@@ -11,8 +11,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project root, for toolclash/users/checks
 
-from users.runtime import setup
+from checks.judge import judge
+from users.plugin import setup
 
-setup(scenarios=["deadlock"])
+setup(scenarios=["deadlock"], judge=judge)
 
 from users.deadlock import DeadlockAgent  # noqa: E402, F401

@@ -15,8 +15,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project root, for toolclash/users/checks
 
-from users.runtime import setup
+from checks.judge import judge
+from users.plugin import setup
 
-setup(scenarios=["queue"])
+setup(scenarios=["queue"], judge=judge)
 
 from users.queue import QueueConsumer, QueueSubmitter  # noqa: E402, F401

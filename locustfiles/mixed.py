@@ -17,9 +17,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project r
 
 from locust import events
 
-from users.runtime import setup
+from checks.judge import judge
+from users.plugin import setup
 
-setup(scenarios=["credits", "config", "deadlock", "crossservice", "queue", "pool", "workspace"])
+setup(scenarios=["credits", "config", "deadlock", "crossservice", "queue", "pool", "workspace"], judge=judge)
 
 from users.config import ConfigAgent  # noqa: E402, F401
 from users.credits import CreditAgent  # noqa: E402, F401

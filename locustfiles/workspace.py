@@ -12,8 +12,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project root, for toolclash/users/checks
 
-from users.runtime import setup
+from checks.judge import judge
+from users.plugin import setup
 
-setup(scenarios=["workspace"])
+setup(scenarios=["workspace"], judge=judge)
 
 from users.workspace import WorkspaceAgent  # noqa: E402, F401

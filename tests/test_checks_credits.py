@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from checks import EVIDENCE_CAP, UNKNOWN, CheckResult, guarded, guarded_many, worst
+from checks import EVIDENCE_CAP, UNKNOWN, CheckResult, guarded, worst
 from checks import credits as cc
 
 RUN_ID = "t-credits"
@@ -304,32 +304,28 @@ def test_evidence_is_capped_with_the_total_kept() -> None:
     assert evidence_ops(ledger) == [f"p1-{i}" for i in range(1, EVIDENCE_CAP + 1)]
 
 
-def test_checker_crash_on_malformed_final_state_is_unknown() -> None:
+def test_a_crashing_check_is_unknown_and_the_others_still_judge() -> None:
     ops = [op("p1", 1, "ok", 1, 10)]
     malformed = {"credit_accounts": [{"id": 1, "initial_balance": 100}],  # no balance column
                  "credit_ledger": [row(1, "p1-1", 1, 10, 100)]}
-    (crashed,) = guarded_many("credits.checks", lambda: cc.check_all(ops, malformed))
-    assert crashed.name == "credits.checks"
+    res = by_name(cc.check_all(ops, malformed))
+    assert set(res) == set(NAMES)
+    crashed = res["credits.conservation"]
     assert crashed.valid == UNKNOWN
     assert crashed.evidence_total == 1
     assert crashed.evidence[0]["error"].startswith("KeyError")
-
-    not_a_mapping: Any = ["credit_accounts"]
-    (crashed,) = guarded_many("credits.checks", lambda: cc.check_all(ops, not_a_mapping))
-    assert crashed.valid == UNKNOWN
-    assert crashed.evidence[0]["error"].startswith("AttributeError")
+    assert res["credits.ledger"].valid is True  # needs no balance: judged despite its neighbour's crash
 
     one = guarded("credits.conservation", lambda: cc.conservation(cc.CreditsView(ops, malformed)))
-    assert one.valid == UNKNOWN
-    assert one.valid is not True
+    assert one is not None and one.valid == UNKNOWN
 
 
-def test_guarded_many_passes_results_through_when_nothing_crashes() -> None:
-    ops = [op("p1", 1, "ok", 1, 10)]
-    out = guarded_many("credits.checks", lambda: cc.check_all(ops, final([account(1, 100, 90)],
-                                                                      [row(1, "p1-1", 1, 10, 100)])))
-    assert [r.name for r in out] == list(NAMES)
-    assert all(r.valid is True for r in out)
+def test_a_final_state_that_cannot_be_indexed_makes_every_check_unknown() -> None:
+    not_a_mapping: Any = ["credit_accounts"]
+    res = by_name(cc.check_all([op("p1", 1, "ok", 1, 10)], not_a_mapping))
+    assert set(res) == set(NAMES)
+    assert all(r.valid == UNKNOWN for r in res.values())
+    assert res["credits.lost_updates"].evidence[0]["error"].startswith("AttributeError")
 
 
 def test_worst_verdict_wins() -> None:

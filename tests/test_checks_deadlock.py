@@ -7,10 +7,14 @@ from typing import Any
 
 from checks import UNKNOWN
 from checks import deadlock as cd
+from toolclash.tools.deadlock import SCENARIO as DEADLOCK
 
 T = 1000.0  # wall-clock origin of the hand-written histories
 NAMES = ("deadlock.atomic_rounds", "deadlock.counters", "deadlock.no_open_transaction", "deadlock.victims",
          "deadlock.server_count")
+
+LIMITS = {o.name: o.default for o in DEADLOCK.options}
+"""The scenario's declared gate thresholds (a run's options.json holds them all)."""
 
 
 def op(seq: int, member: int, outcome: str = "ok", *, cycle: str = "p1:r1:g0", size: int = 3,
@@ -186,16 +190,16 @@ def test_starved_agent_misses_the_gate() -> None:
     fig = cd.figures(ops, state(ops))
     assert fig["progress"]["starved_agents"] == 0  # a1 had an ok round in the first cycle
     only_failures = [o for o in ops if not (o["agent"] == "p1-a1" and o["outcome"] == "ok")]
-    gates = {g["gate"]: g for g in cd.gates(only_failures, state(ops), {"gate_detection_ms": 500.0})}
+    gates = {g["gate"]: g for g in cd.gates(only_failures, state(ops), {**LIMITS, "gate_detection_ms": 500.0})}
     assert gates["starved_agents"]["met"] is False and gates["starved_agents"]["figure"] == 1
 
 
 def test_detection_gate() -> None:
     ops = cycle_ops()
-    gates = {g["gate"]: g for g in cd.gates(ops, state(ops), {"gate_detection_ms": 50.0})}
+    gates = {g["gate"]: g for g in cd.gates(ops, state(ops), {**LIMITS, "gate_detection_ms": 50.0})}
     assert gates["detection_p99_ms"]["met"] is False
     assert "cascade_recovery_s" not in gates  # no cascade in this history
-    assert {g["gate"]: g["met"] for g in cd.gates(ops, state(ops), {})}["detection_p99_ms"] is True
+    assert {g["gate"]: g["met"] for g in cd.gates(ops, state(ops), LIMITS)}["detection_p99_ms"] is True
 
 
 def test_planned_deadlocks_are_left_out_of_the_conflict_rate() -> None:
@@ -219,7 +223,8 @@ def test_cascade_recovery_time() -> None:
     item = cd.cascades(ops + cascade, cd.find_cycles(cascade))[0]
     assert item["cycles"] == 1 and math.isclose(item["baseline_ok_per_s"], 100.0, abs_tol=1.0)
     assert 0.2 <= item["recovery_s"] <= 0.35, item  # the window of 0.2 s may close over the dip's end
-    gates = {g["gate"]: g for g in cd.gates(ops + cascade, {}, {"gate_recovery_s": 0.2, "cascade_min_cycles": 1})}
+    limits = {**LIMITS, "gate_recovery_s": 0.2, "cascade_min_cycles": 1}
+    gates = {g["gate"]: g for g in cd.gates(ops + cascade, {}, limits)}
     assert gates["cascade_recovery_s"]["met"] is False and gates["cascade_cycles"]["met"] is True
 
 
@@ -261,6 +266,6 @@ def test_longest_wait_is_reported_and_gated() -> None:
     ops[2]["complete_ts"] = T + 6.0  # member 2 waited 6 s for its round
     fig = cd.figures(ops, state(ops))["progress"]
     assert fig["max_wait_agent"] == "p1-a3" and math.isclose(fig["max_wait_ms"], 6000.0)
-    gates = {g["gate"]: g for g in cd.gates(ops, state(ops), {"gate_max_wait_ms": 5000.0})}
+    gates = {g["gate"]: g for g in cd.gates(ops, state(ops), {**LIMITS, "gate_max_wait_ms": 5000.0})}
     assert gates["max_wait_ms"]["met"] is False
-    assert {g["gate"]: g["met"] for g in cd.gates(cycle_ops(), state(ops), {})}["max_wait_ms"] is True
+    assert {g["gate"]: g["met"] for g in cd.gates(cycle_ops(), state(ops), LIMITS)}["max_wait_ms"] is True

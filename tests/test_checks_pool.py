@@ -10,7 +10,7 @@ from typing import Any
 
 from checks import UNKNOWN, CheckResult
 from checks import pool as cp
-from checks.verdict import CHECKS
+from toolclash.scenario import REGISTRY
 
 RUN_ID = "t-pool"
 NAMES = ("pool.accounted", "pool.aggregates", "pool.client_idle", "pool.bouncer_idle")
@@ -55,7 +55,7 @@ def by_name(results: list[CheckResult]) -> dict[str, CheckResult]:
 
 
 def test_registered() -> None:
-    assert CHECKS["pool"] == "checks.pool"
+    assert REGISTRY["pool"].checks == "checks.pool"
 
 
 def test_clean_history_is_valid_everywhere() -> None:

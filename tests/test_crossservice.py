@@ -19,9 +19,9 @@ import psycopg2
 import pytest
 
 from tests.conftest import ROOT, run_locust
+from toolclash.backend import Backend
 from toolclash.recover import prepared, recover
 from toolclash.retry import RetryPolicy
-from toolclash.run import Backend
 from toolclash.tools import Call
 from toolclash.tools.crossservice import CRASH_POINTS, CrossServiceTool, Relay, clickhouse_client, decide, gid
 from toolclash.tools.crossservice import reset as xs_reset

@@ -12,8 +12,10 @@ and workspace got none); scraped every second by the session's private Prometheu
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.parse
@@ -385,11 +387,9 @@ def test_report_renders_with_every_plot_in_chromium(observed: tuple[LocustRun, A
 
 def _doctored_baseline(run_dir: Path, dest: Path, p95_factor: float) -> Path:
     """A copy of *run_dir* whose P95 figures are *p95_factor* times the real ones."""
-    import shutil
-
     shutil.copytree(run_dir, dest)
     verdict = json.loads((dest / "checks.json").read_text())
-    for fig in verdict["figures"].values():
+    for fig in (*verdict["figures"].values(), *verdict["summary"]["scenarios"].values()):
         fig["p95_ms"] = fig["p95_ms"] * p95_factor
     (dest / "checks.json").write_text(json.dumps(verdict))
     return dest
@@ -397,10 +397,14 @@ def _doctored_baseline(run_dir: Path, dest: Path, p95_factor: float) -> Path:
 
 def test_baseline_regression_is_a_missed_gate(observed: tuple[LocustRun, AlertWatcher], database_url: str,
                                               tmp_path: Path) -> None:
-    from toolclash.report import compare
+    from checks.verdict import evaluate
 
     run, _ = observed
-    same = compare(run.run_dir, run.run_dir)
+    itself = tmp_path / "itself"
+    shutil.copytree(run.run_dir, itself)
+    options = json.loads((itself / "options.json").read_text())
+    (itself / "options.json").write_text(json.dumps({**options, "baseline": str(run.run_dir)}))
+    same = evaluate(itself)["baseline"]
     assert {(g["scope"], g["gate"]) for g in same["gates"]} >= {("credits", "baseline_throughput_ratio"),
                                                                  ("credits", "baseline_p95_ratio")}, same
     assert all(g["met"] for g in same["gates"]), same  # a run against itself: every scenario's two gates met
@@ -413,6 +417,10 @@ def test_baseline_regression_is_a_missed_gate(observed: tuple[LocustRun, AlertWa
     missed = [g for g in slower.verdict["gates"] if not g["met"]]
     assert [g["gate"] for g in missed] == ["baseline_p95_ratio"], missed
     assert "Against baseline" in (slower.run_dir / "report.html").read_text()
+    again = subprocess.run([sys.executable, "-m", "checks", "--run", str(slower.run_dir)], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120, check=False)
+    assert again.returncode == slower.code == 4, again.stdout[-2000:] + again.stderr[-2000:]
+    assert "baseline_p95_ratio" in again.stdout
 
 
 # --- bad input: one line, exit 2, no traceback ---

@@ -20,8 +20,8 @@ import pytest
 
 from tests.conftest import run_locust
 from toolclash import db
+from toolclash.backend import Backend
 from toolclash.retry import RetryPolicy
-from toolclash.run import Backend
 from toolclash.tools import Call
 from toolclash.tools import pool as pt
 

@@ -27,8 +27,8 @@ from checks import UNKNOWN, CheckResult
 from checks import queue as cq
 from tests.conftest import LOCUST, ROOT, SERVICE_VARS, run_locust
 from tests.test_stack import private_dir
+from toolclash.backend import Backend
 from toolclash.retry import RetryPolicy
-from toolclash.run import Backend
 from toolclash.settings import Settings, SettingsError
 from toolclash.stack import Stack
 from toolclash.tools import Call
@@ -272,7 +272,7 @@ def test_a_stalled_consumer_loses_its_lease_and_the_effect_applies_once(
 VICTIM = """
 import os, random, sys
 from toolclash.retry import RetryPolicy
-from toolclash.run import Backend
+from toolclash.backend import Backend
 from toolclash.settings import Settings, SettingsError
 from toolclash.tools import Call, queue as q
 opts = Settings.from_mapping({"queue_lease_ms": 300, "queue_work_ms": 60000}, ["queue"]).options_of("queue")

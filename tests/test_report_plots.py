@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from toolclash.report import render
+from checks.report import render
 
 T0 = 1_800_000_000.0
 SCENARIO_TITLES = ("Deadlock detection time", "Pool acquire wait over time", "Queue depth by priority",
@@ -58,7 +58,9 @@ def _run_dir(root: Path, *, scenarios: bool) -> Path:
             + [{"created_at": T0 + 4, "relayed_at": None}]})
     _write(root / "checks.json", {"run_id": "hand", "exit_code": 0, "meaning": "valid", "checks": [],
                                   "gates": [], "figures": figures})
-    _write(root / "options.json", {"settings": {"queue_capacity": 5, "gate_critical_wait_p95_ms": 50.0}})
+    names = ["credits", "deadlock", "pool", "queue", "crossservice"] if scenarios else ["credits"]
+    _write(root / "options.json", {"scenarios": names,
+                                   "settings": {"queue_capacity": 5, "gate_critical_wait_p95_ms": 50.0}})
     return root
 
 
@@ -83,7 +85,7 @@ def test_no_scenario_plot_without_the_scenarios_data(tmp_path: Path) -> None:
 
 
 def test_queue_depth_replay_counts_ready_jobs(tmp_path: Path) -> None:
-    from toolclash.report import queue_depth
+    from checks.queue import queue_depth
 
     us = int(T0 * 1e6)
     # a job claimed in the microsecond it was admitted never makes the depth negative; unclaimed jobs stay ready

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 import pytest
 
-from checks import EXIT_ANOMALY, EXIT_OK, EXIT_SLA, EXIT_UNKNOWN, EXIT_USAGE, UNKNOWN, sla
+from checks import EXIT_ANOMALY, EXIT_OK, EXIT_SLA, EXIT_UNKNOWN, EXIT_USAGE, UNKNOWN, gates
 from checks.verdict import RunDirError, evaluate, render
 from toolclash.settings import Settings
 
@@ -138,10 +138,13 @@ def test_missing_final_state_exits_3(tmp_path: Path) -> None:
 
 
 def test_malformed_final_state_is_unknown_not_true(tmp_path: Path) -> None:
-    ops, _ = clean_run()
-    verdict = evaluate(write_run(tmp_path / "run", ops, {"credit_accounts": [{"id": 1}], "credit_ledger": []}))
-    crashed = check(verdict, "credits.checks")
+    ops, final = clean_run()
+    final["credit_accounts"] = [{"id": 1}]  # the balance column is missing: the checks that need it crash
+    verdict = evaluate(write_run(tmp_path / "run", ops, final))
+    crashed = check(verdict, "credits.conservation")
     assert crashed["valid"] == UNKNOWN
+    assert crashed["evidence"][0]["error"].startswith("KeyError")
+    assert check(verdict, "credits.ledger")["valid"] is True  # judged on its own despite the crash next to it
     assert verdict["exit_code"] == EXIT_UNKNOWN
 
 
@@ -278,7 +281,7 @@ def test_conflict_rate_is_retries_over_attempts() -> None:
            op("p1", 3, "fail", 1, 1, attempts=4, retries={"serialization": 4}, reason="retries-exhausted",
               error_class="SerializationFailure"),
            op("p1", 4, "ok", 1, 1)]
-    fig = sla.figures(ops)
+    fig = gates.figures(ops)
     assert fig["attempts"] == 10
     assert fig["conflicts"] == 7
     assert fig["retries_by_cause"] == {"serialization": 6, "deadlock": 1}
@@ -289,10 +292,10 @@ def test_conflict_rate_is_retries_over_attempts() -> None:
 def test_business_rejections_are_not_failures() -> None:
     ops = [op("p1", 1, "ok", 1, 1), op("p1", 2, "ok", 1, 1),
            op("p1", 3, "fail", 1, 10**6, reason="insufficient-funds")]
-    fig = sla.figures(ops)
+    fig = gates.figures(ops)
     assert (fig["ok"], fig["failed"], fig["rejected"], fig["calls"]) == (2, 0, 1, 3)
     assert fig["success_rate"] == 1.0
-    failing = sla.figures([*ops, op("p1", 4, "fail", 1, 1, reason="retries-exhausted")])
+    failing = gates.figures([*ops, op("p1", 4, "fail", 1, 1, reason="retries-exhausted")])
     assert failing["success_rate"] == pytest.approx(2 / 3)
 
 
@@ -301,7 +304,7 @@ def test_interrupted_and_unknown_calls_are_left_out() -> None:
            op("p1", 2, "fail", 1, 1, latency_ms=90_000, reason="interrupted", error_class="interrupted"),
            op("p1", 3, "unknown", 1, 1, latency_ms=80_000, reason="interrupted-during-commit",
               error_class="interrupted")]
-    fig = sla.figures(ops)
+    fig = gates.figures(ops)
     assert (fig["ok"], fig["failed"], fig["unknown"], fig["calls"]) == (1, 0, 1, 3)
     assert fig["success_rate"] == 1.0
     assert fig["max_ms"] == pytest.approx(10.0, abs=1e-3)
@@ -310,28 +313,28 @@ def test_interrupted_and_unknown_calls_are_left_out() -> None:
 
 def test_p95_is_nearest_rank() -> None:
     ops = [op("p1", n, "ok", 1, 1, latency_ms=float(n)) for n in range(1, 21)]
-    fig = sla.figures(ops)
+    fig = gates.figures(ops)
     # nearest rank: ceil(0.95 * 20) = 19th value; linear interpolation would give 19.05
     assert fig["p95_ms"] == pytest.approx(19.0, abs=1e-3)
     assert fig["p50_ms"] == pytest.approx(10.0, abs=1e-3)
     assert fig["p99_ms"] == pytest.approx(20.0, abs=1e-3)
-    assert sla.percentile([float(v) for v in range(1, 101)], 95) == 95.0
-    assert sla.percentile([7.0], 95) == 7.0
-    assert math.isnan(sla.percentile([], 95))
+    assert gates.percentile([float(v) for v in range(1, 101)], 95) == 95.0
+    assert gates.percentile([7.0], 95) == 7.0
+    assert math.isnan(gates.percentile([], 95))
 
 
 def test_gates_against_thresholds_at_the_boundaries() -> None:
     fig = {"conflict_rate": 0.05, "p95_ms": 1999.0, "success_rate": 0.999}
-    met = {g["gate"]: g["met"] for g in sla.gates(fig, THRESHOLDS, "credits")}
+    met = {g["gate"]: g["met"] for g in gates.sla_gates(fig, THRESHOLDS, "credits")}
     # conflict rate and P95 must be strictly below; success rate at least the threshold
     assert met == {"conflict_rate": False, "p95_ms": True, "success_rate": True}
     fig = {"conflict_rate": 0.0499, "p95_ms": 2000.0, "success_rate": 0.998}
-    met = {g["gate"]: g["met"] for g in sla.gates(fig, THRESHOLDS, "credits")}
+    met = {g["gate"]: g["met"] for g in gates.sla_gates(fig, THRESHOLDS, "credits")}
     assert met == {"conflict_rate": True, "p95_ms": False, "success_rate": False}
 
 
 def test_no_data_means_no_gate_is_met() -> None:
-    out = sla.gates(sla.figures([]), THRESHOLDS, "credits")
+    out = gates.sla_gates(gates.figures([]), THRESHOLDS, "credits")
     assert [g["gate"] for g in out] == ["conflict_rate", "p95_ms", "success_rate"]
     for g in out:
         assert g["met"] is False

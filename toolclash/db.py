@@ -20,8 +20,8 @@ import psycopg2
 import psycopg2.errorcodes
 import psycopg2.extensions
 
+from toolclash.option import mask_url
 from toolclash.retry import DEADLOCK, LOCK_NOT_AVAILABLE, SERIALIZATION
-from toolclash.settings import mask_url
 
 _patch_lock = threading.Lock()
 _patched = False

@@ -19,12 +19,45 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import orjson
 
 OK, FAIL, UNKNOWN = "ok", "fail", "unknown"
 OUTCOMES = (OK, FAIL, UNKNOWN)
+
+
+class Op(TypedDict):
+    """One operation record (one tool call, or one observation such as a pool sample), as written and read."""
+
+    run_id: str
+    op_id: str
+    """Unique in the run: ``<process>-<sequence>``."""
+    process: str
+    agent: str
+    tool: str
+    strategy: str
+    args: dict[str, Any]
+    invoke_ts: float
+    """Unix seconds when the call began."""
+    complete_ts: float
+    outcome: str
+    """``ok`` (the effect happened), ``fail`` (it definitely did not) or ``unknown`` (in doubt)."""
+    attempts: int
+    error_class: str | None
+    reason: str | None
+    """Why a call failed or is in doubt."""
+    result: dict[str, Any]
+
+
+def make_op(*, run_id: str, op_id: str, process: str, agent: str, tool: str, strategy: str, args: dict[str, Any],
+       invoke_ts: float, complete_ts: float, outcome: str, attempts: int = 0, error_class: str | None = None,
+       reason: str | None = None, result: dict[str, Any] | None = None) -> Op:
+    """The one place an operation record is made (agents, observers, tests and the benchmark all call this)."""
+    return {"run_id": run_id, "op_id": op_id, "process": process, "agent": agent, "tool": tool,
+            "strategy": strategy, "args": args, "invoke_ts": invoke_ts, "complete_ts": complete_ts,
+            "outcome": outcome, "attempts": attempts, "error_class": error_class, "reason": reason,
+            "result": {} if result is None else result}
 
 
 def process_name(worker_index: int | None = None) -> str:
@@ -43,7 +76,7 @@ class HistoryWriter:
     """
 
     def __init__(self, directory: str | os.PathLike[str] | None, *, run_id: str, process: str,
-                 flush_interval: float = 0.5, sink: Callable[[list[dict[str, Any]]], None] | None = None) -> None:
+                 flush_interval: float = 0.5, sink: Callable[[list[Any]], None] | None = None) -> None:
         """Write to ``<directory>/<process>.jsonl``, or, with *sink*, hand each batch to *sink* instead
         (a worker ships its batches to the master, which writes them with :class:`HistoryReceiver`)."""
         if directory is None and sink is None:
@@ -53,7 +86,7 @@ class HistoryWriter:
         self._sink = sink
         self.path = Path(directory or ".") / f"{process}.jsonl"
         self._flush_interval = flush_interval
-        self._buffer: list[dict[str, Any]] = []
+        self._buffer: list[Op | dict[str, Any]] = []
         self._seq = itertools.count(1)
         self._written = 0
         self._stop = threading.Event()
@@ -75,7 +108,7 @@ class HistoryWriter:
         self._thread.start()
         return self
 
-    def record(self, rec: dict[str, Any]) -> None:
+    def record(self, rec: Op | dict[str, Any]) -> None:
         """Queue one operation record (must already hold every field)."""
         self._buffer.append(rec)
 

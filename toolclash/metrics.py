@@ -31,16 +31,10 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from toolclash.settings import Option
-
 Labels = tuple[tuple[str, str], ...]
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
 """Seconds; 0.5 and 2.0 are bucket bounds so the SLA thresholds (deadlock 500 ms, P95 2 s) are exact."""
-
-DEFAULT_METRICS_PORT = 9646
-"""Where the exporter listens unless told otherwise (or unless a Prometheus names another port)."""
-
 
 @dataclass(frozen=True)
 class Metric:
@@ -114,21 +108,6 @@ COUNTED_PER_CALL = re.compile(r"^(calls_|retries_|sqlstate_|attempts$|conflicts$
 """Runtime counters the per-call metrics already carry with their tool label (not exported twice)."""
 
 _NAME_RE = re.compile(r"^toolclash_[a-z0-9_]+$")
-
-OPTIONS: tuple[Option, ...] = (
-    Option("metrics_port", int, -1, f"Prometheus exporter port on the master (or the single process); -1: the "
-           f"port PROMETHEUS_URL's job 'toolclash' scrapes, else {DEFAULT_METRICS_PORT}; 0: no exporter"),
-    Option("metrics_host", str, "127.0.0.1", "address the Prometheus exporter binds (0.0.0.0 inside a container)"),
-    Option("metrics_linger_s", float, 0.0, "at the end, keep the exporter up until Prometheus has scraped the "
-           "verdict three times, at most this many seconds (0: do not wait)"),
-    Option("prometheus_url", str, "", "Prometheus that scrapes this run (http://host:9090): its 'toolclash' "
-           "target names the exporter port; empty: none", env_var="PROMETHEUS_URL"),
-    Option("baseline", str, "", "run directory (reports/<run-id>) to compare this run's report with; "
-           "a throughput drop or P95 rise beyond the tolerances is a missed gate"),
-    Option("baseline_throughput_drop", float, 0.10, "largest tolerated throughput drop against --baseline"),
-    Option("baseline_p95_rise", float, 0.25, "largest tolerated P95 rise against --baseline"),
-)
-"""Observability options (the runtime registers them with Locust; they land in ``Settings.extra``)."""
 
 
 class MetricsSetupError(Exception):

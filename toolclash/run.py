@@ -1,87 +1,44 @@
-"""A run's directory and the capture of its final state. Locust-free.
+"""A run's lifecycle, Locust-free: services, preflight, run directory, reset, helpers, final state.
 
-``reports/<run-id>/`` holds ``options.json`` (secrets masked), ``history/``, ``final/``,
-``checks.json`` and Locust's own statistics. :func:`capture_final` snapshots what the checks
-need from the live services, so ``python -m checks --run reports/<run-id>`` gives the same
-verdict later with no server running.
+The Locust plugin, the tests and the benchmark drive a run the same way::
+
+    urls, stack = provide_services(settings)       # the embedded stack starts what was not given by URL
+    preflight(settings, urls)                      # every server answers, each scenario's own preflight
+    run = Run.open(settings, urls, process=…)      # run id, reports/<run-id>/options.json, reset, start hooks
+    …                                              # agents call tools; histories land in run.dir/history
+    run.close()                                    # finish hooks, then final/<scenario>.json and final/server.json
+
+``reports/<run-id>/`` then holds everything the checks need: ``python -m checks --run reports/<run-id>``
+gives the verdict with no server running.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import importlib
+import logging
 import os
 import secrets
+import shutil
 import time
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import orjson
 
-SCENARIOS: dict[str, str] = {
-    # scenario name -> tool module; one registry line per scenario (the contract is below)
-    "credits": "toolclash.tools.credits",
-    "config": "toolclash.tools.config",
-    "deadlock": "toolclash.tools.deadlock",
-    "crossservice": "toolclash.tools.crossservice",
-    "queue": "toolclash.tools.queue",
-    "pool": "toolclash.tools.pool",
-    "workspace": "toolclash.tools.workspace",
-}
-"""A scenario's tool module declares:
+from toolclash import db
+from toolclash.backend import Backend, application_name
+from toolclash.option import mask_url
+from toolclash.scenario import Context, get, services_of
+from toolclash.settings import Settings
 
-* ``NAME``, ``STRATEGIES``, ``DEFAULT_STRATEGY``, ``FAULTS``, ``OPTIONS`` and ``validate(opts)``;
-* ``SERVICES`` (optional, default ``("postgres",)``): the stack services it needs (names of
-  ``toolclash.stack.SERVICES``); the embedded stack starts those whose URL the user did not give;
-* ``reset(conn, *, backend, **opts)``: create/empty/seed its schema (master only, once per run);
-  ``conn`` is an admin connection to the main database, ``backend`` a :class:`Backend`;
-* ``snapshot(conn, backend)``: the final state its checks need, as JSON-able data;
-* optional ``preflight(backend)``: raise with a one-line message if one of its services is unusable;
-* optional ``start(backend, opts, run_dir)``: start master-side helpers (a relay, projectors…)
-  after ``reset``; returns a handle passed to ``finish``;
-* optional ``finish(backend, opts, handle, deadline_s)``: after the load stopped and every worker
-  delivered its history, before the snapshot (drain a queue, run recovery, stop helpers).
-"""
+log = logging.getLogger("toolclash")
+
+FINISH_DEADLINE_S = 15.0
+"""How long each scenario's ``finish`` hook may take (drain a queue, let projectors catch up …)."""
 
 
-class BackendError(RuntimeError):
-    """A service the scenario needs is not configured (one-line message)."""
-
-
-class Backend:
-    """The services of one run: URLs by environment variable, and connections tagged with the run.
-
-    Locust-free: the runtime, tests and the benchmark build one from the same URLs.
-    """
-
-    def __init__(self, urls: dict[str, str], run_id: str = "", connect_timeout_s: float = 10.0) -> None:
-        self.urls = dict(urls)
-        self.run_id = run_id
-        self.connect_timeout_s = connect_timeout_s
-
-    def url(self, env_var: str) -> str:
-        try:
-            return self.urls[env_var]
-        except KeyError:
-            raise BackendError(f"{env_var} is not set and the embedded stack did not start that service; "
-                               f"set {env_var} or leave the scenario's services to the embedded stack") from None
-
-    def pg(self, who: str = "admin", env_var: str = "DATABASE_URL") -> Any:
-        """A new PostgreSQL connection to *env_var*'s server, named ``tc:<run>:<who>``."""
-        from toolclash import db
-
-        return db.connect(self.url(env_var), timeout=self.connect_timeout_s,
-                          application_name=application_name(self.run_id, who))
-
-
-def scenario_module(name: str) -> ModuleType:
-    return importlib.import_module(SCENARIOS[name])
-
-
-def services_of(names: list[str] | tuple[str, ...]) -> list[str]:
-    """The stack services *names* need, in order, deduplicated."""
-    return list(dict.fromkeys(s for name in names for s in getattr(scenario_module(name), "SERVICES", ("postgres",))))
+class RunError(RuntimeError):
+    """The run cannot start (one-line message: what and how to fix)."""
 
 
 def new_run_id() -> str:
@@ -89,17 +46,11 @@ def new_run_id() -> str:
     return dt.datetime.now().strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
 
 
-def application_name(run_id: str, who: str) -> str:
-    """The ``application_name`` every session of a run carries (how leftovers are found)."""
-    return f"tc:{run_id}:{who}"[:63]
-
-
 def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically (temp file + rename): a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY,
-                                 default=str))
+    tmp.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY, default=str))
     os.replace(tmp, path)
 
 
@@ -114,6 +65,184 @@ def create_run_dir(reports_dir: str | os.PathLike[str], run_id: str, meta: dict[
     (path / "history").mkdir()
     write_json(path / "options.json", {"run_id": run_id, "started_at": time.time(), **meta})
     return path
+
+
+# ------------------------------------------------------------------------------------------ services
+
+
+def service_var(name: str) -> str:
+    """The environment variable that carries the URL of the embedded stack's service *name*."""
+    from toolclash.stack import SERVICES
+
+    return SERVICES[name].env_var
+
+
+def provide_services(settings: Settings, *, stack_dir: str | None = None) -> tuple[dict[str, str], Any]:
+    """The URL of every service the run's scenarios need: the user's where given, else the embedded stack's.
+
+    Returns ``(urls by environment variable, the started Stack or None)``; :class:`RunError` when the stack
+    cannot start (it is stopped again).
+    """
+    urls = settings.service_urls()
+    needed = [name for name in services_of(settings.scenarios) if service_var(name) not in urls]
+    if not needed:
+        return urls, None
+    from toolclash.stack import Stack, StackError
+
+    stack = None
+    try:
+        stack = Stack(stack_dir, services=needed)
+        env = stack.up()
+    except StackError as exc:
+        if stack is not None:
+            stack.down()
+        raise RunError(str(exc)) from None
+    for var, url in env.items():
+        urls.setdefault(var, url)
+    notes = "; ".join(f"{name}: {', '.join(st['notes']) if isinstance(st['notes'], list) else st['notes']}"
+                      for name, st in stack.status().items() if st.get("notes"))
+    log.info("embedded stack up: %s%s", ", ".join(mask_url(url) for url in env.values()),
+             f" ({notes})" if notes else "")
+    return urls, stack
+
+
+def preflight(settings: Settings, urls: dict[str, str]) -> None:
+    """Every PostgreSQL URL answers, then each scenario's own ``preflight``; :class:`RunError` (one line) if not."""
+    for var, url in urls.items():
+        if not url.startswith(("postgresql://", "postgres://")):
+            continue
+        try:
+            conn = db.connect(url, timeout=settings.connect_timeout_s, application_name="toolclash:preflight")
+        except db.ConnectError as exc:
+            raise RunError(f"{exc}. Check {var} (or unset it to use the embedded server).") from None
+        db.close_quietly(conn)
+    backend = Backend(urls, "", settings.connect_timeout_s)
+    for name in settings.scenarios:
+        check = get(name).preflight
+        if check is None:
+            continue
+        try:
+            check(backend)
+        except Exception as exc:  # noqa: BLE001 - one line, exit 2
+            raise RunError(first_line(exc)) from None
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+# ---------------------------------------------------------------------------------------------- run
+
+
+class Run:
+    """One run of a set of scenarios: its directory, its services, its scenarios' hooks.
+
+    :meth:`open` makes the directory, resets every scenario and starts their helpers; :meth:`close`
+    finishes them and captures the final state. Process-local: only the process that judges the run
+    (the Locust master, or the single process) opens one; workers only write histories.
+    """
+
+    def __init__(self, settings: Settings, urls: dict[str, str], run_id: str, run_dir: Path) -> None:
+        self.settings = settings
+        self.urls = dict(urls)
+        self.run_id = run_id
+        self.dir = run_dir
+        self.handles: dict[str, Any] = {}
+        """What each scenario's ``start`` hook returned, for its ``finish``."""
+        self.contexts = {name: get(name).context(self.backend(), settings.options_of(name),
+                                                 strategy=settings.strategy, fault=settings.fault, run_dir=run_dir)
+                         for name in settings.scenarios}
+        self.closed = False
+
+    def backend(self) -> Backend:
+        return Backend(self.urls, self.run_id, self.settings.connect_timeout_s)
+
+    def context(self, name: str) -> Context:
+        return self.contexts[name]
+
+    @classmethod
+    def open(cls, settings: Settings, urls: dict[str, str], *, run_id: str | None = None,
+             meta: dict[str, Any] | None = None) -> Run:
+        """Create ``reports/<run-id>/`` (``options.json``: the settings with secrets masked, plus *meta*),
+        reset every scenario, start their helpers. On failure nothing is left behind (:class:`RunError`)."""
+        run_id = run_id or settings.run_id or new_run_id()
+        if (Path(settings.reports_dir) / run_id).exists():
+            raise RunError(f"run directory {Path(settings.reports_dir) / run_id} exists already; choose another "
+                           "--run-id or leave it empty for a fresh one")
+        info = {"scenarios": list(settings.scenarios), "settings": settings.public(), **(meta or {})}
+        if settings.baseline:
+            info["baseline"] = str(Path(settings.baseline).resolve())
+        run_dir = create_run_dir(settings.reports_dir, run_id, info)
+        run = cls(settings, urls, run_id, run_dir)
+        try:
+            run._reset_and_start()
+        except Exception as exc:  # noqa: BLE001 - could not run: one line, no half report
+            run._stop_helpers()
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise RunError(f"could not prepare the database: {first_line(exc)}") from None
+        log.info("run %s started: %s", run_id, run_dir)
+        return run
+
+    def _reset_and_start(self) -> None:
+        conn = self.backend().pg("admin")
+        try:
+            for name in self.settings.scenarios:
+                get(name).reset(self.contexts[name], conn)
+        finally:
+            db.close_quietly(conn)
+        for name in self.settings.scenarios:
+            start = get(name).start
+            if start is not None:
+                self.handles[name] = start(self.contexts[name])
+
+    def _stop_helpers(self) -> None:
+        for name, handle in list(self.handles.items()):
+            finish = get(name).finish
+            if finish is not None:
+                try:
+                    finish(self.contexts[name], handle, 0.0)
+                except Exception:  # noqa: BLE001 - best effort while giving up
+                    pass
+        self.handles.clear()
+
+    def close(self, *, stages: list[dict[str, Any]] | None = None, deadline_s: float = FINISH_DEADLINE_S) -> None:
+        """After the load stopped and every history arrived: each scenario's ``finish``, then the final state.
+
+        A failing hook or capture is logged, never raised: the checks say what the state lacks.
+        """
+        if self.closed:
+            return
+        self.closed = True
+        if stages:
+            write_json(self.dir / "stages.json", stages)
+        for name in self.settings.scenarios:
+            finish = get(name).finish
+            if finish is None:
+                continue
+            try:
+                facts = finish(self.contexts[name], self.handles.get(name), deadline_s)
+            except Exception as exc:  # noqa: BLE001 - the checks judge what the state shows
+                log.error("%s: finishing the run failed: %s", name, first_line(exc))
+                continue
+            self.contexts[name].facts = dict(facts or {})
+        self.handles.clear()
+        try:
+            capture_final(self)
+        except Exception as exc:  # noqa: BLE001 - the verdict says what is missing
+            log.error("could not capture the final state: %s", first_line(exc))
+
+
+def capture_final(run: Run) -> None:
+    """Write ``final/<scenario>.json`` for each scenario and ``final/server.json``."""
+    conn = run.backend().pg("capture")
+    try:
+        server = server_facts(conn, run.run_id)
+        for name in run.settings.scenarios:
+            write_json(run.dir / "final" / f"{name}.json", get(name).snapshot(run.contexts[name], conn))
+        write_json(run.dir / "final" / "server.json", server)
+    finally:
+        db.close_quietly(conn)
 
 
 def server_facts(conn: Any, run_id: str, *, wait_s: float = 5.0) -> dict[str, Any]:
@@ -141,12 +270,3 @@ def server_facts(conn: Any, run_id: str, *, wait_s: float = 5.0) -> dict[str, An
     conn.rollback()
     return {"sessions": sessions, "prepared_xacts": prepared, "server_version": version,
             "waited_s": round(time.monotonic() - started, 3)}
-
-
-def capture_final(conn: Any, run_dir: Path, scenarios: list[str], run_id: str, backend: Backend | None = None) -> None:
-    """Write ``final/<scenario>.json`` for each scenario and ``final/server.json``."""
-    final = run_dir / "final"
-    server = server_facts(conn, run_id)
-    for name in scenarios:
-        write_json(final / f"{name}.json", scenario_module(name).snapshot(conn, backend))
-    write_json(final / "server.json", server)

@@ -1,8 +1,9 @@
-"""The shape every PostgreSQL agent shares: one connection, the run's settings, a tool client, reconnects.
+"""The base of every agent kind, and of the agents that hold one PostgreSQL connection.
 
-A scenario's agent subclasses :class:`PgAgent`, names its ``SCENARIO`` and builds its tool in
-``make_tool(conn)``; the rest (agent name, think time, reading its options, strategy and fault,
-reporting a failed connect as a request and trying again at the next task) is here once.
+:class:`Agent` does what every kind shares: its name, think time from the run's settings, its scenario's
+options, strategy and planted fault, a tool client that reports and records each call, and reporting a failed
+connect as a failed request. A kind subclasses it, names its ``SCENARIO``, sets itself up in :meth:`set_up`
+and chooses in its ``@task`` what to call. :class:`PgAgent` adds one connection, its tool and reconnects.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from users.client import ToolClient, ToolFailure
 from users.runtime import runtime
 
 
-class PgAgent(User):
-    """An agent holding one PostgreSQL connection (``self.conn``) and its tool (``self.tool``)."""
+class Agent(User):
+    """An AI agent of one scenario."""
 
     abstract = True
     SCENARIO: ClassVar[str]
@@ -29,21 +30,50 @@ class PgAgent(User):
         super().__init__(environment)
         self.rt = runtime()
         self.agent = self.rt.next_agent()
-        self.conn: Any = None
-        self.tool: Any = None
 
     def wait_time(self) -> float:
         return self.rng.uniform(self.settings.wait_min, self.settings.wait_max)
 
     def on_start(self) -> None:
-        if self.rt.history is None or self.rt.settings is None:  # the run was aborted at test_start
+        if not self.begin():  # the run was aborted at test_start
             raise StopUser
-        self.settings: Settings = self.rt.settings
-        self.opts = self.settings.options_of(self.SCENARIO)
-        self.strategy = self.settings.strategy_for(self.SCENARIO)
-        self.fault = self.settings.fault_for(self.SCENARIO)
+        self.set_up()
+
+    def begin(self) -> bool:
+        """Read the run's settings for this agent; False when the run did not start in this process."""
+        settings = self.rt.settings
+        if self.rt.history is None or settings is None:
+            return False
+        self.settings: Settings = settings
+        self.opts = settings.options_of(self.SCENARIO)
+        self.strategy = settings.strategy_for(self.SCENARIO)
+        self.fault = settings.fault_for(self.SCENARIO)
         self.client = ToolClient(self.environment, self.rt, self.agent)
         self.rng = self.client.rng
+        return True
+
+    def set_up(self) -> None:
+        """Per-agent set-up once the options are known (connect, join a group …)."""
+
+    def report_failure(self, kind: str, name: str, started: float, exc: BaseException | str) -> None:
+        """A failure outside a tool call (a connect that failed): one failed request in Locust's statistics."""
+        text = exc if isinstance(exc, str) else (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        self.environment.events.request.fire(
+            request_type=kind, name=name, response_time=(time.perf_counter() - started) * 1000.0,
+            response_length=0, exception=ToolFailure(text[:200]), context={"agent": self.agent})
+
+
+class PgAgent(Agent):
+    """An agent holding one PostgreSQL connection (``self.conn``) and its tool (``self.tool``)."""
+
+    abstract = True
+
+    def __init__(self, environment: Any) -> None:
+        super().__init__(environment)
+        self.conn: Any = None
+        self.tool: Any = None
+
+    def set_up(self) -> None:
         self.prepare()
         self._connect()
 
@@ -59,9 +89,7 @@ class PgAgent(User):
         try:
             self.conn = self.rt.connect(self.agent)
         except db.ConnectError as exc:  # counted as a failure; the next task tries again
-            self.environment.events.request.fire(
-                request_type="connect", name="postgresql", response_time=(time.perf_counter() - start) * 1000.0,
-                response_length=0, exception=ToolFailure(str(exc)), context={"agent": self.agent})
+            self.report_failure("connect", "postgresql", start, str(exc))
             return False
         self.tool = self.make_tool(self.conn)
         return True

@@ -14,7 +14,7 @@ from typing import Any
 
 from locust.env import Environment
 
-from toolclash.history import OK, HistoryWriter
+from toolclash.history import OK, HistoryWriter, make_op
 from toolclash.tools import Call
 from users.runtime import Runtime
 
@@ -71,9 +71,7 @@ class ToolClient:
             result["backoff_s"] = round(attempts.backoff_s, 6)
         if attempts.sqlstates:
             result["sqlstates"] = attempts.sqlstates
-        self.history.record({
-            "run_id": self.history.run_id, "op_id": call.op_id, "process": self.history.process,
-            "agent": self.agent, "tool": tool, "strategy": strategy, "args": args, "invoke_ts": invoke_ts,
-            "complete_ts": complete_ts, "outcome": call.outcome, "attempts": attempts.count,
-            "error_class": call.error_class, "reason": call.reason, "result": result,
-        })
+        self.history.record(make_op(
+            run_id=self.history.run_id, op_id=call.op_id, process=self.history.process, agent=self.agent, tool=tool,
+            strategy=strategy, args=args, invoke_ts=invoke_ts, complete_ts=complete_ts, outcome=call.outcome or "",
+            attempts=attempts.count, error_class=call.error_class, reason=call.reason, result=result))

@@ -5,40 +5,27 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from locust import User, task
-from locust.exception import StopUser
+from locust import task
 
 from toolclash import db
-from toolclash.settings import Settings
 from toolclash.tools.crossservice import NAME, TOOL, TOOL_NAMES, CrossServiceTool, business_agent
-from users.client import ToolClient, ToolFailure
-from users.runtime import runtime
+from users.agent import Agent
 
 
-class CrossServiceAgent(User):
+class CrossServiceAgent(Agent):
     """An AI agent that buys access to a tool: debit in main, grant in auth, usage event to ClickHouse."""
 
     abstract = False
+    SCENARIO = NAME
 
     def __init__(self, environment: Any) -> None:
         super().__init__(environment)
-        self.rt = runtime()
-        self.agent = self.rt.next_agent()
         self.tool: CrossServiceTool | None = None
 
-    def wait_time(self) -> float:
-        return self.rng.uniform(self.settings.wait_min, self.settings.wait_max)
-
-    def on_start(self) -> None:
-        if self.rt.history is None or self.rt.settings is None:  # the run was aborted at test_start
-            raise StopUser
-        self.settings: Settings = self.rt.settings
-        self.opts = self.settings.options_of(NAME)
-        self.mode = self.opts.mode or self.settings.strategy_for(NAME)
-        self.client = ToolClient(self.environment, self.rt, self.agent)
-        self.rng = self.client.rng
+    def set_up(self) -> None:
+        self.mode = self.opts.mode or self.strategy
         self.tool = CrossServiceTool(lambda var: self.rt.connect(self.agent, var), mode=self.mode,
-                                     fault=self.settings.fault_for(NAME), inject=self.opts.inject,
+                                     fault=self.fault, inject=self.opts.inject,
                                      inject_rate=self.opts.inject_rate, rng=self.rng,
                                      compensation_deadline_s=2 * self.settings.retry_deadline_s)
 
@@ -49,9 +36,7 @@ class CrossServiceAgent(User):
             self.tool.ensure_connected()
             return True
         except db.ConnectError as exc:  # counted as a failure; the next task tries again
-            self.environment.events.request.fire(
-                request_type="connect", name="postgresql", response_time=(time.perf_counter() - start) * 1000.0,
-                response_length=0, exception=ToolFailure(str(exc)), context={"agent": self.agent})
+            self.report_failure("connect", "postgresql", start, str(exc))
             return False
 
     @task

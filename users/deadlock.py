@@ -16,18 +16,16 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from locust import User, task
+from locust import task
 from locust.exception import StopUser
 
 from toolclash import db
-from toolclash.run import application_name
-from toolclash.settings import Settings
+from toolclash.backend import application_name
 from toolclash.tools import Call
 from toolclash.tools import deadlock as dl
-from users.client import ToolClient, ToolFailure
+from users.agent import Agent
 from users.groups import group_barrier, next_index
 from users.observe import observe
-from users.runtime import runtime
 
 LOCK_WAITED_S = 0.01
 """An attempt that waited at least this long for its second lock counts as a lock wait (``lock_waits``)."""
@@ -64,15 +62,14 @@ class _Cycles:
 _cycles = _Cycles()
 
 
-class DeadlockAgent(User):
+class DeadlockAgent(Agent):
     """An AI agent that updates two shared resources per tool call, in an order that closes a cycle."""
 
     abstract = False
+    SCENARIO = "deadlock"
 
     def __init__(self, environment: Any) -> None:
         super().__init__(environment)
-        self.rt = runtime()
-        self.agent = self.rt.next_agent()
         self.conn: Any = None
         self.tool: dl.DeadlockTool | None = None
         self.round = 0
@@ -87,17 +84,10 @@ class DeadlockAgent(User):
         return think
 
     def on_start(self) -> None:
-        settings = self.rt.settings
-        if self.rt.history is None or settings is None:  # the run was aborted at test_start
+        if not self.begin():  # the run was aborted at test_start
             self.aborted = True  # StopUser here would be logged with a traceback by Locust; the task raises it
             return
-        self.settings: Settings = settings
-        self.opts = self.settings.options_of("deadlock")
-        self.fault = self.settings.fault_for("deadlock")
-        self.strategy = self.settings.strategy_for("deadlock")
         self.size = dl.cycle_size(self.opts)
-        self.client = ToolClient(self.environment, self.rt, self.agent)
-        self.rng = self.client.rng
         index = next_index(self.rt.run_id)
         self.cycle_group, self.member = dl.member_of(index, self.size)
         self.level = self.member
@@ -119,10 +109,7 @@ class DeadlockAgent(User):
         except (db.ConnectError, db.psycopg2.Error) as exc:  # counted as a failure; the next task tries again
             db.close_quietly(self.conn)
             self.conn = None
-            self.environment.events.request.fire(
-                request_type="connect", name="postgresql", response_time=(time.perf_counter() - start) * 1000.0,
-                response_length=0, exception=ToolFailure(str(exc).strip().splitlines()[0]),
-                context={"agent": self.agent})
+            self.report_failure("connect", "postgresql", start, exc)
             return False
         self.tool = dl.DeadlockTool(self.conn, agent=self.agent, priority=self.opts.priority, fault=self.fault,
                                     rng=self.rng)

@@ -1,11 +1,10 @@
-"""Observability inside Locust: per-call metrics, worker → master merging, the Prometheus exporter,
-and the HTML report at the end of every run.
+"""Observability inside Locust: per-call metrics, worker → master merging and the Prometheus exporter.
 
-Installed by :func:`users.runtime.setup` after the runtime's own listeners, so at ``test_stop`` the
-verdict already exists. Every process records its tool calls (one ``events.request`` listener) into
-a :class:`toolclash.metrics.Registry`; a worker ships the deltas with Locust's report message, the
-master merges them, and the master (or the single process) serves ``/metrics`` with gevent's WSGI
-server on ``--metrics-host``:``--metrics-port``.
+The plugin (``users/plugin.py``) drives an :class:`Observer` per process: every process records its tool
+calls (Locust's ``request`` event) into a :class:`toolclash.metrics.Registry`; a worker ships the deltas
+with Locust's report message, the master merges them, and the master (or the single process) serves
+``/metrics`` with gevent's WSGI server on ``--metrics-host``:``--metrics-port``. Agents add scenario
+figures with :func:`observe` (histograms) and :func:`set_gauge`.
 """
 
 from __future__ import annotations
@@ -19,13 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import gevent
-from locust import events
-from locust.env import Environment
-from locust.runners import MasterRunner, WorkerRunner
 
 from toolclash import metrics
 from toolclash.metrics import (
-    DEFAULT_METRICS_PORT,
     Labels,
     MetricsSetupError,
     Registry,
@@ -33,6 +28,7 @@ from toolclash.metrics import (
     discover_port,
     scrape_targets,
 )
+from toolclash.settings import DEFAULT_METRICS_PORT, Settings
 
 log = logging.getLogger("toolclash")
 
@@ -99,7 +95,7 @@ class ServerExporters:
         import shutil
         import subprocess
 
-        from toolclash.stack import _resolve_run_as
+        from toolclash.stack import _resolve_run_as  # moves to toolclash.stack.exporters
 
         started = []
         for job, (host, port) in scrape_targets(prometheus_url).items():
@@ -141,19 +137,22 @@ def _process_usage(proc: Any) -> tuple[float, float]:
 
 
 class Observer:
-    """Per-process observability state; one per Locust process (see :func:`install`)."""
+    """Per-process observability state; one per Locust process (made by the plugin)."""
 
     def __init__(self, rt: Any) -> None:
+        global _observer
         self.rt = rt
         self.registry = Registry()
         self.collector = RegistryCollector(self.registry, self._live)
         self.server: Any = None
         self.port = 0
+        self.linger_s = 0.0
         self._verdict_gauges: list[tuple[str, Labels, float]] = []
         self._scrapes_at_verdict: int | None = None
         self._proc: Any = None
         self._servers: dict[str, Any] | None = None
         self.server_exporters = ServerExporters()
+        _observer = self
 
     # -- every process -----------------------------------------------------------------------------
 
@@ -176,9 +175,9 @@ class Observer:
         """``master`` (also the single process) or ``w<index>``: bounded, unlike host-pid names."""
         env = self.rt.environment
         runner = env.runner if env is not None else None
-        return f"w{runner.worker_index}" if isinstance(runner, WorkerRunner) else "master"
+        return f"w{runner.worker_index}" if self.rt.role == "worker" and runner is not None else "master"
 
-    def on_report_to_master(self, client_id: str, data: dict[str, Any], **_: Any) -> None:
+    def on_report_to_master(self, data: dict[str, Any]) -> None:
         cpu, rss = self._usage()
         label = self.process_label()
         proc = (("process", label),)
@@ -186,40 +185,27 @@ class Observer:
         self.registry.set("toolclash_process_resident_memory_bytes", proc, rss, label)
         data["toolclash_metrics"] = self.registry.take_delta(label)
 
-    def on_worker_report(self, client_id: str, data: dict[str, Any], **_: Any) -> None:
+    def on_worker_report(self, data: dict[str, Any]) -> None:
         delta = data.get("toolclash_metrics")
         if delta:
             self.registry.merge(delta)
 
+    def on_test_start(self) -> None:
+        self.registry.reset()
+        self._verdict_gauges, self._scrapes_at_verdict = [], None
+
     # -- master (or the single process) ------------------------------------------------------------
 
-    def on_init(self, environment: Environment, runner: Any, web_ui: Any = None, **_: Any) -> None:
-        if isinstance(runner, WorkerRunner):
-            return
-        try:
-            self.start_exporter(vars(environment.parsed_options))
-        except MetricsSetupError as exc:
-            from users.runtime import fail_fast
-
-            self.rt._stop_stack()
-            fail_fast(str(exc))
-        if web_ui is not None:
-            from users.webui import install as install_tab
-
-            install_tab(web_ui, self)
-
-    def start_exporter(self, opts: dict[str, Any]) -> None:
-        baseline = str(opts.get("baseline") or "")
+    def start_exporter(self, settings: Settings) -> None:
+        """Serve ``/metrics`` as *settings* ask (and start the server exporters a local Prometheus expects)."""
+        baseline = settings.baseline
         if baseline and not (Path(baseline) / "checks.json").is_file():
             raise MetricsSetupError(f"--baseline {baseline} is not a finished run directory (no checks.json); "
                                     "pass reports/<run-id> of an earlier run")
-        port = int(opts.get("metrics_port", -1) if opts.get("metrics_port") is not None else -1)
-        host = str(opts.get("metrics_host") or "127.0.0.1")
-        prometheus_url = str(opts.get("prometheus_url") or "")
+        port, host, prometheus_url = settings.metrics_port, settings.metrics_host, settings.prometheus_url
+        self.linger_s = settings.metrics_linger_s
         if port == 0:
             return
-        if port < -1 or port > 65535:
-            raise MetricsSetupError(f"--metrics-port {port} is not a port (1-65535, 0: off, -1: auto)")
         optional = False
         if port == -1:
             if prometheus_url:
@@ -257,7 +243,7 @@ class Observer:
         gauges: list[tuple[str, Labels, float]] = []
         if runner is not None:
             gauges.append(("toolclash_agents", (), float(runner.user_count)))
-            if isinstance(runner, MasterRunner):
+            if rt.role == "master":
                 gauges.append(("toolclash_workers", (), float(len(runner.clients))))
         stage = rt.current_stage()
         gauges.append(("toolclash_ramp_stage", (), float(stage["stage"]) if stage else 0.0))
@@ -271,7 +257,7 @@ class Observer:
         gauges.append(("toolclash_process_resident_memory_bytes", proc, rss))
         gauges.extend(self._server_usage())
         gauges.extend(self._verdict_gauges)
-        return dict(rt.counters), gauges
+        return dict(rt.counters.items()), gauges
 
     def _server_usage(self) -> list[tuple[str, Labels, float]]:
         """CPU and memory of each server the embedded stack started (its process tree: PostgreSQL backends too)."""
@@ -300,74 +286,24 @@ class Observer:
             out.append(("toolclash_server_resident_memory_bytes", (("server", name),), rss))
         return out
 
-    def on_test_start(self, environment: Environment, **_: Any) -> None:
-        if isinstance(environment.runner, WorkerRunner):
-            self.registry.reset()
-            return
-        self.registry.reset()
-        self._verdict_gauges, self._scrapes_at_verdict = [], None
-
-    def on_test_stop(self, environment: Environment, **_: Any) -> None:
-        """After the runtime's own test_stop (the verdict is written): verdict gauges and the report."""
-        rt = self.rt
-        if isinstance(environment.runner, WorkerRunner) or rt.verdict is None or rt.run_dir is None:
-            return
-        if self._scrapes_at_verdict is not None:
-            return  # this run's verdict was handled already
+    def on_verdict(self, verdict: dict[str, Any], run_dir: Path) -> None:
+        """The run was judged: export the verdict (check validity, gates, server leftovers)."""
         server = None
-        server_file = Path(rt.run_dir) / "final" / "server.json"
+        server_file = Path(run_dir) / "final" / "server.json"
         if server_file.is_file():
             server = json.loads(server_file.read_text())
-        self._verdict_gauges = metrics.verdict_gauges(rt.verdict, server)
+        self._verdict_gauges = metrics.verdict_gauges(verdict, server)
         self._scrapes_at_verdict = self.collector.scrapes
-        self.write_report()
 
-    def write_report(self) -> None:
-        rt = self.rt
-        started = time.monotonic()
-        try:
-            from toolclash.report import write_report
-
-            # in a real OS thread of gevent's pool: the web UI and worker heartbeats go on meanwhile
-            path = gevent.get_hub().threadpool.apply(write_report, (Path(rt.run_dir),))
-        except Exception as exc:  # noqa: BLE001 - the verdict is written; the report is a view of it
-            log.warning("could not write report.html: %s", str(exc).strip().splitlines()[0] if str(exc) else exc)
-            return
-        log.info("report written in %.2f s: %s", time.monotonic() - started, path)
-        self._apply_baseline_gates()
-
-    def _apply_baseline_gates(self) -> None:
-        """A ``--baseline`` comparison that flagged a regression makes the run miss a gate (exit 4 at most)."""
-        rt = self.rt
-        comparison_file = Path(rt.run_dir) / "baseline.json"
-        if not comparison_file.is_file() or rt.verdict is None:
-            return
-        gates = json.loads(comparison_file.read_text()).get("gates", [])
-        if not gates:
-            return
-        from checks.verdict import EXIT_MEANING, write
-
-        rt.verdict["gates"].extend(gates)
-        if any(not g["met"] for g in gates) and rt.verdict["exit_code"] == 0:
-            rt.verdict["exit_code"] = 4
-            rt.verdict["meaning"] = EXIT_MEANING[4]
-        write(rt.run_dir, rt.verdict)
-        rt.exit_code = int(rt.verdict["exit_code"])
-
-    def on_quitting(self, environment: Environment, **_: Any) -> None:
+    def on_quitting(self) -> None:
         """Keep serving until Prometheus has scraped the verdict three times (at most ``--metrics-linger-s``)."""
         if self.server is None or self._scrapes_at_verdict is None:
             return
-        settings = self.rt.settings
-        linger = float(settings.extra.get("metrics_linger_s") or 0.0) if settings is not None else 0.0
-        deadline = time.monotonic() + linger
+        deadline = time.monotonic() + self.linger_s
         while self.collector.scrapes < self._scrapes_at_verdict + 3 and time.monotonic() < deadline:
             gevent.sleep(0.05)
 
-    def on_quit(self, **_: Any) -> None:
-        rt = self.rt
-        if rt.run_dir is not None and not rt.is_worker and (Path(rt.run_dir) / "report.html").is_file():
-            print(f"report: {Path(rt.run_dir) / 'report.html'}", flush=True)
+    def stop(self) -> None:
         self.server_exporters.stop()
         if self.server is not None:
             self.server.stop(timeout=1)
@@ -377,30 +313,9 @@ class Observer:
 _observer: Observer | None = None
 
 
-def install(rt: Any) -> Observer:
-    """Register the observability listeners (once per process, after the runtime's); no I/O."""
-    global _observer
-    if _observer is not None:
-        return _observer
-    obs = _observer = Observer(rt)
-    events.request.add_listener(obs.on_request)
-    events.report_to_master.add_listener(obs.on_report_to_master)
-    events.worker_report.add_listener(obs.on_worker_report)
-    events.init.add_listener(obs.on_init)
-    events.test_start.add_listener(obs.on_test_start)
-    events.test_stop.add_listener(obs.on_test_stop)
-    events.quitting.add_listener(obs.on_quitting)
-    events.quit.add_listener(obs.on_quit)
-    return obs
-
-
-def observer() -> Observer | None:
-    return _observer
-
-
 def observe(metric: str, labels: Labels, value: float) -> None:
     """One histogram observation in this process's registry (a worker ships it to the master with the rest);
-    nothing when observability is not installed (a locustfile without :func:`users.runtime.setup`)."""
+    nothing when observability is not installed (a locustfile without :func:`users.plugin.setup`)."""
     if _observer is not None:
         _observer.registry.observe(metric, labels, value)
 

@@ -15,18 +15,22 @@ import math
 from typing import Any
 
 import gevent
-from locust import User, task
-from locust.exception import StopUser
+from locust import task
 
-from checks.pool import QUEUED_MS
 from toolclash import db
 from toolclash.history import OK
-from toolclash.settings import Settings
 from toolclash.tools import pool as pool_tool
-from toolclash.tools.pool import AnalyticsTool, BouncerSource, BouncerWaiting, ClientSource, pool_state_record
-from users.client import ToolClient
+from toolclash.tools.pool import (
+    QUEUED_MS,
+    AnalyticsTool,
+    BouncerSource,
+    BouncerWaiting,
+    ClientSource,
+    pool_state_record,
+)
+from users.agent import Agent
 from users.observe import observe, set_gauge
-from users.runtime import Runtime, runtime
+from users.runtime import Runtime
 
 log = logging.getLogger("toolclash.pool")
 
@@ -137,34 +141,24 @@ def pool_label(opts: Any) -> str:
 _shared = _Shared()
 
 
-class PoolAgent(User):
+class PoolAgent(Agent):
     """An AI agent that runs long analytical queries: one ``analyze`` tool call per task."""
 
     abstract = False
+    SCENARIO = "pool"
 
     def __init__(self, environment: Any) -> None:
         super().__init__(environment)
-        self.rt = runtime()
-        self.agent = self.rt.next_agent()
         self.tool: AnalyticsTool | None = None
         self.joined = False
 
-    def wait_time(self) -> float:
-        return self.rng.uniform(self.settings.wait_min, self.settings.wait_max)
-
-    def on_start(self) -> None:
-        if self.rt.history is None or self.rt.settings is None:  # the run was aborted at test_start
-            raise StopUser
-        self.settings: Settings = self.rt.settings
-        self.opts = self.settings.options_of("pool")
-        self.client = ToolClient(self.environment, self.rt, self.agent)
-        self.rng = self.client.rng
+    def set_up(self) -> None:
         source = _shared.join(self.rt, self.opts)
         self.joined = True
         self.label = pool_label(self.opts)
         self.tool = AnalyticsTool(source, agent=self.agent, statement_timeout_ms=self.opts.statement_timeout_ms,
                                   facts_rows=self.opts.facts_rows, scan_rows=self.opts.scan_rows,
-                                  fault=self.settings.fault_for("pool"), rng=self.rng)
+                                  fault=self.fault, rng=self.rng)
 
     @task
     def analyze(self) -> None:

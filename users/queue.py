@@ -15,14 +15,12 @@ import time
 from typing import Any
 
 import gevent
-from locust import User, events, task
-from locust.exception import StopUser
+from locust import events, task
 
 from toolclash import db
-from toolclash.settings import Settings
 from toolclash.tools import Call
 from toolclash.tools.queue import PRIORITIES, REJECTIONS, QueueTool, occupancy, priority_mix, redis_client
-from users.client import ToolClient, ToolFailure
+from users.agent import Agent
 from users.observe import set_gauge
 from users.runtime import Runtime, runtime
 
@@ -32,32 +30,18 @@ POLL_S = 0.02
 """How long a consumer waits before claiming again when the queue is empty (not recorded as a call)."""
 
 
-class _QueueAgent(User):
+class _QueueAgent(Agent):
     abstract = True
+    SCENARIO = "queue"
 
     def __init__(self, environment: Any) -> None:
         super().__init__(environment)
-        self.rt = runtime()
-        self.agent = self.rt.next_agent()
         self.redis: Any = None
         self.conn: Any = None
         self.tool: QueueTool | None = None
 
-    def on_start(self) -> None:
-        if self.rt.history is None or self.rt.settings is None:  # the run was aborted at test_start
-            raise StopUser
-        self.settings: Settings = self.rt.settings
-        self.opts = self.settings.options_of("queue")
-        self.strategy = self.settings.strategy_for("queue")
-        self.fault = self.settings.fault_for("queue")
-        self.client = ToolClient(self.environment, self.rt, self.agent)
-        self.rng = self.client.rng
-
     def _failure(self, kind: str, name: str, started: float, exc: BaseException) -> None:
-        self.environment.events.request.fire(
-            request_type=kind, name=name, response_time=(time.perf_counter() - started) * 1000.0,
-            response_length=0, exception=ToolFailure(f"{type(exc).__name__}: {exc}"[:200]),
-            context={"agent": self.agent})
+        self.report_failure(kind, name, started, f"{type(exc).__name__}: {exc}")
 
     def _connect(self, *, pg: bool) -> bool:
         started = time.perf_counter()
@@ -96,11 +80,7 @@ class QueueSubmitter(_QueueAgent):
 
     abstract = False
 
-    def wait_time(self) -> float:
-        return self.rng.uniform(self.settings.wait_min, self.settings.wait_max)
-
-    def on_start(self) -> None:
-        super().on_start()
+    def set_up(self) -> None:
         self.weights = priority_mix(self.opts.queue_priority_mix)
         self._connect(pg=False)
 
@@ -150,8 +130,7 @@ class QueueConsumer(_QueueAgent):
     def wait_time(self) -> float:
         return 0.0
 
-    def on_start(self) -> None:
-        super().on_start()
+    def set_up(self) -> None:
         self._connect(pg=True)
 
     @task

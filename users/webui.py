@@ -69,7 +69,7 @@ class ConsistencyTab:
                 causes[cause] = causes.get(cause, 0.0) + value
         row("retries by cause", int(sum(causes.values())), ", ".join(f"{k} {int(v)}" for k, v in sorted(causes.items()))
             or "none")
-        counters = dict(rt.counters)
+        counters = dict(rt.counters.items())
         for prefix, _metric in PREFIXES:
             if prefix == "barrier_":
                 continue

@@ -9,9 +9,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))  # the project root
 
-from users.runtime import setup
+from checks.judge import judge
+from users.plugin import setup
 
-setup(scenarios=["credits"])
+setup(scenarios=["credits"], judge=judge)
 
 from users.credits import CreditAgent  # noqa: E402, F401
 from users.shape import RampShape  # noqa: E402, F401

@@ -31,8 +31,9 @@ from psycopg2.extras import Json
 
 from toolclash import schema
 from toolclash.history import FAIL
+from toolclash.option import Option, SettingsError
 from toolclash.retry import VERSION_CONFLICT
-from toolclash.settings import Option, SettingsError
+from toolclash.scenario import Scenario
 from toolclash.tools import Call, Reject, VersionConflict, think, transact
 
 NAME = "config"
@@ -215,3 +216,19 @@ def snapshot(conn: Any, backend: Any = None) -> dict[str, list[dict[str, Any]]]:
         out["config_writes"] = [dict(zip(WRITE_COLUMNS, r, strict=True)) for r in cur.fetchall()]
     conn.rollback()
     return out
+
+
+SCENARIO = Scenario(
+    name=NAME,
+    summary="agents update different fields of the same configuration record; checks prove no field update was lost",
+    tools=(TOOL,),
+    strategies=STRATEGIES,
+    default_strategy=DEFAULT_STRATEGY,
+    faults=FAULTS,
+    options=OPTIONS,
+    rejections=frozenset({STALE_TIMESTAMP}),
+    validate=validate,
+    reset=lambda ctx, conn: reset(conn, **vars(ctx.opts)),
+    snapshot=lambda ctx, conn: snapshot(conn),
+    checks="checks.config",
+)

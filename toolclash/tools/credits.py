@@ -30,7 +30,8 @@ from psycopg2.extensions import (
 )
 
 from toolclash import schema
-from toolclash.settings import Option, SettingsError
+from toolclash.option import Option, SettingsError
+from toolclash.scenario import Scenario
 from toolclash.tools import Call, Reject, VersionConflict, think, transact
 
 NAME = "credits"
@@ -190,3 +191,19 @@ def snapshot(conn: Any, backend: Any = None) -> dict[str, list[dict[str, Any]]]:
         out["credit_ledger"] = [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
     conn.rollback()
     return out
+
+
+SCENARIO = Scenario(
+    name=NAME,
+    summary="agents deduct credits from a few shared accounts; checks prove no credit was lost or made up",
+    tools=("deduct",),
+    strategies=STRATEGIES,
+    default_strategy=DEFAULT_STRATEGY,
+    faults=FAULTS,
+    options=OPTIONS,
+    rejections=frozenset({"insufficient-funds"}),
+    validate=validate,
+    reset=lambda ctx, conn: reset(conn, **vars(ctx.opts)),
+    snapshot=lambda ctx, conn: snapshot(conn),
+    checks="checks.credits",
+)

@@ -48,7 +48,8 @@ import psycopg2.errorcodes
 from toolclash import schema
 from toolclash.db import ConnectError, classify, close_quietly
 from toolclash.history import FAIL, OK, UNKNOWN
-from toolclash.settings import Option, SettingsError
+from toolclash.option import Option, SettingsError
+from toolclash.scenario import Scenario
 from toolclash.tools import Call, Reject, transact
 
 NAME = "crossservice"
@@ -550,7 +551,7 @@ def clickhouse_client(url: str, timeout_s: float = 10.0) -> Any:
 
     parts = urlsplit(url)
     if parts.scheme != "clickhouse" or not parts.hostname:
-        from toolclash.settings import mask_url
+        from toolclash.option import mask_url
 
         raise SettingsError(f"CLICKHOUSE_URL {mask_url(url)!r} is not a ClickHouse native URL; use "
                             "clickhouse://user:password@host:9000/database")
@@ -829,7 +830,7 @@ def preflight(backend: Any) -> None:
     try:
         client.execute("SELECT 1")
     except Exception as exc:  # noqa: BLE001 - one line: what and how to fix
-        from toolclash.settings import mask_url
+        from toolclash.option import mask_url
 
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise SettingsError(f"ClickHouse at {mask_url(url)} does not answer ({first[:160]}); check CLICKHOUSE_URL "
@@ -969,3 +970,24 @@ def snapshot(conn: Any, backend: Any = None) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - the analytics check says unknown
         out["clickhouse_error"] = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
     return out
+
+
+SCENARIO = Scenario(  # temporary adapters onto the module's hooks (the package split replaces them)
+    name=NAME,
+    summary="agents grant tool access across two PostgreSQL servers and ClickHouse (2PC or saga); checks prove "
+            "every grant is all-or-nothing and analytics count each event once",
+    tools=(TOOL,),
+    strategies=STRATEGIES,
+    default_strategy=DEFAULT_STRATEGY,
+    faults=FAULTS,
+    options=OPTIONS,
+    services=SERVICES,
+    rejections=frozenset({"insufficient-funds", INJECTED}),
+    validate=validate,
+    preflight=preflight,
+    reset=lambda ctx, conn: reset(conn, backend=ctx.backend, **vars(ctx.opts)),
+    start=lambda ctx: start(ctx.backend, ctx.opts, ctx.run_dir, ctx.fault),
+    finish=lambda ctx, handle, deadline_s: finish(ctx.backend, ctx.opts, handle, deadline_s),
+    snapshot=lambda ctx, conn: snapshot(conn, ctx.backend),
+    checks="checks.crossservice",
+)

@@ -38,8 +38,9 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 import psycopg2
 
 from toolclash import schema
-from toolclash.run import application_name
-from toolclash.settings import Option, SettingsError
+from toolclash.backend import application_name
+from toolclash.option import Option, SettingsError
+from toolclash.scenario import Scenario
 from toolclash.tools import Call, Reject, transact
 
 NAME = "deadlock"
@@ -381,3 +382,19 @@ def snapshot(conn: Any, backend: Any = None) -> dict[str, Any]:
                                              strict=True)) for r in cur.fetchall()]
     conn.rollback()
     return out
+
+
+SCENARIO = Scenario(
+    name=NAME,
+    summary="agents take row locks in cycles that deadlock; checks prove each round is all-or-nothing, the chosen "
+            "victim lost and the server's count matches",
+    tools=(TOOL,),
+    strategies=STRATEGIES,
+    default_strategy=DEFAULT_STRATEGY,
+    faults=FAULTS,
+    options=OPTIONS,
+    validate=validate,
+    reset=lambda ctx, conn: reset(conn, backend=ctx.backend, **vars(ctx.opts)),
+    snapshot=lambda ctx, conn: snapshot(conn, ctx.backend),
+    checks="checks.deadlock",
+)

@@ -36,12 +36,12 @@ import psycopg2.errorcodes
 import psycopg2.extensions
 
 from toolclash import db, schema
-from toolclash.history import FAIL, OK
-from toolclash.settings import Option, SettingsError, mask_url
+from toolclash.history import FAIL, OK, Op, make_op, read_history
+from toolclash.option import Option, SettingsError, mask_url
+from toolclash.scenario import Context, Scenario
 from toolclash.tools import COMMIT, STATEMENT, Call
 
 NAME = "pool"
-SERVICES = ("postgres", "pgbouncer")
 STRATEGIES = ("aggregate",)
 DEFAULT_STRATEGY = "aggregate"
 FAULTS = ("leak",)
@@ -55,6 +55,8 @@ periodic samples of its pool (read back by :func:`finish`, judged by checks/pool
 POOLS = ("client", "pgbouncer")
 BOUNCER_MODES = ("transaction", "session")
 TIMEOUT, CANCELLED = "pool-timeout", "cancelled"
+QUEUED_MS = 10.0
+"""An acquire that waited at least this long found the pool exhausted (counted, and what recovery waits for)."""
 
 OPTIONS: tuple[Option, ...] = (
     Option("pool", str, "client", "where agents get connections: client (toolclash's own bounded pool, straight "
@@ -436,42 +438,34 @@ class _Sampler(threading.Thread):
             db.close_quietly(conn)
 
 
-_FINISHED: dict[str, dict[str, Any]] = {}
-"""run id -> what :func:`finish` gathered for :func:`snapshot` (it runs just before it, on the master)."""
-
-
-def start(backend: Any, opts: Any, run_dir: Any) -> dict[str, Any]:
+def start(ctx: Context) -> _Sampler | None:
     """Start the master's PgBouncer sampler (when the run goes through PgBouncer)."""
-    handle: dict[str, Any] = {"run_dir": run_dir, "sampler": None}
-    url = backend.urls.get("PGBOUNCER_URL")
-    if opts.pool == "pgbouncer" and url:
-        sampler = _Sampler(url, opts.pool_sample_s)
-        sampler.start()
-        handle["sampler"] = sampler
-    return handle
+    url = ctx.backend.urls.get("PGBOUNCER_URL")
+    if ctx.opts.pool != "pgbouncer" or not url:
+        return None
+    sampler = _Sampler(url, ctx.opts.pool_sample_s)
+    sampler.start()
+    return sampler
 
 
-def finish(backend: Any, opts: Any, handle: Any, deadline_s: float) -> None:
+def finish(ctx: Context, sampler: _Sampler | None, deadline_s: float) -> dict[str, Any]:
     """After the load: stop the sampler, let PgBouncer's queue settle (up to *deadline_s*), capture
     SHOW POOLS / SHOW CLIENTS / SHOW STATS, gather the processes' pool records from the history, then
     close PgBouncer's idle server connections (they carry the last client's application_name)."""
-    from toolclash.history import read_history
-
+    opts, backend = ctx.opts, ctx.backend
     gathered: dict[str, Any] = {"pool": opts.pool, "pgbouncer_mode": opts.pgbouncer_mode, "pool_size": opts.pool_size}
-    sampler = (handle or {}).get("sampler")
     if sampler is not None:
         sampler.stop_event.set()
         sampler.join(5.0)
         gathered["bouncer_samples"] = sampler.samples
-    run_dir = (handle or {}).get("run_dir")
-    if run_dir is not None:
-        history = read_history(run_dir)
+    if ctx.run_dir is not None:
+        history = read_history(ctx.run_dir)
         gathered["pool_states"] = [op for op in history.ops if op["tool"] == STATE_TOOL]
         gathered["pool_samples"] = [op["result"] for op in history.ops if op["tool"] == SAMPLE_TOOL]
     url = backend.urls.get("PGBOUNCER_URL")
     if url:
         gathered["bouncer"] = _bouncer_final(url, backend, min(deadline_s, 2.0))
-    _FINISHED[backend.run_id] = gathered
+    return gathered
 
 
 def _bouncer_final(url: str, backend: Any, settle_s: float) -> dict[str, Any]:
@@ -496,17 +490,16 @@ def _bouncer_final(url: str, backend: Any, settle_s: float) -> dict[str, Any]:
         db.close_quietly(conn)
 
 
-def snapshot(conn: Any, backend: Any = None) -> dict[str, Any]:
-    """The final state the pool checks need: the seed, the processes' final pool states and samples,
-    PgBouncer's pools and the run's clients."""
+def snapshot(conn: Any, backend: Any = None, facts: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The final state the pool checks need: the seed, the processes' final pool states and samples (*facts*
+    gathered by :func:`finish`), PgBouncer's pools and the run's clients."""
     out: dict[str, Any] = {}
     with conn.cursor() as cur:
         cur.execute("SELECT rows FROM toolclash.pool_seed")
         row = cur.fetchone()
         out["facts_rows"] = int(row[0]) if row else None
     conn.rollback()
-    run_id = getattr(backend, "run_id", "")
-    out.update(_FINISHED.pop(run_id, {}))
+    out.update(facts or {})
     url = backend.urls.get("PGBOUNCER_URL") if backend is not None else None
     if "bouncer" not in out and url:
         out["bouncer"] = _bouncer_final(url, backend, 1.0)
@@ -514,9 +507,28 @@ def snapshot(conn: Any, backend: Any = None) -> dict[str, Any]:
 
 
 def pool_state_record(run_id: str, op_id: str, process: str, agent: str, state: dict[str, Any], *,
-                      tool: str = STATE_TOOL) -> dict[str, Any]:
+                      tool: str = STATE_TOOL) -> Op:
     """A history record holding a process's pool state (not a tool call; see :data:`STATE_TOOL`)."""
     now = time.time()
-    return {"run_id": run_id, "op_id": op_id, "process": process, "agent": agent, "tool": tool,
-            "strategy": "observe", "args": {}, "invoke_ts": now, "complete_ts": now, "outcome": OK,
-            "attempts": 0, "error_class": None, "reason": None, "result": state}
+    return make_op(run_id=run_id, op_id=op_id, process=process, agent=agent, tool=tool, strategy="observe", args={},
+                   invoke_ts=now, complete_ts=now, outcome=OK, result=state)
+
+
+SCENARIO = Scenario(
+    name=NAME,
+    summary="agents run pool-hogging analytical queries through a bounded pool or PgBouncer; checks prove every "
+            "call was served or accounted for and no connection leaked",
+    tools=(TOOL,),
+    strategies=STRATEGIES,
+    default_strategy=DEFAULT_STRATEGY,
+    faults=FAULTS,
+    options=OPTIONS,
+    services=("postgres", "pgbouncer"),
+    validate=validate,
+    preflight=preflight,
+    reset=lambda ctx, conn: reset(conn, backend=ctx.backend, **vars(ctx.opts)),
+    start=start,
+    finish=finish,
+    snapshot=lambda ctx, conn: snapshot(conn, ctx.backend, ctx.facts),
+    checks="checks.pool",
+)

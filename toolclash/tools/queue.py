@@ -47,12 +47,12 @@ from typing import Any
 
 from toolclash import schema
 from toolclash.history import FAIL, OK, UNKNOWN
+from toolclash.option import Option, SettingsError, mask_url
 from toolclash.retry import RetryPolicy
-from toolclash.settings import Option, SettingsError, mask_url
+from toolclash.scenario import Context, Scenario
 from toolclash.tools import STATEMENT, Call, think, transact
 
 NAME = "queue"
-SERVICES = ("postgres", "redis")
 STRATEGIES = ("lua",)
 """One correct strategy: every queue operation is one Lua script. The known-bad variants are FAULTS."""
 DEFAULT_STRATEGY = "lua"
@@ -529,10 +529,10 @@ def consume(tool: QueueTool, *, empty: Callable[[], bool], deadline: float, poll
     return done
 
 
-def finish(backend: Any, opts: Any, handle: Any, deadline_s: float) -> None:
+def finish(ctx: Context, handle: Any, deadline_s: float) -> dict[str, Any]:
     """After the submitters stopped: drain the queue with ``--queue-drain-consumers`` consumers until it is empty
     (jobs of consumers cut off at stop come back when their lease expires) or ``--queue-drain-timeout-s``."""
-    drain(backend, opts, timeout_s=opts.queue_drain_timeout_s)
+    return {"drain": drain(ctx.backend, ctx.opts, timeout_s=ctx.opts.queue_drain_timeout_s)}
 
 
 def drain(backend: Any, opts: Any, *, timeout_s: float, fault: str = "none") -> dict[str, Any]:
@@ -578,3 +578,23 @@ def drain(backend: Any, opts: Any, *, timeout_s: float, fault: str = "none") -> 
         return summary
     finally:
         probe.close()
+
+
+SCENARIO = Scenario(
+    name=NAME,
+    summary="agents submit jobs to a bounded Redis queue with priorities and rate limits; checks prove no job was "
+            "lost or run twice and every limit held",
+    tools=("submit", "execute"),
+    strategies=STRATEGIES,
+    default_strategy=DEFAULT_STRATEGY,
+    faults=FAULTS,
+    options=OPTIONS,
+    services=("postgres", "redis"),
+    rejections=frozenset(REJECTIONS),
+    validate=validate,
+    preflight=preflight,
+    reset=lambda ctx, conn: reset(conn, backend=ctx.backend, **vars(ctx.opts)),
+    finish=finish,
+    snapshot=lambda ctx, conn: snapshot(conn, ctx.backend),
+    checks="checks.queue",
+)

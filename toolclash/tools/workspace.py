@@ -49,7 +49,8 @@ from psycopg2.extras import Json
 
 from toolclash import schema
 from toolclash.db import close_quietly
-from toolclash.settings import Option, SettingsError
+from toolclash.option import Option, SettingsError
+from toolclash.scenario import Context, Scenario
 from toolclash.tools import Call, Reject, VersionConflict, think, transact
 
 log = logging.getLogger("toolclash.workspace")
@@ -488,28 +489,15 @@ def reset(conn: Any, *, workspaces: int, **_: Any) -> None:
     _replicas.clear()
 
 
-def run_fault(run_dir: Any) -> str:
-    """The planted fault this scenario runs with, from the run's ``options.json`` (the hooks get no settings)."""
-    if run_dir is None:
-        return "none"
-    from pathlib import Path
-
-    from toolclash.run import read_json
-
-    path = Path(run_dir) / "options.json"
-    faults = read_json(path).get("settings", {}).get("faults", {}) if path.is_file() else {}
-    return str(faults.get(NAME, "none"))
-
-
-def start(backend: Any, opts: Any, run_dir: Any = None) -> Projectors:
+def start(ctx: Context) -> Projectors:
     """Master side, after reset: start ``--projectors`` projector instances for the run."""
-    fault = run_fault(run_dir)
+    opts, backend = ctx.opts, ctx.backend
     return Projectors(lambda who: backend.pg(who), opts.projectors, batch=opts.projector_batch,
                       poll_s=opts.projector_poll_ms / 1000.0, crash_rate=opts.projector_crash_rate,
-                      separate_checkpoint=fault == "projector_checkpoint_separate").start()
+                      separate_checkpoint=ctx.fault == "projector_checkpoint_separate").start()
 
 
-def finish(backend: Any, opts: Any, handle: Projectors | None, deadline_s: float) -> None:
+def finish(ctx: Context, handle: Projectors | None, deadline_s: float) -> None:
     """After the load: let the projectors catch up (or stall), stop them, log what they did."""
     if handle is None:
         return
@@ -560,6 +548,25 @@ def snapshot(conn: Any, backend: Any = None) -> dict[str, Any]:
                           for r in cur.fetchall()]
     conn.rollback()
     return out
+
+
+SCENARIO = Scenario(
+    name=NAME,
+    summary="agents append commands to event-sourced workspaces while projectors build read models; checks prove "
+            "every decision saw its version, the projection is exact and the audit trail complete",
+    tools=(*COMMANDS, QUERY),
+    strategies=STRATEGIES,
+    default_strategy=DEFAULT_STRATEGY,
+    faults=FAULTS,
+    options=OPTIONS,
+    rejections=frozenset({"already-granted", "not-granted"}),
+    validate=validate,
+    reset=lambda ctx, conn: reset(conn, **vars(ctx.opts)),
+    start=start,
+    finish=finish,
+    snapshot=lambda ctx, conn: snapshot(conn),
+    checks="checks.workspace",
+)
 
 
 # ------------------------------------------------------------------- a projector as its own process

@@ -1,0 +1,174 @@
+"""Every SLA gate of a run, in one place: the common gates, the per-stage gates of a ramp, the gates against a
+baseline run, and :func:`gate`, the one rule every scenario's own gates are judged by.
+
+Definitions (docs: reading a verdict):
+
+* conflict rate = retryable conflicts (40001, 40P01, 55P03, version conflicts) / attempts;
+* P95 = 95th percentile of (complete_ts − invoke_ts) over calls that completed (ok or fail),
+  retries and backoff included;
+* success after retries = ok / (ok + fail), where business rejections (e.g. insufficient
+  funds: a correct answer) and calls cut short by the stop are left out;
+* baseline: throughput (ok calls per second) may fall and P95 rise only within the tolerances.
+
+A gate without data to measure is not met (nothing was shown). A gate is a dict
+``{scope, gate, figure, op, threshold, met, note}``.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_right
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from toolclash.history import FAIL, OK
+from toolclash.settings import OPTIONS_BY_NAME, PROFILE_DEFAULTS, SMALL_STAGE
+
+BUSINESS_REJECTIONS = frozenset({"insufficient-funds"})
+"""Fail reasons that are correct answers in every scenario (each scenario adds its own)."""
+
+COMMON = ("gate_conflict_rate", "gate_p95_ms", "gate_success_rate", "stage_gate_conflict_low",
+          "stage_gate_conflict_high", "baseline_throughput_drop", "baseline_p95_rise")
+
+
+def thresholds(settings: Mapping[str, Any], scenario_defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The run's thresholds: its settings over the declared defaults (normal profile) of every option."""
+    defaults = {name: PROFILE_DEFAULTS["normal"].get(name, OPTIONS_BY_NAME[name].default) for name in COMMON}
+    return {**defaults, **(scenario_defaults or {}), **{k: v for k, v in settings.items() if v is not None}}
+
+
+def gate(scope: str, name: str, figure: Any, op: str, threshold: float, missing: str = "no data to measure") -> dict[
+        str, Any]:
+    """One gate: *figure* ``op`` *threshold* (``<``, ``<=``, ``>=``); not met, with note *missing*, without a figure."""
+    if figure is None or (isinstance(figure, float) and math.isnan(figure)):
+        return {"scope": scope, "gate": name, "figure": None, "op": op, "threshold": threshold, "met": False,
+                "note": missing}
+    met = figure < threshold if op == "<" else figure <= threshold if op == "<=" else figure >= threshold
+    return {"scope": scope, "gate": name, "figure": figure, "op": op, "threshold": threshold, "met": bool(met),
+            "note": ""}
+
+
+# ------------------------------------------------------------------------------------------ SLA
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile of an ascending list (q in 0..100)."""
+    if not sorted_values:
+        return math.nan
+    rank = max(1, math.ceil(q / 100.0 * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+def figures(ops: Iterable[Mapping[str, Any]], rejections: frozenset[str] = BUSINESS_REJECTIONS) -> dict[str, Any]:
+    """The SLA figures of a set of operations; *rejections* are the reasons that are correct answers."""
+    attempts = conflicts = ok = failed = rejected = interrupted = unknown = 0
+    latencies: list[float] = []
+    retries_by_cause: dict[str, int] = {}
+    for op in ops:
+        attempts += int(op.get("attempts") or 0)
+        for cause, n in (op.get("result") or {}).get("retries", {}).items():
+            conflicts += n
+            retries_by_cause[cause] = retries_by_cause.get(cause, 0) + n
+        outcome = op["outcome"]
+        if outcome == OK:
+            ok += 1
+        elif outcome == FAIL:
+            if op.get("reason") in rejections:
+                rejected += 1
+            elif op.get("error_class") == "interrupted":
+                interrupted += 1
+                continue
+            else:
+                failed += 1
+        else:
+            unknown += 1
+            continue
+        latencies.append((op["complete_ts"] - op["invoke_ts"]) * 1000.0)
+    latencies.sort()
+    decided = ok + failed
+    return {
+        "calls": ok + failed + rejected + interrupted + unknown, "ok": ok, "failed": failed,
+        "rejected": rejected, "unknown": unknown, "attempts": attempts, "conflicts": conflicts,
+        "retries_by_cause": retries_by_cause,
+        "conflict_rate": conflicts / attempts if attempts else math.nan,
+        "success_rate": ok / decided if decided else math.nan,
+        "p50_ms": percentile(latencies, 50), "p95_ms": percentile(latencies, 95),
+        "p99_ms": percentile(latencies, 99), "max_ms": latencies[-1] if latencies else math.nan,
+    }
+
+
+def sla_gates(fig: Mapping[str, Any], limits: Mapping[str, float], scope: str, *,
+              conflict_rate: bool = True) -> list[dict[str, Any]]:
+    """The common gates of *scope*: conflict rate (unless a ramp gates it per stage), P95, success after retries."""
+    missing = "no completed calls to measure"
+    out = []
+    if conflict_rate:
+        out.append(gate(scope, "conflict_rate", fig.get("conflict_rate"), "<", limits["gate_conflict_rate"], missing))
+    out.append(gate(scope, "p95_ms", fig.get("p95_ms"), "<", limits["gate_p95_ms"], missing))
+    out.append(gate(scope, "success_rate", fig.get("success_rate"), ">=", limits["gate_success_rate"], missing))
+    return out
+
+
+# ------------------------------------------------------------------------------------------ stages
+
+
+def by_stage(ops: Sequence[Mapping[str, Any]], stages: Sequence[Mapping[str, Any]]
+             ) -> list[tuple[Mapping[str, Any], list[Mapping[str, Any]]]]:
+    """Split *ops* by the ramp stage in which they were invoked (the first stage also takes earlier ops)."""
+    if not stages:
+        return []
+    starts = [float(st["start"]) for st in stages]
+    buckets: list[list[Mapping[str, Any]]] = [[] for _ in stages]
+    for op in ops:
+        buckets[max(0, bisect_right(starts, op["invoke_ts"]) - 1)].append(op)
+    return list(zip(stages, buckets, strict=True))
+
+
+def stage_limit(stage: Mapping[str, Any], limits: Mapping[str, float]) -> float:
+    """A stage's conflict-rate threshold: the test plan's targets are per load level (≤ 10 agents, above)."""
+    return float(limits["stage_gate_conflict_low" if stage["users"] <= SMALL_STAGE else "stage_gate_conflict_high"])
+
+
+def stage_scope(scenario: str, stage: Mapping[str, Any]) -> str:
+    return f"{scenario}.stage{stage['stage']}({stage['users']})"
+
+
+# ------------------------------------------------------------------------------------------ baseline
+
+
+def throughput(fig: Mapping[str, Any], duration_s: float) -> float:
+    return fig["ok"] / duration_s if duration_s and duration_s > 0 else math.nan
+
+
+def summary(figures_by_scope: Mapping[str, Mapping[str, Any]], duration_s: float) -> dict[str, dict[str, Any]]:
+    """Throughput and P95 of each scenario (not its stages): what a baseline comparison needs."""
+    return {scope: {"throughput": throughput(fig, duration_s), "p95_ms": fig["p95_ms"], "calls": fig["calls"]}
+            for scope, fig in figures_by_scope.items() if ".stage" not in scope}
+
+
+def baseline_gates(now: Mapping[str, Mapping[str, Any]], base: Mapping[str, Mapping[str, Any]],
+                   limits: Mapping[str, float], base_name: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(gates, rows) comparing this run's :func:`summary` with a baseline's."""
+    gates, rows = [], []
+    for scope, cur in now.items():
+        old = base.get(scope)
+        if old is None:
+            continue
+        tp_ratio = cur["throughput"] / old["throughput"] if old["throughput"] else math.nan
+        p95_ratio = cur["p95_ms"] / old["p95_ms"] if old["p95_ms"] else math.nan
+        rows.append({"scope": scope, "throughput": cur["throughput"], "baseline_throughput": old["throughput"],
+                     "throughput_ratio": tp_ratio, "p95_ms": cur["p95_ms"], "baseline_p95_ms": old["p95_ms"],
+                     "p95_ratio": p95_ratio})
+        missing = f"no figure to compare with baseline {base_name}"
+        gates.append(gate(scope, "baseline_throughput_ratio", tp_ratio, ">=",
+                          1.0 - float(limits["baseline_throughput_drop"]), missing))
+        gates.append(gate(scope, "baseline_p95_ratio", p95_ratio, "<=", 1.0 + float(limits["baseline_p95_rise"]),
+                          missing))
+    return gates, rows
+
+
+def missing_baseline(baseline: str) -> dict[str, Any]:
+    """The gate of a run whose ``--baseline`` cannot be read any more (not met: nothing was compared)."""
+    return {"scope": "run", "gate": "baseline", "figure": None, "op": "exists", "threshold": Path(baseline).name,
+            "met": False, "note": f"baseline run {baseline} has no checks.json to compare with"}

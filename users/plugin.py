@@ -1,0 +1,371 @@
+"""toolclash inside Locust: a locustfile calls :func:`setup` with its scenarios and its judge.
+
+    from checks.judge import judge
+    from users.plugin import setup
+    setup(scenarios=["credits"], judge=judge)
+
+:func:`setup` only adds event listeners (nothing connects, spawns or reads at import: Locust imports
+locustfiles before it forks). The process's role is chosen once, at Locust's ``init``:
+
+* **local** (one process) and **master** — ``init``: validate the options (a bad one: one line, exit 2), start
+  the embedded stack for the services not given by URL, preflight (else one line, exit 2). ``test_start``:
+  open the run (:class:`toolclash.run.Run`: directory, reset, helpers) and pass run id, directory and URLs to
+  workers inside the parsed options that Locust forwards with every spawn message. ``test_stop``: collect
+  the histories (a master from its workers, see ``users/handoff.py``), close the run (helpers finished,
+  final state captured) and call the judge. ``quitting``: the exit code.
+* **worker** — ``test_start``: take the run from the forwarded options, write the history to the master.
+  ``test_stop`` (or the master's ``tc_stop``): deliver the rest and the final count.
+"""
+
+from __future__ import annotations
+
+import atexit
+import csv
+import logging
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gevent
+import orjson
+from locust import events
+from locust.env import Environment
+from locust.runners import STATE_STOPPED, MasterRunner, WorkerRunner
+
+from toolclash import db
+from toolclash.history import HistoryWriter, process_name
+from toolclash.metrics import MetricsSetupError
+from toolclash.option import SettingsError
+from toolclash.run import Run, RunError, new_run_id, preflight, provide_services
+from toolclash.scenario import get
+from toolclash.settings import OPTIONS, Settings
+from users import handoff
+from users.barrier import Barrier
+from users.observe import Observer
+from users.runtime import Runtime, install
+
+log = logging.getLogger("toolclash")
+
+EXIT_USAGE = 2
+Judge = Callable[..., dict[str, Any]]
+
+
+def fail_fast(message: str) -> None:
+    """Could not run: one line on stderr, exit 2, no traceback."""
+    sys.stderr.write(f"toolclash: {message}\n")
+    sys.stderr.flush()
+    raise SystemExit(EXIT_USAGE)
+
+
+class Plugin:
+    """The listeners of one Locust process."""
+
+    def __init__(self, rt: Runtime, judge: Judge | None) -> None:
+        self.rt = rt
+        self.judge = judge
+        self.observer = Observer(rt)
+        self.run: Run | None = None
+        self.collector: handoff.Collector | None = None
+        self.lost_workers: list[str] = []
+
+    # --- every process
+
+    def on_parser(self, parser: Any, **_: Any) -> None:
+        scenarios = [get(name) for name in self.rt.scenarios]
+        # "" first: the web UI's select shows the first choice, and "" means each scenario's own default
+        # (without it the form would preselect the first strategy listed, e.g. a known-bad one).
+        choices = {"strategy": ("", *dict.fromkeys(st for sc in scenarios for st in sc.strategies)),
+                   "fault": ("none", *dict.fromkeys(f for sc in scenarios for f in sc.faults))}
+        declared = {o.name: o for sc in scenarios for o in sc.options}  # scenario options, deduplicated
+        for opt in (*OPTIONS, *declared.values()):
+            if opt.locust_builtin:
+                continue
+            kwargs: dict[str, Any] = {"type": opt.type, "default": opt.default, "help": opt.help,
+                                      "env_var": opt.env, "include_in_web_ui": True}
+            if opt.choices or opt.name in choices:
+                kwargs["choices"] = opt.choices or choices[opt.name]
+            if opt.is_secret:
+                kwargs["is_secret"] = True
+            parser.add_argument(opt.flag, **kwargs)
+
+    def on_init(self, environment: Environment, runner: Any, web_ui: Any = None, **_: Any) -> None:
+        rt = self.rt
+        rt.environment = environment
+        db.patch_gevent()
+        if isinstance(runner, WorkerRunner):
+            rt.role, rt.process = "worker", process_name(runner.worker_index)
+            runner.register_message("tc_stop", self._worker_on_stop, concurrent=True)
+            runner.register_message("tc_barrier_release", self._worker_on_release)
+            return
+        rt.role, rt.process = ("master" if isinstance(runner, MasterRunner) else "local"), process_name()
+        try:
+            rt.settings = Settings.from_mapping(vars(environment.parsed_options), rt.scenarios)
+            existing = Path(rt.settings.reports_dir) / rt.settings.run_id
+            if rt.settings.run_id and existing.exists():
+                raise RunError(f"run directory {existing} exists already; choose another --run-id or leave it "
+                               "empty for a fresh one")
+            rt.urls, rt.stack = provide_services(rt.settings)
+            atexit.register(self.stop_stack)  # also on an abnormal exit
+            preflight(rt.settings, rt.urls)
+            self.observer.start_exporter(rt.settings)
+        except (SettingsError, RunError, MetricsSetupError) as exc:
+            self.stop_stack()
+            fail_fast(str(exc))
+        if isinstance(runner, MasterRunner):
+            runner.register_message("tc_history_batch", self._master_on_batch)
+            runner.register_message("tc_history_done", self._master_on_done)
+            runner.register_message("tc_barrier", self._master_on_barrier)
+        if web_ui is not None:
+            web_ui.app.add_url_rule("/toolclash/verdict", "toolclash_verdict", self._serve_verdict)
+            from users.webui import install as install_tab
+
+            install_tab(web_ui, self.observer)
+
+    def on_test_start(self, environment: Environment, **_: Any) -> None:
+        self.observer.on_test_start()
+        if self.rt.is_worker:
+            self._worker_start(environment)
+        else:
+            self._start(environment)
+
+    def on_test_stop(self, environment: Environment, **_: Any) -> None:
+        if self.rt.is_worker:
+            self._worker_finish()
+        elif self.rt.run_active:
+            self._stop(environment)
+
+    def on_report_to_master(self, client_id: str, data: dict[str, Any], **_: Any) -> None:
+        data["toolclash_counters"] = self.rt.counters.take_delta()
+        self.observer.on_report_to_master(data)
+
+    def on_worker_report(self, client_id: str, data: dict[str, Any], **_: Any) -> None:
+        self.rt.counters.merge(data.get("toolclash_counters"))
+        self.observer.on_worker_report(data)
+
+    def on_quitting(self, environment: Environment, **_: Any) -> None:
+        if self.rt.is_worker:
+            return
+        runner = environment.runner
+        if self.rt.run_active and runner is not None:  # Ctrl-C / SIGTERM: stop now so the run is finalized
+            runner.stop()
+        self.observer.on_quitting()
+        if self.rt.exit_code is not None:
+            environment.process_exit_code = self.rt.exit_code
+
+    def on_quit(self, exit_code: int, **_: Any) -> None:
+        rt = self.rt
+        if rt.is_worker:
+            return
+        render = getattr(self.judge, "render", None)
+        if rt.verdict is not None and render is not None:
+            print("\n" + render(rt.verdict), flush=True)
+            for worker in rt.verdict.get("lost_workers") or []:
+                print(f"lost worker: {worker} (no final history count; its in-flight operations stay unknown)",
+                      flush=True)
+            counters = rt.verdict.get("counters") or {}
+            if counters:
+                print("counters: " + ", ".join(f"{k} {v}" for k, v in counters.items()), flush=True)
+            print(f"run directory: {rt.run_dir}", flush=True)
+            if rt.run_dir is not None and (rt.run_dir / "report.html").is_file():
+                print(f"report: {rt.run_dir / 'report.html'}", flush=True)
+        self.observer.stop()
+        self.stop_stack()
+
+    # --- local and master
+
+    def _start(self, environment: Environment) -> None:
+        rt = self.rt
+        rt.history, self.collector, self.lost_workers = None, None, []
+        try:  # the web UI's form may have changed the options since init
+            rt.settings = Settings.from_mapping(vars(environment.parsed_options), rt.scenarios)
+        except SettingsError as exc:
+            self._abort(environment, str(exc))
+            return
+        settings = rt.settings
+        rt.urls.update(settings.service_urls())
+        run_id = settings.run_id or None
+        if rt.run_dir is not None and settings.run_id and rt.run_dir.name == settings.run_id:  # web UI: once more
+            run_id = f"{settings.run_id}-{new_run_id()}"
+        opts = environment.parsed_options
+        meta = {"process": rt.process,
+                "locust": {"users": getattr(opts, "num_users", None), "spawn_rate": getattr(opts, "spawn_rate", None),
+                           "run_time": getattr(opts, "run_time", None), "headless": getattr(opts, "headless", None),
+                           "processes": getattr(opts, "processes", None), "stop_timeout": environment.stop_timeout,
+                           "distributed": rt.role == "master"}}
+        rt.verdict, rt.exit_code = None, None
+        rt.counters.clear()
+        rt.clear_stages()  # Locust resets the shape's clock right after test_start; stage 1 is marked again
+        try:
+            self.run = Run.open(settings, rt.urls, run_id=run_id, meta=meta)
+        except RunError as exc:
+            self._abort(environment, str(exc))
+            return
+        rt.run_id, rt.run_dir = self.run.run_id, self.run.dir
+        runner = environment.runner
+        assert runner is not None
+        rt.barriers = Barrier(parties=self._parties, broadcast_release=(
+            (lambda name: runner.send_message("tc_barrier_release", {"run_id": rt.run_id, "name": name}))
+            if rt.role == "master" else None))
+        settings_data = {k: v for k, v in settings.values().items() if not k.endswith("_url")}
+        vars(opts).update(tc_run_id=rt.run_id, tc_run_dir=str(rt.run_dir), tc_urls=dict(rt.urls),
+                          tc_settings=settings_data)
+        rt.run_active = True
+        if rt.role == "master":
+            self.collector = handoff.Collector(rt.run_id, rt.run_dir / "history")
+        else:
+            rt.history = HistoryWriter(rt.run_dir / "history", run_id=rt.run_id, process=rt.process).start()
+
+    def _parties(self) -> int:
+        settings = self.rt.require_settings()
+        if settings.sync_parties:
+            return settings.sync_parties
+        opts = self.rt.environment.parsed_options if self.rt.environment else None
+        return int(getattr(opts, "num_users", None) or 1)
+
+    def _abort(self, environment: Environment, message: str) -> None:
+        """The run cannot start: one line, exit code 2; headless quits, the web UI stays up."""
+        sys.stderr.write(f"toolclash: {message}\n")
+        sys.stderr.flush()
+        self.rt.exit_code = EXIT_USAGE
+        runner = environment.runner
+        if runner is not None:
+            gevent.spawn(runner.quit if getattr(environment.parsed_options, "headless", False) else runner.stop)
+
+    def _stop(self, environment: Environment) -> None:
+        rt = self.rt
+        rt.run_active = False
+        if self.collector is not None:
+            self.lost_workers = self.collector.collect(environment.runner, float(environment.stop_timeout or 0))
+        elif rt.history is not None:
+            rt.history.close()
+        rt.close_connections()
+        assert self.run is not None and rt.run_dir is not None
+        if rt.stages():
+            rt.mark_stage(None, 0, time.time())
+        self.run.close(stages=rt.stages())
+        notes: dict[str, Any] = {"counters": dict(sorted(rt.counters.items()))}
+        if self.lost_workers:
+            notes["lost_workers"] = self.lost_workers
+        if self.judge is not None:
+            _write_locust_stats(environment, rt.run_dir)
+            prepare = getattr(self.judge, "prepare", None)
+            if prepare is not None:  # what must happen on this thread first (e.g. start a subprocess)
+                prepare()
+            # in a real OS thread of gevent's pool: the web UI and worker heartbeats go on meanwhile
+            rt.verdict = gevent.get_hub().threadpool.apply(self.judge, (rt.run_dir,), {"notes": notes})
+            rt.exit_code = int(rt.verdict["exit_code"])
+            self.observer.on_verdict(rt.verdict, rt.run_dir)
+
+    def _master_on_batch(self, environment: Environment, msg: Any, **_: Any) -> None:
+        if self.collector is not None:
+            self.collector.on_batch(msg)
+
+    def _master_on_done(self, environment: Environment, msg: Any, **_: Any) -> None:
+        if self.collector is not None:
+            self.collector.on_done(msg)
+
+    def _master_on_barrier(self, environment: Environment, msg: Any, **_: Any) -> None:
+        if msg.data.get("run_id") == self.rt.run_id and self.rt.barriers is not None:
+            self.rt.barriers.arrive(msg.data["name"])
+
+    def _serve_verdict(self) -> Any:
+        from flask import jsonify
+
+        rt = self.rt
+        return jsonify({"run_id": rt.run_id, "active": rt.run_active, "counters": dict(rt.counters.items()),
+                        "verdict": rt.verdict})
+
+    def stop_stack(self) -> None:
+        if self.rt.stack is not None:
+            try:
+                self.rt.stack.down()
+            finally:
+                self.rt.stack = None
+
+    # --- worker
+
+    def _worker_start(self, environment: Environment) -> None:
+        rt = self.rt
+        opts = vars(environment.parsed_options)
+        rt.settings = Settings.from_mapping(opts["tc_settings"], rt.scenarios)
+        rt.run_id, rt.urls = opts["tc_run_id"], dict(opts["tc_urls"])
+        rt.run_dir = Path(opts["tc_run_dir"])  # the master's; a worker never writes there
+        runner = environment.runner
+        assert runner is not None
+        rt.barriers = Barrier(parties=lambda: 0, send_arrival=lambda name: runner.send_message(
+            "tc_barrier", {"run_id": rt.run_id, "name": name}))
+        rt.history = handoff.worker_writer(runner, rt.run_id, rt.process)
+
+    def _worker_on_stop(self, environment: Environment, msg: Any, **_: Any) -> None:
+        runner = environment.runner
+        if runner is not None and runner.state != STATE_STOPPED:
+            runner.stop()  # fires test_stop here, which closes the history and reports
+        else:
+            self._worker_finish()
+
+    def _worker_on_release(self, environment: Environment, msg: Any, **_: Any) -> None:
+        if msg.data.get("run_id") == self.rt.run_id and self.rt.barriers is not None:
+            self.rt.barriers.release(msg.data["name"])
+
+    def _worker_finish(self) -> None:
+        rt = self.rt
+        rt.close_connections()
+        if rt.history is None:
+            return
+        count = rt.history.close()
+        runner = rt.environment.runner if rt.environment else None
+        if isinstance(runner, WorkerRunner):
+            handoff.worker_done(runner, rt.run_id, rt.process, count)
+
+
+def _write_locust_stats(environment: Environment, run_dir: Any) -> None:
+    """Locust's own statistics next to the verdict: JSON, CSV and its HTML report."""
+    from locust import stats
+    from locust.html import get_html_report
+
+    try:
+        # not stats.save_stats_json: it serialises with get_stripped_report(), which resets the entries
+        assert environment.runner is not None
+        request_stats = environment.runner.stats
+        (run_dir / "locust_stats.json").write_bytes(orjson.dumps(
+            {"entries": [e.serialize() for e in request_stats.entries.values()],
+             "total": request_stats.total.serialize(), "errors": request_stats.serialize_errors()},
+            option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS, default=str))
+        writer = stats.StatsCSV(environment, stats.PERCENTILES_TO_REPORT)
+        with open(run_dir / "locust_requests.csv", "w", newline="") as fh:
+            writer.requests_csv(csv.writer(fh))
+        with open(run_dir / "locust_failures.csv", "w", newline="") as fh:
+            writer.failures_csv(csv.writer(fh))
+        (run_dir / "locust.html").write_text(get_html_report(environment, show_download_link=False), encoding="utf-8")
+    except Exception as exc:  # noqa: BLE001 - stats files are a courtesy; the verdict is written
+        log.warning("could not write Locust's statistics: %s", exc)
+
+
+_plugin: Plugin | None = None
+
+
+def setup(scenarios: list[str], judge: Judge | None = None) -> Runtime:
+    """Register toolclash's listeners for *scenarios* (once per process; later calls add scenarios); no I/O.
+
+    *judge* ``(run_dir, notes=…) -> verdict`` judges the run when it stops (the locustfile passes
+    :func:`checks.judge.judge`); without one the run is captured but not judged.
+    """
+    global _plugin
+    rt, created = install(scenarios)
+    if not created:
+        if judge is not None and _plugin is not None:
+            _plugin.judge = judge
+        return rt
+    plugin = _plugin = Plugin(rt, judge)
+    events.init_command_line_parser.add_listener(plugin.on_parser)
+    events.init.add_listener(plugin.on_init)
+    events.test_start.add_listener(plugin.on_test_start)
+    events.test_stop.add_listener(plugin.on_test_stop)
+    events.quitting.add_listener(plugin.on_quitting)
+    events.quit.add_listener(plugin.on_quit)
+    events.report_to_master.add_listener(plugin.on_report_to_master)
+    events.worker_report.add_listener(plugin.on_worker_report)
+    events.request.add_listener(plugin.observer.on_request)
+    return rt
