@@ -103,7 +103,7 @@ class Settings:
     # --- observability
     metrics_port: int = opt(-1, f"Prometheus exporter port on the master (or the single process); -1: the port "
                             f"PROMETHEUS_URL's job 'toolclash' scrapes, else {DEFAULT_METRICS_PORT}; 0: no exporter",
-                            min=-1, max=65535, group="observability")
+                            group="observability")
     metrics_host: str = opt("127.0.0.1", "address the Prometheus exporter binds (0.0.0.0 inside a container)",
                             group="observability")
     metrics_linger_s: float = opt(0.0, "at the end, keep the exporter up until Prometheus has scraped the verdict "
@@ -205,6 +205,8 @@ class Settings:
         if self.retry_cap_ms < self.retry_base_ms:
             raise SettingsError("--retry-cap-ms must be at least --retry-base-ms")
         self.stage_users()  # raises on a bad --stages
+        if not -1 <= self.metrics_port <= 65535:
+            raise SettingsError(f"--metrics-port {self.metrics_port} is not a port (1-65535, 0: off, -1: auto)")
         if self.run_id and not _RUN_ID_RE.fullmatch(self.run_id):
             raise SettingsError(f"--run-id {self.run_id!r} may hold only letters, digits, '.', '_' and '-'")
         for name, var in (("database_url", "DATABASE_URL"), ("auth_database_url", "AUTH_DATABASE_URL"),
