@@ -313,12 +313,13 @@ class Runtime:
 
     @staticmethod
     def _service_var(name: str) -> str:
-        from toolclash.stack import SERVICES
+        from toolclash.stack.core import SERVICES
 
         return SERVICES[name].env_var
 
     def _start_stack(self, services: list[str]) -> None:
-        from toolclash.stack import Stack, StackError
+        from toolclash.stack.core import Stack
+        from toolclash.stack.process import StackError
 
         try:
             self.stack = Stack(services=services)
