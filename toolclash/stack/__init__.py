@@ -18,7 +18,8 @@ synchronous_commit=off, full_page_writes=off``: fast, but a crash of the machine
 Modules: :mod:`.process` (pids, ports, signals), :mod:`.daemon` (the base of every server: pid file,
 start on a free port, wait until ready, stop, crash, pause), one module per server (:mod:`.postgres`,
 :mod:`.pgbouncer`, :mod:`.redis`, :mod:`.clickhouse`, :mod:`.prometheus`), :mod:`.exporters` (Debian's
-Prometheus exporters a run starts), :mod:`.core` (``Stack``, ``SERVICES``).
+Prometheus exporters a run starts), :mod:`.control` (fault injection on a running server found from its
+URL), :mod:`.core` (``Stack``, ``SERVICES``).
 
 Nothing happens at import time: no subprocess, no file reads, no connections.
 
@@ -29,6 +30,7 @@ To add a service: subclass :class:`~.daemon.Service` in a module of its own (``n
 from toolclash.settings import mask_url
 from toolclash.stack.cli import main
 from toolclash.stack.clickhouse import ClickHouseService, find_clickhouse_server
+from toolclash.stack.control import NotLocalError, ServerControl
 from toolclash.stack.core import SERVICES, Stack
 from toolclash.stack.daemon import Service, ServiceContext
 from toolclash.stack.pgbouncer import PgBouncerService
@@ -43,11 +45,13 @@ __all__ = [
     "SERVICES",
     "AuthPostgresService",
     "ClickHouseService",
+    "NotLocalError",
     "PgBouncerService",
     "PostgresService",
     "PrometheusService",
     "RedisService",
     "RunAs",
+    "ServerControl",
     "Service",
     "ServiceContext",
     "Stack",

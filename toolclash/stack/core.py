@@ -213,14 +213,15 @@ class Stack:
         self._remove_temp_dir()
 
     @contextlib.contextmanager
-    def service(self, name: str) -> Iterator[Service]:
-        """The running stack's service *name*, its record loaded under the state dir's lock and saved after
-        (e.g. ``with Stack(dir).service("redis") as redis: redis.kill()``; see :mod:`toolclash.stack.control`)."""
+    def service(self, name: str, *, locked: bool = True) -> Iterator[Service]:
+        """The stack's service *name*, its record loaded under the state dir's lock and saved after (e.g.
+        ``with Stack(dir).service("redis") as redis: redis.kill()``; :mod:`toolclash.stack.control` uses it).
+        ``locked=False``: a look without the lock (not waiting for an ``up`` in progress), nothing saved."""
         root = self._existing_dir()
         if root is None or not (root / STATE_FILE).exists():
             raise StackError(f"no stack in {self.state_dir_hint()}; start one: python -m toolclash.stack up")
         run_as = recorded_run_as(self._load(root).get("user"))
-        with self._locked(root, run_as):
+        with self._locked(root, run_as) if locked else contextlib.nullcontext():
             state = self._load(root)
             record = state["services"].get(name)
             if name not in SERVICES or not record:
@@ -231,7 +232,8 @@ class Stack:
             try:
                 yield service
             finally:
-                ctx.save()
+                if locked:
+                    ctx.save()
 
     def status(self) -> dict[str, dict[str, Any]]:
         """Per service: running, pid, port, url (password masked), log, settings of note, notes."""
