@@ -169,7 +169,8 @@ def busy_cores(seconds: float) -> float:
 
 
 def throughput_phase(args: argparse.Namespace, ts: str, report: dict[str, Any], say: Progress) -> None:
-    from toolclash.stack import Stack, StackError
+    from toolclash.stack.core import Stack
+    from toolclash.stack.process import StackError
 
     out: dict[str, Any] = {"rounds": [], "summary": {}, "errors": []}
     report["throughput"] = out
@@ -292,7 +293,8 @@ def summarize(out: dict[str, Any], report: dict[str, Any]) -> None:
 
 def distributed_phase(args: argparse.Namespace, ts: str, report: dict[str, Any], say: Progress) -> None:
     from bench import distributed
-    from toolclash.stack import Stack, StackError
+    from toolclash.stack.core import Stack
+    from toolclash.stack.process import StackError
 
     bench_dir = ROOT / "reports" / f"bench-{ts}"
     bench_dir.mkdir(parents=True, exist_ok=True)

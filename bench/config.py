@@ -87,7 +87,8 @@ def figures_of(run_dir: Path, *, duration: int, profile: str) -> dict[str, Any]:
 
 def config_phase(args: argparse.Namespace, ts: str, report: dict[str, Any], say: Progress) -> None:
     """Run every (profile, agents, strategy) once on one private PostgreSQL; put the rows in ``report['config']``."""
-    from toolclash.stack import Stack, StackError
+    from toolclash.stack.core import Stack
+    from toolclash.stack.process import StackError
 
     workdir = ROOT / "reports" / f"bench-{ts}"
     workdir.mkdir(parents=True, exist_ok=True)

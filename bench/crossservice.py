@@ -131,7 +131,7 @@ def recovery_time(backend: Backend, n: int = IN_DOUBT) -> dict[str, Any]:
 
 
 def run(duration: float, clients: int, say: Any = print) -> dict[str, Any]:
-    from toolclash.stack import Stack
+    from toolclash.stack.core import Stack
 
     stack = Stack(services=("postgres", "auth_postgres", "clickhouse"))
     out: dict[str, Any] = {"duration_s": duration, "clients": clients, "accounts": ACCOUNTS, "modes": {}}

@@ -109,7 +109,8 @@ def rows(report: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
 
 def deadlock_phase(ts: str, say: Any) -> dict[str, Any]:
     """Start a private PostgreSQL, run both, stop it."""
-    from toolclash.stack import Stack, StackError
+    from toolclash.stack.core import Stack
+    from toolclash.stack.process import StackError
 
     workdir = ROOT / "reports" / f"bench-{ts}"
     workdir.mkdir(parents=True, exist_ok=True)

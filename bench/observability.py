@@ -121,7 +121,7 @@ def _prom(base: str, expr: str) -> float | None:
 
 def phase(*, users: int = 100, duration: int = 20, rounds: int = 1, ramp: float = 2.0,
           say: Any = print) -> dict[str, Any]:
-    from toolclash.stack import Stack
+    from toolclash.stack.core import Stack
 
     out: dict[str, Any] = {"users": users, "duration": duration, "rounds": rounds, "target_ratio": TARGET_RATIO,
                            "runs": []}

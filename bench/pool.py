@@ -37,7 +37,7 @@ CONNECTION_REASONS = frozenset({"connect-failed", "connection-lost", "pool-timeo
 def run_pool_bench(duration: int, *, agents: int = AGENTS, spawn_rate: int = SPAWN_RATE,
                    say: Any = print, reports_dir: Path | None = None) -> dict[str, Any]:
     """Start a private stack, run the agents through PgBouncer, return the figures."""
-    from toolclash.stack import Stack
+    from toolclash.stack.core import Stack
 
     locust = str(Path(sys.executable).with_name("locust"))
     stack = Stack(services=["postgres", "pgbouncer"])

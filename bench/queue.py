@@ -200,7 +200,8 @@ def queue_phase(args: argparse.Namespace, report: dict[str, Any], say: Any) -> N
         return
     from toolclash.backend import Backend
     from toolclash.settings import Settings
-    from toolclash.stack import Stack, StackError
+    from toolclash.stack.core import Stack
+    from toolclash.stack.process import StackError
     from toolclash.tools import queue as q
 
     out: dict[str, Any] = {"errors": []}

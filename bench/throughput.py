@@ -112,7 +112,8 @@ def find_pgbench() -> Path:
     """pgbench of the server's major version: next to ``initdb`` (pg_config --bindir), else on PATH."""
     import shutil
 
-    from toolclash.stack import StackError, find_pg_bindir
+    from toolclash.stack.postgres import find_pg_bindir
+    from toolclash.stack.process import StackError
 
     try:
         cand = find_pg_bindir() / "pgbench"

@@ -53,7 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_run(*, agents: int, duration: int, workdir: Path, run_id: str, say: Say,
              strategy: str = "expected_version") -> dict[str, Any]:
-    from toolclash.stack import Stack, StackError
+    from toolclash.stack.core import Stack
+    from toolclash.stack.process import StackError
 
     stack = Stack(services=("postgres",))
     try:

@@ -18,7 +18,7 @@ from typing import Any
 import psycopg2
 import pytest
 
-import toolclash.stack as stack_module
+import toolclash.stack.daemon as daemon_module
 from toolclash.stack import RunAs, Stack, StackError, _check_traversable, mask_url
 
 REPO = Path(__file__).resolve().parents[1]
@@ -157,21 +157,21 @@ def test_two_stacks_at_once_then_down_stops_them_and_removes_temp_dirs() -> None
 
 def test_a_taken_port_is_retried_and_exhaustion_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     state_dir = private_dir()
-    real_free_port: Callable[[], int] = stack_module._free_port
+    real_free_port: Callable[[], int] = daemon_module.free_port
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()
         taken = squatter.getsockname()[1]
         s = Stack(state_dir)
         try:
-            monkeypatch.setattr(stack_module, "_free_port", lambda: taken)
+            monkeypatch.setattr(daemon_module, "free_port", lambda: taken)  # every service picks ports there
             with pytest.raises(StackError, match="could not bind a free port") as excinfo:
                 s.up(timeout=60)
             assert "\n" not in str(excinfo.value)
             assert s.status()["postgres"]["running"] is False
 
             picks = iter([taken])
-            monkeypatch.setattr(stack_module, "_free_port", lambda: next(picks, None) or real_free_port())
+            monkeypatch.setattr(daemon_module, "free_port", lambda: next(picks, None) or real_free_port())
             url = s.up(timeout=60)["DATABASE_URL"]
             assert s.status()["postgres"]["port"] != taken
             assert query(url, "SELECT 1") == 1

@@ -26,109 +26,11 @@ from toolclash.metrics import (
     Registry,
     RegistryCollector,
     discover_port,
-    scrape_targets,
 )
 from toolclash.settings import DEFAULT_METRICS_PORT, Settings
+from toolclash.stack.exporters import ServerExporters
 
 log = logging.getLogger("toolclash")
-
-
-SERVER_EXPORTERS: dict[str, tuple[str, str]] = {
-    "postgres": ("DATABASE_URL", "prometheus-postgres-exporter"),
-    "pgbouncer": ("PGBOUNCER_URL", "prometheus-pgbouncer-exporter"),
-    "redis": ("REDIS_URL", "prometheus-redis-exporter"),
-}
-"""Scrape job → (the run's service URL that Debian's exporter for it watches, the exporter's binary)."""
-
-
-PGBOUNCER_EXPORTER_SHIM = (
-    "from prometheus_pgbouncer_exporter import cli, collectors\n"
-    "m = collectors.StatsCollector.metrics\n"
-    "m['total_query_count'] = m.pop('total_requests')\n"
-    "cli.main()\n"
-)
-"""Runs Debian's prometheus-pgbouncer-exporter (1.7) unchanged but for one column: it reads SHOW STATS's
-``total_requests``, which PgBouncer 1.8 renamed ``total_query_count`` (1.18 here), and without it the
-exporter dies at startup (KeyError). Same metric name, ``pgbouncer_requests_total``."""
-
-
-def exporter_command(job: str, binary: str, url: str, port: int) -> tuple[list[str], dict[str, str]]:
-    """argv and environment of Debian's exporter for *job* against *url*, listening on 127.0.0.1:*port*.
-
-    Secrets go in the environment (readable by the exporter's own user only), never on the command line.
-    """
-    from urllib.parse import unquote, urlsplit
-
-    env = {"PATH": "/usr/bin:/bin"}
-    listen = f"127.0.0.1:{port}"
-    if job == "postgres":  # 0.11: DATA_SOURCE_NAME
-        sep = "&" if "?" in url else "?"
-        env["DATA_SOURCE_NAME"] = f"{url}{sep}sslmode=disable"
-        return [binary, f"--web.listen-address={listen}", "--log.level=warn", "--disable-settings-metrics"], env
-    if job == "redis":  # 1.45 (Go flags): REDIS_ADDR / REDIS_PASSWORD are read like -redis.addr / -redis.password
-        parts = urlsplit(url)
-        env["REDIS_ADDR"] = f"redis://{parts.hostname}:{parts.port or 6379}"
-        if parts.password:
-            env["REDIS_PASSWORD"] = unquote(parts.password)
-        if parts.username:
-            env["REDIS_USER"] = unquote(parts.username)
-        return [binary, f"-web.listen-address={listen}", "-set-client-name=false"], env
-    # pgbouncer, 1.7 (Python): connects to the admin console (database ``pgbouncer``) as a stats user; libpq
-    # takes the password from PGPASSWORD
-    parts = urlsplit(url)
-    if parts.password:
-        env["PGPASSWORD"] = unquote(parts.password)
-    with open(binary, "rb") as fh:  # Debian's entry point: a script of the system's python3
-        python = fh.readline().decode().removeprefix("#!").strip() or "/usr/bin/python3"
-    return [python, "-c", PGBOUNCER_EXPORTER_SHIM, "--host", "127.0.0.1", "--port", str(port), "--pgbouncer-host",
-            parts.hostname or "127.0.0.1", "--pgbouncer-port", str(parts.port or 6432),
-            "--pgbouncer-user", unquote(parts.username or "pgbouncer")], env
-
-
-class ServerExporters:
-    """Debian's server exporters, started for the run where a local Prometheus expects them (job → port)."""
-
-    def __init__(self) -> None:
-        self.procs: list[Any] = []
-
-    def start(self, prometheus_url: str, urls: dict[str, str]) -> list[str]:
-        import shutil
-        import subprocess
-
-        from toolclash.stack import _resolve_run_as  # moves to toolclash.stack.exporters
-
-        started = []
-        for job, (host, port) in scrape_targets(prometheus_url).items():
-            if job not in SERVER_EXPORTERS or host not in ("127.0.0.1", "localhost"):
-                continue
-            var, name = SERVER_EXPORTERS[job]
-            if not urls.get(var):
-                continue
-            binary = shutil.which(name)
-            if binary is None:
-                self.stop()
-                raise MetricsSetupError(f"{name} not found; install it: apt-get install -y {name}  (or `make setup`)")
-            argv, env = exporter_command(job, binary, urls[var], port)
-            extra: dict[str, Any] = {}
-            run_as = _resolve_run_as()
-            if run_as is not None:
-                extra = {"user": run_as.uid, "group": run_as.gid, "extra_groups": []}
-            proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.DEVNULL, start_new_session=True, **extra)
-            self.procs.append(proc)
-            started.append(f"{job} exporter on 127.0.0.1:{port}")
-        return started
-
-    def stop(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(5)
-                except Exception:  # noqa: BLE001 - it did not go: kill it
-                    proc.kill()
-                    proc.wait(5)
-        self.procs = []
 
 
 def _process_usage(proc: Any) -> tuple[float, float]:

@@ -50,6 +50,8 @@ from toolclash.db import ConnectError, classify, close_quietly
 from toolclash.history import FAIL, OK, UNKNOWN
 from toolclash.option import Option, SettingsError
 from toolclash.scenario import Scenario
+from toolclash.stack.control import ServerControl
+from toolclash.stack.process import StackError
 from toolclash.tools import Call, Reject, transact
 
 NAME = "crossservice"
@@ -581,7 +583,7 @@ class Relay:
     def __init__(self, backend: Any, *, dedup: bool = True, redeliver_rate: float = 0.0, interval_s: float = 0.1,
                  recover_2pc: bool = True, min_age_s: float = 0.5, batch: int = 500,
                  rng: random.Random | None = None, outage: tuple[float, float] | None = None,
-                 auth_server: AuthServerControl | None = None, fault: str = "none") -> None:
+                 auth_server: ServerControl | None = None, fault: str = "none") -> None:
         self.backend = backend
         self.dedup = dedup
         self.redeliver_rate = redeliver_rate
@@ -679,7 +681,7 @@ class Relay:
         if self._outage_state == "before" and elapsed >= start:
             self._outage_state, self.counts["outages"] = "during", 1
             if self.auth_server is not None:
-                self.auth_server.stop()
+                self.auth_server.stop("immediate")
             else:
                 self._admin_ch("DETACH TABLE xs_usage")
         elif self._outage_state == "during" and elapsed >= start + length:
@@ -761,53 +763,15 @@ class Relay:
         self._main = self._auth = self._ch = None
 
 
-class AuthServerControl:
-    """Stop (``pg_ctl stop -m immediate``) and start the auth PostgreSQL server: only a local one this machine
-    runs (the embedded stack's), as the OS user that owns its data directory."""
-
-    def __init__(self, data_dir: Path, uid: int, gid: int) -> None:
-        self.data_dir, self.uid, self.gid = data_dir, uid, gid
-
-    @classmethod
-    def of(cls, backend: Any) -> AuthServerControl:
-        url = backend.url("AUTH_DATABASE_URL")
-        conn = backend.pg("admin", "AUTH_DATABASE_URL")
-        try:
-            with conn.cursor() as cur:
-                cur.execute("SHOW data_directory")
-                data_dir = Path(str(cur.fetchone()[0]))
-        finally:
-            close_quietly(conn)
-        host = urlsplit(url).hostname
-        if host not in ("127.0.0.1", "localhost", "::1") or not (data_dir / "postmaster.pid").exists():
-            raise SettingsError("--inject auth_restart stops and starts the auth server with pg_ctl: it needs a "
-                                "local server (leave AUTH_DATABASE_URL unset to use the embedded one)")
-        st = data_dir.stat()
-        return cls(data_dir, st.st_uid, st.st_gid)
-
-    def _pg_ctl(self, *args: str) -> None:
-        import os
-        import subprocess
-
-        from toolclash.stack import find_pg_bindir
-
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-        env["LC_ALL"] = "C"
-        extra: dict[str, Any] = {}
-        if os.geteuid() == 0 and self.uid != 0:
-            extra = {"user": self.uid, "group": self.gid, "extra_groups": []}
-        result = subprocess.run([str(find_pg_bindir() / "pg_ctl"), *args, "-D", str(self.data_dir), "-w", "-t", "60",
-                                 "-s"], capture_output=True, text=True, timeout=75, check=False, env=env,
-                                stdin=subprocess.DEVNULL, cwd=str(self.data_dir.parent), **extra)
-        if result.returncode != 0:
-            raise RuntimeError(f"pg_ctl {args[0]} failed: {(result.stderr or result.stdout).strip()[:200]}")
-
-    def stop(self) -> None:
-        self._pg_ctl("stop", "-m", "immediate")
-
-    def start(self) -> None:
-        log = self.data_dir.parent / "postgres.log"
-        self._pg_ctl("start", "-l", str(log if log.exists() else self.data_dir / "restart.log"))
+def auth_server_control(backend: Any) -> ServerControl:
+    """The auth PostgreSQL server, for ``--inject auth_restart`` (stopped with ``pg_ctl stop -m immediate``, then
+    started): only a local server this machine runs (the embedded stack's, or a local cluster)."""
+    try:
+        return ServerControl.of(backend.url("AUTH_DATABASE_URL"))
+    except StackError as exc:
+        raise SettingsError("--inject auth_restart stops and starts the auth server with pg_ctl: it needs a "
+                            "local server (leave AUTH_DATABASE_URL unset to use the embedded one); "
+                            f"{' '.join(str(exc).split())}") from None
 
 
 # ------------------------------------------------------------------------------------- run hooks
@@ -883,7 +847,7 @@ def _fault_of(run_dir: Path | None) -> str:
 def start(backend: Any, opts: Any, run_dir: Path | None, fault: str | None = None) -> Relay:
     """Start the outbox relay (with mid-run 2PC recovery unless the planted fault ``no_recovery``)."""
     fault = fault if fault is not None else _fault_of(run_dir)
-    auth_server = AuthServerControl.of(backend) if opts.inject == "auth_restart" else None
+    auth_server = auth_server_control(backend) if opts.inject == "auth_restart" else None
     relay = Relay(backend, dedup=fault != "relay_without_dedup", redeliver_rate=opts.relay_redeliver_rate,
                   interval_s=opts.relay_interval_s, recover_2pc=fault != "no_recovery",
                   min_age_s=opts.recovery_min_age_s,

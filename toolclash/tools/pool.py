@@ -289,7 +289,7 @@ class AnalyticsTool:
 def bouncer_url(url: str, mode: str) -> str:
     """The URL of *url*'s pooled database in *mode*: the embedded PgBouncer serves ``<db>`` in session
     mode and ``<db>_tx`` in transaction mode (a URL already naming ``…_tx`` is kept)."""
-    from toolclash.stack import PgBouncerService
+    from toolclash.stack.pgbouncer import PgBouncerService
 
     suffix = PgBouncerService.TRANSACTION_SUFFIX
     match = re.match(r"^(.*/)([^/?]+)(\?.*)?$", url)
