@@ -4,8 +4,8 @@
   single-database transaction doing the same writes (debit, outbox, grant in main) — the baseline;
   the outbox relay runs alongside, and the analytics lag (outbox → ClickHouse, P95 and max) is read
   from the outbox afterwards;
-* seconds for :func:`toolclash.recover.recover` to resolve 100 in-doubt transactions left by
-  coordinators crashed at every point between the first PREPARE and the last COMMIT PREPARED.
+* seconds for :func:`toolclash.tools.crossservice.recovery.recover` to resolve 100 in-doubt transactions
+  left by coordinators crashed at every point between the first PREPARE and the last COMMIT PREPARED.
 
 Private servers (main and auth PostgreSQL, ClickHouse) are started for the phase and stopped after.
 ``python -m bench.crossservice [--duration S] [--xs-clients N]`` runs this phase alone.
@@ -24,7 +24,9 @@ from checks.gates import percentile
 from toolclash.backend import Backend
 from toolclash.retry import RetryPolicy
 from toolclash.tools import Call
-from toolclash.tools.crossservice import CRASH_POINTS, CrossServiceTool, Relay, reset, snapshot
+from toolclash.tools.crossservice import CRASH_POINTS, SCENARIO, CrossServiceTool, Relay
+from toolclash.tools.crossservice.recovery import prepared, recover
+from toolclash.tools.crossservice.scenario import snapshot_main
 
 ACCOUNTS = 100
 IN_DOUBT = 100
@@ -35,13 +37,18 @@ def _call(op_id: str) -> Call:
                 rng=random.Random())
 
 
-def throughput(backend: Backend, mode: str, clients: int, duration: float) -> dict[str, Any]:
-    """ok ops/s of *mode* (2pc, saga or single) with *clients* threads, the relay running alongside."""
+def _reset(backend: Backend, agents: int, credits: int) -> None:
+    ctx = SCENARIO.context(backend, SCENARIO.options_from({"xs_agents": agents, "xs_initial_credits": credits}))
     admin = backend.pg("admin")
     try:
-        reset(admin, backend=backend, xs_agents=ACCOUNTS, xs_initial_credits=10**12)
+        SCENARIO.reset(ctx, admin)
     finally:
         admin.close()
+
+
+def throughput(backend: Backend, mode: str, clients: int, duration: float) -> dict[str, Any]:
+    """ok ops/s of *mode* (2pc, saga or single) with *clients* threads, the relay running alongside."""
+    _reset(backend, ACCOUNTS, 10**12)
     relay = Relay(backend, interval_s=0.1, min_age_s=5.0).start()
     ok = [0] * clients
     outcomes: dict[str, int] = {}
@@ -82,7 +89,7 @@ def throughput(backend: Backend, mode: str, clients: int, duration: float) -> di
     relay.close()
     admin = backend.pg("admin")
     try:
-        outbox = snapshot(admin)["outbox"]
+        outbox = snapshot_main(admin)["outbox"]
     finally:
         admin.close()
     lags = sorted((r["relayed_at"] - r["created_at"]) * 1000.0 for r in outbox if r["relayed_at"] is not None)
@@ -106,12 +113,10 @@ class _Crash(random.Random):
 
 def recovery_time(backend: Backend, n: int = IN_DOUBT) -> dict[str, Any]:
     """Seconds for recovery to resolve *n* operations left in doubt by crashed coordinators."""
-    from toolclash.recover import prepared, recover
-
+    _reset(backend, n, 1000)
     admin = backend.pg("admin")
     auth = backend.pg("admin", "AUTH_DATABASE_URL")
     try:
-        reset(admin, backend=backend, xs_agents=n, xs_initial_credits=1000)
         for i in range(n):
             tool = CrossServiceTool(lambda var: backend.pg("bench-crash", var), mode="2pc",
                                     inject="coordinator_crash", inject_rate=1.0,

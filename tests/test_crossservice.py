@@ -11,6 +11,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,12 +21,21 @@ import pytest
 
 from tests.conftest import ROOT, run_locust
 from toolclash.backend import Backend
+from toolclash.option import SettingsError
 from toolclash.recover import prepared, recover
 from toolclash.retry import RetryPolicy
+from toolclash.scenario import Context
 from toolclash.tools import Call
-from toolclash.tools.crossservice import CRASH_POINTS, CrossServiceTool, Relay, clickhouse_client, decide, gid
-from toolclash.tools.crossservice import reset as xs_reset
-from toolclash.tools.crossservice import snapshot as xs_snapshot
+from toolclash.tools.crossservice import (
+    CRASH_POINTS,
+    SCENARIO,
+    CrossServiceTool,
+    Outage,
+    Relay,
+    clickhouse_client,
+    decide,
+    gid,
+)
 
 LOCUSTFILE = "locustfiles/crossservice.py"
 LOAD = ["-u", "8", "-r", "8", "--profile", "stress", "--xs-agents", "4"]
@@ -70,6 +80,10 @@ def _prepared_counts(urls: dict[str, str]) -> tuple[int, int]:
     return out[0], out[1]
 
 
+def _ctx(backend: Backend, **opts: Any) -> Context:
+    return SCENARIO.context(backend, SCENARIO.options_from(opts))
+
+
 def _call(op_id: str) -> Call:
     return Call(op_id=op_id, policy=RetryPolicy(max_tries=3, base_s=0.001, cap_s=0.01, deadline_s=2.0),
                 rng=random.Random(1))
@@ -91,6 +105,7 @@ class _Crashing(random.Random):
 
 def test_recovery_resolves_a_coordinator_crashed_at_every_point_from_the_decision_log(xs: dict[str, str]) -> None:
     backend = Backend(xs, "t-recover")
+    ctx = _ctx(backend, xs_agents=5, xs_initial_credits=1000)
     admin = backend.pg("admin")
     opened: list[Any] = []
 
@@ -100,7 +115,7 @@ def test_recovery_resolves_a_coordinator_crashed_at_every_point_from_the_decisio
         return conn
 
     try:
-        xs_reset(admin, backend=backend, xs_agents=5, xs_initial_credits=1000)
+        SCENARIO.reset(ctx, admin)
         for i, point in enumerate(CRASH_POINTS):
             tool = CrossServiceTool(connect, mode="2pc", inject="coordinator_crash", inject_rate=1.0,
                                     rng=_Crashing(point))
@@ -122,7 +137,7 @@ def test_recovery_resolves_a_coordinator_crashed_at_every_point_from_the_decisio
             auth.close()
         assert _prepared_counts(xs) == (0, 0)
         assert counts["committed"] == 3 and counts["rolled_back"] == 3, counts
-        final = xs_snapshot(admin, backend)
+        final = SCENARIO.snapshot(ctx, admin)
     finally:
         admin.close()
         for conn in opened:
@@ -139,16 +154,17 @@ def test_recovery_resolves_a_coordinator_crashed_at_every_point_from_the_decisio
 
 def test_relay_redelivers_and_clickhouse_deduplicates_by_event_id(xs: dict[str, str]) -> None:
     backend = Backend(xs, "t-relay")
+    ctx = _ctx(backend, xs_agents=1, xs_initial_credits=1000)
     admin = backend.pg("admin")
     tool = CrossServiceTool(lambda var: backend.pg("agent", var), mode="saga")
     relay = Relay(backend, redeliver_rate=0.5, rng=random.Random(3), batch=3)
     try:
-        xs_reset(admin, backend=backend, xs_agents=1, xs_initial_credits=1000)
+        SCENARIO.reset(ctx, admin)
         for i in range(12):
             assert tool.grant_tool_access(_call(f"op-{i}"), "agent-1", "browser", 2).outcome == "ok"
         assert relay.drain(20.0)
         assert relay.counts["redelivered_batches"] > 0, relay.counts
-        final = xs_snapshot(admin, backend)
+        final = SCENARIO.snapshot(ctx, admin)
     finally:
         relay.close()
         tool.close()
@@ -274,3 +290,44 @@ def test_recover_cli_without_urls_is_one_line_and_exit_2() -> None:
     cli = subprocess.run([sys.executable, "-m", "toolclash.recover"], cwd=ROOT, env=env, capture_output=True,
                          text=True, timeout=60, check=False)
     assert cli.returncode == 2 and cli.stderr.count("\n") == 1 and "DATABASE_URL is not set" in cli.stderr, cli
+
+
+def test_options_keep_their_bounds_and_cross_checks() -> None:
+    assert SCENARIO.options_from({}).inject_rate == 0.1
+    for values, flag in (({"inject_rate": 1.5}, "--inject-rate"), ({"xs_agents": 0}, "--xs-agents"),
+                         ({"mode": "3pc"}, "--mode"), ({"relay_redeliver_rate": 1.0}, "--relay-redeliver-rate"),
+                         ({"outage_s": 0.0}, "--outage-s"), ({"relay_interval_s": 0.0}, "--relay-interval-s")):
+        with pytest.raises(SettingsError, match=flag):
+            SCENARIO.options_from(values)
+
+
+class _FakeServer:
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.steps: list[tuple[str, float]] = []
+
+    def stop(self) -> None:
+        self.steps.append(("stop", time.monotonic() - self.started))
+
+    def start(self) -> None:
+        self.steps.append(("start", time.monotonic() - self.started))
+
+
+def test_outage_starts_after_its_delay_lasts_its_length_and_stop_ends_it() -> None:
+    server = _FakeServer()
+    outage = Outage(None, "auth_restart", after_s=0.1, length_s=0.2, auth_server=server).start()
+    limit = time.monotonic() + 10
+    while len(server.steps) < 2 and time.monotonic() < limit:  # ended by its own clock, not by stop()
+        time.sleep(0.02)
+    outage.stop()
+    assert [s for s, _ in server.steps] == ["stop", "start"] and outage.counts == {"outages": 1}, server.steps
+    assert server.steps[0][1] >= 0.1 and server.steps[1][1] - server.steps[0][1] >= 0.2, server.steps
+    cut = _FakeServer()  # stopped during the outage: stop() brings the server back at once
+    outage = Outage(None, "auth_restart", after_s=0.0, length_s=30.0, auth_server=cut).start()
+    time.sleep(0.2)
+    outage.stop()
+    assert [s for s, _ in cut.steps] == ["stop", "start"], cut.steps
+    never = _FakeServer()  # stopped before it began: nothing happens, and nothing later
+    outage = Outage(None, "auth_restart", after_s=30.0, length_s=1.0, auth_server=never).start()
+    outage.stop()
+    assert never.steps == [] and outage.counts == {}
