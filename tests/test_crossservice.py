@@ -32,6 +32,7 @@ from toolclash.tools.crossservice import (
     CrossServiceTool,
     Outage,
     Relay,
+    auth_server_control,
     clickhouse_client,
     decide,
     gid,
@@ -301,33 +302,41 @@ def test_options_keep_their_bounds_and_cross_checks() -> None:
             SCENARIO.options_from(values)
 
 
-class _FakeServer:
-    def __init__(self) -> None:
-        self.started = time.monotonic()
-        self.steps: list[tuple[str, float]] = []
-
-    def stop(self) -> None:
-        self.steps.append(("stop", time.monotonic() - self.started))
-
-    def start(self) -> None:
-        self.steps.append(("start", time.monotonic() - self.started))
+def _answers(url: str) -> bool:
+    try:
+        psycopg2.connect(url, connect_timeout=2).close()
+        return True
+    except psycopg2.OperationalError:
+        return False
 
 
-def test_outage_starts_after_its_delay_lasts_its_length_and_stop_ends_it() -> None:
-    server = _FakeServer()
-    outage = Outage(None, "auth_restart", after_s=0.1, length_s=0.2, auth_server=server).start()
-    limit = time.monotonic() + 10
-    while len(server.steps) < 2 and time.monotonic() < limit:  # ended by its own clock, not by stop()
-        time.sleep(0.02)
+def _wait_for(url: str, up: bool, deadline_s: float = 60.0) -> float:
+    limit = time.monotonic() + deadline_s
+    while _answers(url) != up:
+        assert time.monotonic() < limit, f"the auth server did not come {'up' if up else 'down'} in {deadline_s} s"
+        time.sleep(0.05)
+    return time.monotonic()
+
+
+def test_outage_starts_after_its_delay_lasts_its_length_and_stop_ends_it(xs: dict[str, str]) -> None:
+    """The real auth server: stopped after the delay, back after the length by its own clock; stop() during an
+    outage brings it back at once; stop() before the delay leaves it alone."""
+    url = xs["AUTH_DATABASE_URL"]
+    backend = Backend(xs, "outage-test")
+    server = auth_server_control(backend)
+    started = time.monotonic()
+    outage = Outage(backend, "auth_restart", after_s=0.3, length_s=1.0, auth_server=server).start()
+    down = _wait_for(url, up=False)
+    up = _wait_for(url, up=True)
     outage.stop()
-    assert [s for s, _ in server.steps] == ["stop", "start"] and outage.counts == {"outages": 1}, server.steps
-    assert server.steps[0][1] >= 0.1 and server.steps[1][1] - server.steps[0][1] >= 0.2, server.steps
-    cut = _FakeServer()  # stopped during the outage: stop() brings the server back at once
-    outage = Outage(None, "auth_restart", after_s=0.0, length_s=30.0, auth_server=cut).start()
-    time.sleep(0.2)
-    outage.stop()
-    assert [s for s, _ in cut.steps] == ["stop", "start"], cut.steps
-    never = _FakeServer()  # stopped before it began: nothing happens, and nothing later
-    outage = Outage(None, "auth_restart", after_s=30.0, length_s=1.0, auth_server=never).start()
-    outage.stop()
-    assert never.steps == [] and outage.counts == {}
+    assert down - started >= 0.3 and up - down >= 1.0, (down - started, up - down)
+    assert outage.counts == {"outages": 1}
+
+    cut = Outage(backend, "auth_restart", after_s=0.0, length_s=60.0, auth_server=server).start()
+    _wait_for(url, up=False)
+    cut.stop()  # during the outage: the server is started again before stop() returns
+    assert _answers(url)
+
+    never = Outage(backend, "auth_restart", after_s=60.0, length_s=1.0, auth_server=server).start()
+    never.stop()
+    assert never.counts == {} and _answers(url)

@@ -33,6 +33,9 @@ from urllib.parse import urlsplit
 
 Labels = tuple[tuple[str, str], ...]
 
+DEFAULT_METRICS_PORT = 9646
+"""Where the exporter listens unless told otherwise (or unless a Prometheus names another port)."""
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
 """Seconds; 0.5 and 2.0 are bucket bounds so the SLA thresholds (deadlock 500 ms, P95 2 s) are exact."""
 

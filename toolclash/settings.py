@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
+from toolclash.metrics import DEFAULT_METRICS_PORT
 from toolclash.option import Option, SettingsError, check_database_url, mask_url
 from toolclash.scenario import get as scenario
 
@@ -28,9 +29,6 @@ PROFILE_DEFAULTS: dict[str, dict[str, float]] = {
     "stress": {"wait_min": 0.0, "wait_max": 0.0, "gate_conflict_rate": 0.20},
 }
 """What ``-1`` means for these options, by ``--profile``."""
-
-DEFAULT_METRICS_PORT = 9646
-"""The exporter's port when neither ``--metrics-port`` nor Prometheus's scrape target names one."""
 
 SMALL_STAGE = 10
 """A ramp stage of at most this many agents is gated at ``--stage-gate-conflict-low``, a larger one at ``…-high``."""

@@ -21,13 +21,14 @@ import gevent
 
 from toolclash import metrics
 from toolclash.metrics import (
+    DEFAULT_METRICS_PORT,
     Labels,
     MetricsSetupError,
     Registry,
     RegistryCollector,
     discover_port,
 )
-from toolclash.settings import DEFAULT_METRICS_PORT, Settings
+from toolclash.settings import Settings
 from toolclash.stack.exporters import ServerExporters
 
 log = logging.getLogger("toolclash")

@@ -27,7 +27,7 @@ To add a service: subclass :class:`~.daemon.Service` in a module of its own (``n
 ``title``, ``owns``, ``url``, ``configure``, ``launch``, ``probe``) and add it to ``SERVICES``.
 """
 
-from toolclash.settings import mask_url
+from toolclash.option import mask_url
 from toolclash.stack.cli import main
 from toolclash.stack.clickhouse import ClickHouseService, find_clickhouse_server
 from toolclash.stack.control import NotLocalError, ServerControl

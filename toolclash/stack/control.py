@@ -42,7 +42,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from toolclash.settings import mask_url
+from toolclash.option import mask_url
 from toolclash.stack.core import SERVICES, Stack, load_state
 from toolclash.stack.daemon import Service, ServiceContext
 from toolclash.stack.postgres import LocalCluster

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import ClassVar
 
-from toolclash.settings import mask_url
+from toolclash.option import mask_url
 from toolclash.stack.daemon import Launched, Service, ServiceContext
 from toolclash.stack.process import (
     LOOPBACK,
