@@ -24,7 +24,7 @@ from typing import Any
 
 from bench.throughput import BenchError
 from checks import credits as credit_checks
-from checks import sla
+from checks import gates
 from checks.verdict import evaluate
 from toolclash.history import FAIL, OK, UNKNOWN, HistoryWriter, read_history
 from toolclash.run import create_run_dir, read_json, write_json
@@ -158,7 +158,7 @@ def run_checker(*, ops: int, accounts: int, repeat: int, seed: int, say: Say,
         read_s, history = _timed(lambda: read_history(run))
         final_s, final = _timed(lambda: read_json(run / "final" / "credits.json"))
         filter_s, deducts = _timed(lambda: [op for op in history.ops if op["tool"] == credit_checks.TOOL])
-        figures_s, _ = _timed(lambda: sla.figures(deducts))
+        figures_s, _ = _timed(lambda: gates.figures(deducts))
         check_times: list[float] = []
         for n in range(repeat):
             seconds, results = _timed(lambda: credit_checks.check_all(history.ops, final))
