@@ -1,17 +1,14 @@
 """``python -m bench``: toolclash's speed figures, as ratios against references measured in the same run.
 
-Two phases (each can be skipped):
+Every phase has one shape (:class:`bench.phase.Phase`): its flag, its options, ``run(args, ctx)`` that
+returns its figures, and ``rows(figures)`` for the final table. ``bench/__main__.py`` loops over them:
 
-1. **Throughput** — one private PostgreSQL (``toolclash.stack``) on 127.0.0.1; pgbench runs the
-   ``pessimistic`` credit deduction (``SELECT … FOR UPDATE``, ``UPDATE``, ledger ``INSERT``) as a
-   custom script; the *floor* (``bench.floor``) runs it through psycopg2 + gevent alone; then the
-   credits locustfile runs it through the whole agent path (tool client, history, checks) with
-   one Locust process and with ``--processes 2``. The figures are ok operations per second, their
-   ratios to pgbench's tps, and the CPU each side (load generator, server) spent per transaction
-   (``bench.cpu``). ``--rounds N`` alternates the four runs N times and keeps medians.
-2. **Checker speed** — a synthetic, valid credits run directory of ``--ops`` operations; the
-   figures are operations per second of ``checks.verdict.evaluate`` (read + check) and of
-   ``checks.credits.check_all`` alone on data in memory.
+* ``throughput`` — pgbench, the psycopg2 + gevent floor and the credits locustfile (1 and 2 processes), the
+  same ``pessimistic`` transaction on the same private server; ratios to pgbench (``bench.throughput``,
+  the runs in ``bench.runners``);
+* ``distributed`` — one process vs master + 2 and + 4 workers; ``checker`` — the verdict's speed on a
+  synthetic 1M-operation run directory; ``config``, ``deadlock``, ``crossservice``, ``queue``, ``pool``,
+  ``workspace`` — each scenario's own figures; ``observability`` (opt-in) — the exporter's cost.
 
 Results: a table on stdout and ``reports/bench-<ts>.json``. Nothing happens at import.
 """

@@ -1,16 +1,18 @@
 """Checker-speed phase: a synthetic, valid credits run directory, then the checker timed on it.
 
-The run directory is written with the project's own writers (``create_run_dir``,
-``HistoryWriter``, ``write_json``), so its format is the real one. The history is what agents
-of the ``pessimistic`` strategy would have recorded: ok deductions on ``accounts`` accounts, one
-poor account that runs dry (``fail`` / ``insufficient-funds``), a few calls ok after a deadlock
-retry, a few that gave up after retries, and a few in doubt (``unknown``, interrupted during
-COMMIT) of which half took effect. The final state matches: every account balances, and the
-ledger holds one row per applied call, chained per account in ``seq`` order.
+The run directory is written with the project's own writers (``create_run_dir`` with the options a
+run records, ``HistoryWriter`` of records made by ``make_op``, ``write_json``), so its format is the
+real one. The history is what agents of the ``pessimistic`` strategy would have recorded: ok
+deductions on ``accounts`` accounts, one poor account that runs dry (``fail`` /
+``insufficient-funds``), a few calls ok after a deadlock retry, a few that gave up after retries,
+and a few in doubt (``unknown``, interrupted during COMMIT) of which half took effect. The final
+state matches: every account balances, and the ledger holds one row per applied call, chained per
+account in ``seq`` order.
 """
 
 from __future__ import annotations
 
+import argparse
 import gc
 import random
 import shutil
@@ -22,12 +24,14 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bench.throughput import BenchError
+from bench.phase import ROOT, BenchError, Context, Phase, Row, num, positive_int, row
 from checks import credits as credit_checks
 from checks import gates
 from checks.verdict import evaluate
-from toolclash.history import FAIL, OK, UNKNOWN, HistoryWriter, read_history
+from toolclash.history import FAIL, OK, UNKNOWN, HistoryWriter, make_op, read_history
 from toolclash.run import create_run_dir, read_json, write_json
+from toolclash.scenario import get as scenario
+from toolclash.settings import Settings
 
 Say = Callable[[str], None]
 
@@ -44,13 +48,15 @@ UNKNOWN_SHARE = 0.0004
 """in doubt (interrupted during COMMIT); half of them took effect."""
 GATES = {"gate_conflict_rate": 0.05, "gate_p95_ms": 2000.0, "gate_success_rate": 0.999}
 FLUSH_EVERY = 50_000
+TARGET_OPS_PER_S = 200_000
 
 
 def generate(parent: Path, *, ops: int, accounts: int, seed: int, say: Say) -> Path:
     """Write a synthetic run directory under *parent*; return its path."""
     rng = random.Random(seed)
     run_id = f"synthetic-{ops}"
-    run = create_run_dir(parent, run_id, {"scenarios": ["credits"], "settings": dict(GATES),
+    settings = Settings.from_mapping({**GATES, "strategy": "pessimistic", "accounts": accounts}, ["credits"])
+    run = create_run_dir(parent, run_id, {"scenarios": ["credits"], "settings": settings.public(),
                                           "synthetic": {"ops": ops, "accounts": accounts, "seed": seed}})
     procs = [f"synth-{k + 1}" for k in range(PROCESSES)]
     writers = [HistoryWriter(run / "history", run_id=run_id, process=p).start() for p in procs]
@@ -100,10 +106,10 @@ def generate(parent: Path, *, ops: int, accounts: int, seed: int, say: Say) -> P
             version[acct] += 1
             ledger.append({"seq": len(ledger) + 1, "op_id": op_id, "account_id": acct, "amount": amount,
                            "balance_before": before, "balance_after": before - amount, "agent": agent})
-        w.record({"run_id": run_id, "op_id": op_id, "process": w.process, "agent": agent, "tool": "deduct",
-                  "strategy": "pessimistic", "args": {"account": acct, "amount": amount}, "invoke_ts": invoke,
-                  "complete_ts": complete, "outcome": outcome, "attempts": attempts, "error_class": error_class,
-                  "reason": reason, "result": result})
+        w.record(make_op(run_id=run_id, op_id=op_id, process=w.process, agent=agent, tool=credit_checks.TOOL,
+                         strategy="pessimistic", args={"account": acct, "amount": amount}, invoke_ts=invoke,
+                         complete_ts=complete, outcome=outcome, attempts=attempts, error_class=error_class,
+                         reason=reason, result=result))
         if (i + 1) % FLUSH_EVERY == 0:
             for wr in writers:
                 wr.flush()
@@ -158,7 +164,8 @@ def run_checker(*, ops: int, accounts: int, repeat: int, seed: int, say: Say,
         read_s, history = _timed(lambda: read_history(run))
         final_s, final = _timed(lambda: read_json(run / "final" / "credits.json"))
         filter_s, deducts = _timed(lambda: [op for op in history.ops if op["tool"] == credit_checks.TOOL])
-        figures_s, _ = _timed(lambda: gates.figures(deducts))
+        rejections = gates.BUSINESS_REJECTIONS | scenario("credits").rejections
+        figures_s, _ = _timed(lambda: gates.figures(deducts, rejections))
         check_times: list[float] = []
         for n in range(repeat):
             seconds, results = _timed(lambda: credit_checks.check_all(history.ops, final))
@@ -193,3 +200,38 @@ def run_checker(*, ops: int, accounts: int, repeat: int, seed: int, say: Say,
             shutil.move(str(tmp), str(keep_dir / tmp.name))
         else:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------------ phase
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ops", type=positive_int, default=1_000_000, metavar="N",
+                        help="operations in the synthetic history of the checker phase (default 1,000,000)")
+    parser.add_argument("--checker-accounts", type=positive_int, default=100, metavar="N",
+                        help="accounts of the synthetic history (default 100)")
+    parser.add_argument("--repeat", type=positive_int, default=3, metavar="N",
+                        help="timed repetitions of evaluate() and check_all(); the median counts (default 3)")
+    parser.add_argument("--keep-synthetic", action="store_true",
+                        help="keep the synthetic run directory under reports/bench-<ts>/ (for profiling)")
+
+
+def run(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
+    ctx.say.phase(f"checker speed on a synthetic valid history of {args.ops} operations")
+    keep = ROOT / "reports" / f"bench-{ctx.ts}" if args.keep_synthetic else None
+    return run_checker(ops=args.ops, accounts=args.checker_accounts, repeat=args.repeat, seed=1, say=ctx.say,
+                       keep_dir=keep)
+
+
+def rows(ck: dict[str, Any]) -> list[Row]:
+    if "error" in ck:
+        return [row("checker", "FAILED")]
+    out = [row(f"checker evaluate() ops/s ({ck['ops']:,} ops)", num(ck["evaluate_ops_per_s"], ",.0f"),
+               f">= {TARGET_OPS_PER_S:,}", ck["evaluate_ops_per_s"] >= TARGET_OPS_PER_S),
+           row("checker check_all() ops/s (in memory)", num(ck["check_all_ops_per_s"], ",.0f"),
+               f">= {TARGET_OPS_PER_S:,}", ck["check_all_ops_per_s"] >= TARGET_OPS_PER_S)]
+    out += [row(f"  {part} s", f"{secs:.2f}") for part, secs in ck["parts_s"].items()]
+    return out
+
+
+PHASE = Phase(name="checker", help="skip the checker-speed phase", run=run, rows=rows, add_arguments=add_arguments)

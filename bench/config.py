@@ -18,19 +18,15 @@ bent: the table says met or not. ``python -m bench.config`` runs this phase alon
 from __future__ import annotations
 
 import argparse
-import contextlib
-import datetime as dt
 import sys
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from bench import Progress
 from bench.children import clean_env, run_child
-from bench.throughput import ROOT, BenchError, locust_bin, steady_window
+from bench.phase import ROOT, BenchError, Context, Phase, Row, private_stack, row, run_alone
+from bench.runners import locust_bin, steady_window, verdict_of
 from toolclash.history import read_history
-from toolclash.run import write_json
 
 STRATEGIES = ("versioned", "field_atomic")
 AGENTS = (15, 50)
@@ -52,16 +48,16 @@ def one_run(url: str, workdir: Path, *, strategy: str, agents: int, profile: str
     run_dir = workdir / run_id
     out: dict[str, Any] = {"strategy": strategy, "agents": agents, "profile": profile, "duration_s": duration,
                            "exit_code": child.returncode, "run_dir": str(run_dir)}
-    if not (run_dir / "checks.json").is_file():
+    verdict = verdict_of(run_dir)
+    if verdict is None:
         out["error"] = f"no verdict written (exit {child.returncode})"
         return out
-    out.update(figures_of(run_dir, duration=duration, profile=profile))
+    out.update(figures_of(run_dir, verdict, duration=duration, profile=profile))
     return out
 
 
-def figures_of(run_dir: Path, *, duration: int, profile: str) -> dict[str, Any]:
+def figures_of(run_dir: Path, verdict: dict[str, Any], *, duration: int, profile: str) -> dict[str, Any]:
     """The phase's figures from a finished run directory (its verdict and history)."""
-    verdict = orjson.loads((run_dir / "checks.json").read_bytes())
     fig = verdict["figures"]["config"]
     ops = [op for op in read_history(run_dir).ops if op["tool"] == "update_config"]
     window = steady_window(ops, duration=duration, ramp=RAMP_S)
@@ -85,34 +81,24 @@ def figures_of(run_dir: Path, *, duration: int, profile: str) -> dict[str, Any]:
     }
 
 
-def config_phase(args: argparse.Namespace, ts: str, report: dict[str, Any], say: Progress) -> None:
-    """Run every (profile, agents, strategy) once on one private PostgreSQL; put the rows in ``report['config']``."""
-    from toolclash.stack.core import Stack
-    from toolclash.stack.process import StackError
-
-    workdir = ROOT / "reports" / f"bench-{ts}"
-    workdir.mkdir(parents=True, exist_ok=True)
-    rows: list[dict[str, Any]] = []
-    report["config"] = {"rows": rows, "targets": TARGETS}
-    stack = Stack(services=("postgres",))
-    try:
-        try:
-            url = stack.up(timeout=120)["DATABASE_URL"]
-        except StackError as exc:
-            raise SystemExit(f"python -m bench: {exc}") from None
+def run(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
+    """Run every (profile, agents, strategy) once on one private PostgreSQL; the rows go to ``rows``."""
+    ctx.say.phase(f"config: versioned vs field_atomic at {' and '.join(map(str, AGENTS))} agents, normal "
+                  f"({args.config_normal_s} s) and stress ({args.config_stress_s} s)")
+    runs: list[dict[str, Any]] = []
+    out = ctx.keep({"rows": runs, "targets": TARGETS})
+    with private_stack(("postgres",), ctx.say) as (urls, _stack):
         for profile in PROFILES:
             duration = args.config_normal_s if profile == "normal" else args.config_stress_s
             for agents in AGENTS:
                 for strategy in STRATEGIES:
                     try:
-                        rows.append(one_run(url, workdir, strategy=strategy, agents=agents, profile=profile,
-                                            duration=duration, say=say))
+                        runs.append(one_run(urls["DATABASE_URL"], ctx.workdir, strategy=strategy, agents=agents,
+                                            profile=profile, duration=duration, say=ctx.say))
                     except BenchError as exc:
-                        rows.append({"strategy": strategy, "agents": agents, "profile": profile, "error": str(exc)})
-    finally:
-        with contextlib.suppress(StackError):
-            stack.down()
-    say("config phase:\n" + render(rows))
+                        runs.append({"strategy": strategy, "agents": agents, "profile": profile, "error": str(exc)})
+    ctx.say("config phase:\n" + render(runs))
+    return out
 
 
 def render(rows: list[dict[str, Any]]) -> str:
@@ -143,19 +129,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds of each config run under --profile stress (default 15)")
 
 
+def rows(out: dict[str, Any]) -> list[Row]:
+    table: list[Row] = []
+    for r in out.get("rows", []):
+        name = f"config {r['profile']}, {r['agents']} agents, {r['strategy']}"
+        if "error" in r:
+            table.append(row(name, "FAILED", r["error"], False))
+            continue
+        table.append(row(f"{name}: conflict rate", f"{r['conflict_rate']:.1%}", f"< {r['target_conflict_rate']:.0%}",
+                         r["conflict_target_met"]))
+        table.append(row("  writes/s, p95 ms, success, checks", f"{r['writes_per_s']:.1f}, {r['p95_ms']:.1f}, "
+                         f"{r['success_rate']:.2%}, {'valid' if r['checks_valid'] else 'NOT VALID'}"))
+    return table
+
+
+def errors(out: dict[str, Any]) -> list[str]:
+    """A run without a verdict, or whose checks found the data wrong."""
+    return [f"config {r['profile']} {r['agents']} {r['strategy']}: "
+            + r.get("error", "checks not valid") for r in out.get("rows", [])
+            if "error" in r or not r.get("checks_valid")]
+
+
+PHASE = Phase(name="config", help="skip the config phase (bench/config.py)", run=run, rows=rows,
+              add_arguments=add_arguments, errors=errors)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.config", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
-    args = parser.parse_args(argv)
-    ts = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    report: dict[str, Any] = {"bench": ts}
-    config_phase(args, ts, report, Progress())
-    path = ROOT / "reports" / f"bench-{ts}-config.json"
-    write_json(path, report)
-    print(f"report: {path.relative_to(ROOT)}", flush=True)
-    rows = report["config"]["rows"]
-    return 1 if any("error" in r or not r.get("checks_valid") for r in rows) else 0
+    return run_alone(PHASE, parser.parse_args(argv), "config")
 
 
 if __name__ == "__main__":

@@ -4,10 +4,11 @@
   single-database transaction doing the same writes (debit, outbox, grant in main) — the baseline;
   the outbox relay runs alongside, and the analytics lag (outbox → ClickHouse, P95 and max) is read
   from the outbox afterwards;
-* seconds for :func:`toolclash.tools.crossservice.recovery.recover` to resolve 100 in-doubt transactions
-  left by coordinators crashed at every point between the first PREPARE and the last COMMIT PREPARED.
+* seconds for :func:`toolclash.recover.recover` to resolve 100 in-doubt transactions left by
+  coordinators crashed at every point between the first PREPARE and the last COMMIT PREPARED.
 
-Private servers (main and auth PostgreSQL, ClickHouse) are started for the phase and stopped after.
+Private servers (main and auth PostgreSQL, ClickHouse) are started for the phase and stopped after. The
+schema is reset and the outbox read by the scenario's own ``reset`` and ``snapshot`` hooks, as a run does.
 ``python -m bench.crossservice [--duration S] [--xs-clients N]`` runs this phase alone.
 """
 
@@ -20,16 +21,30 @@ import threading
 import time
 from typing import Any
 
+from bench.phase import Context, Phase, Row, num, positive_int, private_stack, row, run_alone
 from checks.gates import percentile
+from toolclash import db
 from toolclash.backend import Backend
+from toolclash.recover import prepared, recover
 from toolclash.retry import RetryPolicy
+from toolclash.scenario import get as scenario
 from toolclash.tools import Call
-from toolclash.tools.crossservice import CRASH_POINTS, SCENARIO, CrossServiceTool, Relay
-from toolclash.tools.crossservice.recovery import prepared, recover
-from toolclash.tools.crossservice.scenario import snapshot_main
+from toolclash.tools.crossservice import CRASH_POINTS, CrossServiceTool, Relay
 
 ACCOUNTS = 100
 IN_DOUBT = 100
+MODES = ("single", "2pc", "saga")
+
+
+def _hook(backend: Backend, hook: str, **options: Any) -> Any:
+    """Call the crossservice scenario's ``reset`` or ``snapshot`` hook with *options* (the rest at their defaults)."""
+    xs = scenario("crossservice")
+    ctx = xs.context(backend, xs.options_from(options))
+    conn = backend.pg("admin")
+    try:
+        return xs.reset(ctx, conn) if hook == "reset" else xs.snapshot(ctx, conn)
+    finally:
+        db.close_quietly(conn)
 
 
 def _call(op_id: str) -> Call:
@@ -37,18 +52,9 @@ def _call(op_id: str) -> Call:
                 rng=random.Random())
 
 
-def _reset(backend: Backend, agents: int, credits: int) -> None:
-    ctx = SCENARIO.context(backend, SCENARIO.options_from({"xs_agents": agents, "xs_initial_credits": credits}))
-    admin = backend.pg("admin")
-    try:
-        SCENARIO.reset(ctx, admin)
-    finally:
-        admin.close()
-
-
 def throughput(backend: Backend, mode: str, clients: int, duration: float) -> dict[str, Any]:
     """ok ops/s of *mode* (2pc, saga or single) with *clients* threads, the relay running alongside."""
-    _reset(backend, ACCOUNTS, 10**12)
+    _hook(backend, "reset", xs_agents=ACCOUNTS, xs_initial_credits=10**12)
     relay = Relay(backend, interval_s=0.1, min_age_s=5.0).start()
     ok = [0] * clients
     outcomes: dict[str, int] = {}
@@ -87,11 +93,7 @@ def throughput(backend: Backend, mode: str, clients: int, duration: float) -> di
     elapsed = time.monotonic() - started
     drained = relay.drain(30.0)
     relay.close()
-    admin = backend.pg("admin")
-    try:
-        outbox = snapshot_main(admin)["outbox"]
-    finally:
-        admin.close()
+    outbox = _hook(backend, "snapshot", xs_agents=ACCOUNTS)["outbox"]
     lags = sorted((r["relayed_at"] - r["created_at"]) * 1000.0 for r in outbox if r["relayed_at"] is not None)
     return {"mode": mode, "clients": clients, "seconds": round(elapsed, 2), "ok": sum(ok),
             "ops_per_s": round(sum(ok) / elapsed, 1), "outcomes": outcomes, "relay_drained": drained,
@@ -113,7 +115,7 @@ class _Crash(random.Random):
 
 def recovery_time(backend: Backend, n: int = IN_DOUBT) -> dict[str, Any]:
     """Seconds for recovery to resolve *n* operations left in doubt by crashed coordinators."""
-    _reset(backend, n, 1000)
+    _hook(backend, "reset", xs_agents=n, xs_initial_credits=1000)
     admin = backend.pg("admin")
     auth = backend.pg("admin", "AUTH_DATABASE_URL")
     try:
@@ -135,51 +137,66 @@ def recovery_time(backend: Backend, n: int = IN_DOUBT) -> dict[str, Any]:
             "seconds": round(seconds, 3), "counts": counts}
 
 
-def run(duration: float, clients: int, say: Any = print) -> dict[str, Any]:
-    from toolclash.stack.core import Stack
-
-    stack = Stack(services=("postgres", "auth_postgres", "clickhouse"))
+def run_all(duration: float, clients: int, urls: dict[str, str], say: Any = print) -> dict[str, Any]:
     out: dict[str, Any] = {"duration_s": duration, "clients": clients, "accounts": ACCOUNTS, "modes": {}}
-    try:
-        say("crossservice: starting private main + auth PostgreSQL and ClickHouse")
-        backend = Backend(stack.up(timeout=120), "bench-xs")
-        for mode in ("single", "2pc", "saga"):
-            res = throughput(backend, mode, clients, duration)
-            out["modes"][mode] = res
-            say(f"  {mode}: {res['ops_per_s']:,.1f} ok ops/s ({res['outcomes']}), analytics lag p95 "
-                f"{res['analytics_lag_p95_ms']} ms, max {res['analytics_lag_max_ms']} ms")
-        base = out["modes"]["single"]["ops_per_s"] or float("nan")
-        out["ratios"] = {f"{m}_vs_single": round(out["modes"][m]["ops_per_s"] / base, 3) for m in ("2pc", "saga")}
-        out["recovery"] = rec = recovery_time(backend)
-        say(f"  recovery of {rec['in_doubt_ops']} in-doubt ops ({rec['prepared_branches_before']} prepared "
-            f"branches): {rec['seconds']} s, left {rec['prepared_after']}")
-    finally:
-        stack.down()
+    backend = Backend(urls, "bench-xs")
+    for mode in MODES:
+        res = throughput(backend, mode, clients, duration)
+        out["modes"][mode] = res
+        say(f"  {mode}: {res['ops_per_s']:,.1f} ok ops/s ({res['outcomes']}), analytics lag p95 "
+            f"{res['analytics_lag_p95_ms']} ms, max {res['analytics_lag_max_ms']} ms")
+    base = out["modes"]["single"]["ops_per_s"] or float("nan")
+    out["ratios"] = {f"{m}_vs_single": round(out["modes"][m]["ops_per_s"] / base, 3) for m in ("2pc", "saga")}
+    out["recovery"] = rec = recovery_time(backend)
+    say(f"  recovery of {rec['in_doubt_ops']} in-doubt ops ({rec['prepared_branches_before']} prepared "
+        f"branches): {rec['seconds']} s, left {rec['prepared_after']}")
     return out
 
 
-def phase(args: argparse.Namespace, ts: str, report: dict[str, Any], say: Any) -> None:
-    """The ``python -m bench`` registration: figures go to ``report["crossservice"]``."""
-    say.phase(f"crossservice: 2PC vs saga vs single-database, {args.xs_clients} agents, {args.duration} s each; "
-              f"recovery of {IN_DOUBT} in-doubt operations")
-    try:
-        report["crossservice"] = run(float(args.duration), args.xs_clients, say)
-    except Exception as exc:  # noqa: BLE001 - the report says what broke
-        report["crossservice"] = {"error": f"{type(exc).__name__}: {exc}"}
-        say(f"  FAILED: {report['crossservice']['error']}")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--xs-clients", type=positive_int, default=25, metavar="N",
+                        help="agents of the crossservice phase (default 25)")
+
+
+def run(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
+    ctx.say.phase(f"crossservice: 2PC vs saga vs single-database, {args.xs_clients} agents, {args.duration} s each; "
+                  f"recovery of {IN_DOUBT} in-doubt operations")
+    with private_stack(("postgres", "auth_postgres", "clickhouse"), ctx.say,
+                       "main + auth PostgreSQL and ClickHouse") as (urls, _stack):
+        try:
+            return run_all(float(args.duration), args.xs_clients, urls, ctx.say)
+        except Exception as exc:  # noqa: BLE001 - the report says what broke; the next phase runs
+            return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def rows(out: dict[str, Any]) -> list[Row]:
+    if "error" in out:
+        return [row("crossservice", "FAILED")]
+    table: list[Row] = []
+    for mode in MODES:
+        res = out["modes"][mode]
+        table.append(row(f"crossservice {mode} ok ops/s ({out['clients']} agents)", num(res["ops_per_s"])))
+        table.append(row("  analytics lag p95 / max ms",
+                         f"{num(res['analytics_lag_p95_ms'])} / {num(res['analytics_lag_max_ms'])}"))
+    for key, ratio in out["ratios"].items():
+        table.append(row(f"  ratio {key.replace('_vs_', ' to ')}", f"{ratio:.2f}x"))
+    rec = out["recovery"]
+    table.append(row(f"crossservice recovery of {rec['in_doubt_ops']} in-doubt ops (s)", f"{rec['seconds']:.3f}"))
+    table.append(row("  prepared branches before / left after", f"{rec['prepared_branches_before']} / "
+                     f"{rec['prepared_after']}"))
+    return table
+
+
+PHASE = Phase(name="crossservice", help="skip the crossservice phase (2PC vs saga vs one database; recovery time)",
+              run=run, rows=rows, add_arguments=add_arguments)
 
 
 def main(argv: list[str] | None = None) -> int:
-    import json
-
     parser = argparse.ArgumentParser(prog="python -m bench.crossservice", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of each mode's load (default 10)")
-    parser.add_argument("--xs-clients", type=int, default=25, help="agents (threads) per mode (default 25)")
-    args = parser.parse_args(argv)
-    out = run(args.duration, args.xs_clients)
-    print(json.dumps(out, indent=2, default=str))
-    return 0
+    add_arguments(parser)
+    return run_alone(PHASE, parser.parse_args(argv), "crossservice")
 
 
 if __name__ == "__main__":

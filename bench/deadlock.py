@@ -15,15 +15,16 @@ p99 < 150 ms), recovery < 2 s (target < 0.5 s). Nothing happens at import.
 
 from __future__ import annotations
 
-import contextlib
+import argparse
 import math
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from bench.children import clean_env, run_child
-from bench.throughput import ROOT, locust_bin
+from bench.phase import ROOT, Context, Phase, Row, private_stack
+from bench.runners import locust_bin, verdict_of
+from checks import deadlock as cd
+from toolclash.history import read_history
 
 CYCLES = 200
 LOCUSTFILE = "locustfiles/deadlock.py"
@@ -41,11 +42,10 @@ def _run(url: str, workdir: Path, run_id: str, args: list[str], say: Any) -> dic
                       timeout=180)
     out: dict[str, Any] = {"argv": argv[1:], "exit_code": child.returncode, "seconds": round(child.seconds, 1),
                            "log": str(child.log), "run_dir": str(workdir / run_id)}
-    path = workdir / run_id / "checks.json"
-    if not path.is_file():
+    verdict = verdict_of(workdir / run_id)
+    if verdict is None:
         out["error"] = f"no verdict written (exit {child.returncode}); see {child.log}"
         return out
-    verdict = orjson.loads(path.read_bytes())
     out["verdict_exit_code"] = verdict["exit_code"]
     out["checks"] = {c["name"]: c["valid"] for c in verdict["checks"]}
     out["figures"] = verdict["figures"]["deadlock"]
@@ -54,9 +54,6 @@ def _run(url: str, workdir: Path, run_id: str, args: list[str], say: Any) -> dic
 
 def first_cycles_detection(run_dir: Path, n: int) -> dict[str, Any]:
     """Detection figures of the first *n* resolved cycles of the run (by the time they closed)."""
-    from checks import deadlock as cd
-    from toolclash.history import read_history
-
     ops = [op for op in read_history(run_dir).ops if op["tool"] == cd.TOOL]
     cycles = sorted((c for c in cd.find_cycles(ops) if c["detection_ms"] is not None), key=lambda c: c["t_complete"])
     first = cycles[:n]
@@ -82,9 +79,9 @@ def run_deadlock(url: str, workdir: Path, ts: str, say: Any) -> dict[str, Any]:
     return report
 
 
-def rows(report: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
+def rows(report: dict[str, Any]) -> list[Row]:
     """Table rows (figure, value, target, met) for bench's summary."""
-    out: list[tuple[str, str, str, bool | None]] = []
+    out: list[Row] = []
     det = report.get("detection")
     if det:
         out.append((f"deadlock detection, first {det['n']} 3-way cycles p50 / p95 / p99 / max ms",
@@ -107,20 +104,16 @@ def rows(report: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
     return out
 
 
-def deadlock_phase(ts: str, say: Any) -> dict[str, Any]:
+def run(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
     """Start a private PostgreSQL, run both, stop it."""
-    from toolclash.stack.core import Stack
-    from toolclash.stack.process import StackError
+    ctx.say.phase(f"deadlock: detection time of {CYCLES} three-way cycles, cascade recovery (50 agents)")
+    with private_stack(("postgres",), ctx.say) as (urls, _stack):
+        return run_deadlock(urls["DATABASE_URL"], ctx.workdir, ctx.ts, ctx.say)
 
-    workdir = ROOT / "reports" / f"bench-{ts}"
-    workdir.mkdir(parents=True, exist_ok=True)
-    stack = Stack(services=("postgres",))
-    try:
-        try:
-            url = stack.up(timeout=120)["DATABASE_URL"]
-        except StackError as exc:
-            raise SystemExit(f"python -m bench: {exc}") from None
-        return run_deadlock(url, workdir, ts, say)
-    finally:
-        with contextlib.suppress(StackError):
-            stack.down()
+
+def errors(report: dict[str, Any]) -> list[str]:
+    return [f"deadlock {k}: {v['error']}" for k, v in report.items() if isinstance(v, dict) and "error" in v]
+
+
+PHASE = Phase(name="deadlock", help="skip the deadlock phase (detection time of 200 cycles, cascade recovery)",
+              run=run, rows=rows, errors=errors)

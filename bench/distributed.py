@@ -12,11 +12,13 @@ Figures (issue "Distributed runs"):
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
 from typing import Any
 
-from bench.throughput import BenchError, LocustSpec, reset_schema, run_locust
+from bench.phase import BenchError, Context, Phase, Row, num, positive_int, private_stack, row
+from bench.runners import LocustSpec, reset_credits, run_locust
 from toolclash.run import read_json
 
 TARGET_VERDICT_DELAY_S = 5.0
@@ -68,15 +70,15 @@ class ProcessCpu:
         return None if not total or self.root is None else self.last.get(self.root, 0.0) / total
 
 
-def run(*, url: str, workdir: Path, ts: str, users: int, duration: int, accounts: int, ramp: float,
-        postmaster: int | None, cores: int, say: Any) -> dict[str, Any]:
+def run_all(*, url: str, workdir: Path, ts: str, users: int, duration: int, accounts: int, ramp: float,
+            postmaster: int | None, cores: int, say: Any) -> dict[str, Any]:
     """Run the three configurations one after the other on the same server; return their figures."""
     out: dict[str, Any] = {"users": users, "duration_s": duration, "runs": {}}
     for procs in (1, 2, 4):
         label = f"p{procs}"
         say.phase(f"distributed: {users} agents, {'one process' if procs == 1 else f'master + {procs} workers'}, "
                   f"{duration} s")
-        reset_schema(url, accounts=accounts, initial_balance=INITIAL_BALANCE)
+        reset_credits(url, accounts=accounts, initial_balance=INITIAL_BALANCE)
         cpu = ProcessCpu()
         spec = LocustSpec(url=url, users=users, duration=duration, processes=procs, accounts=accounts,
                           initial_balance=INITIAL_BALANCE, reports_dir=workdir,
@@ -107,3 +109,35 @@ def run(*, url: str, workdir: Path, ts: str, users: int, duration: int, accounts
     out["verdict_delay_p4_s"] = out["runs"]["p4"]["verdict_delay_s"]
     out["verdict_delay_target_met"] = out["verdict_delay_p4_s"] < TARGET_VERDICT_DELAY_S
     return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--distributed-users", type=positive_int, default=100, metavar="N",
+                        help="agents of the distributed phase (default 100)")
+
+
+def run(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
+    with private_stack(("postgres",), ctx.say, "PostgreSQL for the distributed phase") as (urls, stack):
+        return run_all(url=urls["DATABASE_URL"], workdir=ctx.workdir, ts=ctx.ts, users=args.distributed_users,
+                       duration=args.duration, accounts=args.accounts, ramp=args.ramp,
+                       postmaster=stack.status()["postgres"]["pid"], cores=ctx.cores, say=ctx.say)
+
+
+def rows(ds: dict[str, Any]) -> list[Row]:
+    if "error" in ds:
+        return [row("distributed", "FAILED")]
+    out: list[Row] = []
+    for label, fig in ds["runs"].items():
+        who = "1 process" if label == "p1" else f"master + {label[1:]} workers"
+        out.append(row(f"{ds['users']} agents, {who}: ok ops/s", num(fig["tps"])))
+        out.append(row("  records/s handed to the master", num(fig["records_per_s"], ",.0f")))
+        if fig.get("master_cpu_share") is not None and label != "p1":
+            out.append(row("  master's share of Locust CPU", f"{fig['master_cpu_share']:.0%}"))
+    out.append(row("  ratio master + 2 workers to 1 process", num(ds["ratio_p2_vs_p1"], ".2f") + "x"))
+    out.append(row("verdict delay after -t, 4 workers (s)", num(ds["verdict_delay_p4_s"], ".2f"),
+                   f"< {TARGET_VERDICT_DELAY_S}", ds["verdict_delay_target_met"]))
+    return out
+
+
+PHASE = Phase(name="distributed", help="skip the distributed phase (one process vs master + 2 and + 4 workers)",
+              run=run, rows=rows, add_arguments=add_arguments, steps=lambda args: 3)

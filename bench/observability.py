@@ -26,10 +26,10 @@ from typing import Any
 import orjson
 
 from bench.children import clean_env
-from bench.throughput import ROOT, locust_bin, steady_window
+from bench.phase import ROOT, Context, Phase, Row, num, private_stack, row, run_alone
+from bench.runners import last_lines, locust_bin, steady_window, verdict_of
 from toolclash.history import read_history
 from toolclash.metrics import METRICS, Registry, RegistryCollector, discover_port, exposition, verdict_gauges
-from toolclash.run import write_json
 
 TARGET_RATIO = 0.95
 MODES = ("off", "exporter", "full")
@@ -103,11 +103,10 @@ def _run(url: str, prometheus: str, mode: str, *, users: int, duration: int, rep
     proc = subprocess.run(argv, cwd=ROOT, env=clean_env(env), capture_output=True, text=True,
                           timeout=duration + 240, check=False)
     run_dir = reports / run_id
-    if not (run_dir / "checks.json").is_file():
-        tail = " | ".join((proc.stdout + proc.stderr).strip().splitlines()[-3:])
-        raise RuntimeError(f"{run_id}: no verdict (exit {proc.returncode}): {tail}")
+    verdict = verdict_of(run_dir)
+    if verdict is None:
+        raise RuntimeError(f"{run_id}: no verdict (exit {proc.returncode}): {last_lines(proc.stdout + proc.stderr)}")
     steady = steady_window(read_history(run_dir).ops, duration=duration, ramp=ramp)
-    verdict = orjson.loads((run_dir / "checks.json").read_bytes())
     return {"run_id": run_id, "exit_code": proc.returncode, "tps": steady["tps"],
             "checks_valid": all(c["valid"] is True for c in verdict["checks"])}
 
@@ -119,16 +118,14 @@ def _prom(base: str, expr: str) -> float | None:
     return float(result[0]["value"][1]) if result else None
 
 
-def phase(*, users: int = 100, duration: int = 20, rounds: int = 1, ramp: float = 2.0,
-          say: Any = print) -> dict[str, Any]:
-    from toolclash.stack.core import Stack
-
+def measure(*, users: int = 100, duration: int = 20, rounds: int = 1, ramp: float = 2.0,
+            say: Any = print) -> dict[str, Any]:
     out: dict[str, Any] = {"users": users, "duration": duration, "rounds": rounds, "target_ratio": TARGET_RATIO,
                            "runs": []}
     out["scrape"] = scrape_time()
     say(f"exporter scrape with every label set populated: {out['scrape']}")
-    with tempfile.TemporaryDirectory(prefix="bench-obs-") as tmp, Stack(services=["postgres", "prometheus"]) as st:
-        env = st.env()
+    with tempfile.TemporaryDirectory(prefix="bench-obs-") as tmp, \
+            private_stack(("postgres", "prometheus"), say, "PostgreSQL and Prometheus") as (env, _stack):
         reports = Path(tmp)
         for rnd in range(rounds):
             for mode in MODES:
@@ -152,21 +149,37 @@ def phase(*, users: int = 100, duration: int = 20, rounds: int = 1, ramp: float 
     return out
 
 
+def run(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
+    ctx.say.phase(f"observability: exporter off / on / full, 100 agents, {args.duration} s, {args.rounds} round(s)")
+    return measure(duration=args.duration, rounds=args.rounds, say=ctx.say)
+
+
+def rows(out: dict[str, Any]) -> list[Row]:
+    if "error" in out:
+        return [row("observability", "FAILED")]
+    table = [row(f"observability {mode} ok ops/s ({out['users']} agents)", num(tps))
+             for mode, tps in out["tps"].items()]
+    table += [row(f"  ratio {mode} to off", num(ratio, ".3f"), f">= {TARGET_RATIO}", out["met"][mode])
+              for mode, ratio in out["ratio"].items()]
+    scrape = out["scrape"]
+    table.append(row(f"exporter scrape, {scrape['series']} series: median / max ms",
+                     f"{scrape['median_ms']} / {scrape['max_ms']}"))
+    return table
+
+
+PHASE = Phase(name="observability", flag="observability", opt_in=True, run=run, rows=rows,
+              help="also measure throughput with the exporter on vs off and its scrape time")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.observability", description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=100)
     parser.add_argument("--duration", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args(argv)
-    result = phase(users=args.users, duration=args.duration, rounds=args.rounds)
-    path = ROOT / "reports" / f"bench-observability-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    write_json(path, result)
-    print(f"throughput (median ok ops/s) {result['tps']}; on/off ratio per round, median {result['ratio']} "
-          f"(target >= {TARGET_RATIO}: {result['met']}); exporter scrape "
-          f"{result['scrape']['median_ms']} ms for {result['scrape']['series']} series; Prometheus saw "
-          f"{result['prometheus_scrape_seconds']}")
-    print(f"report: {path.relative_to(ROOT)}")
-    return 0
+    alone = Phase(name="observability", help="", rows=rows,
+                  run=lambda a, ctx: measure(users=a.users, duration=a.duration, rounds=a.rounds, say=ctx.say))
+    return run_alone(alone, args, "observability")
 
 
 if __name__ == "__main__":

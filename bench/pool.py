@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.children import clean_env, run_child
+from bench.phase import ROOT, Context, Phase, Row, private_stack, result_errors, row, run_alone
+from bench.runners import last_lines, locust_bin, verdict_of
 from toolclash.history import OK, read_history
 from toolclash.run import read_json
 
-ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILE = "locustfiles/pool.py"
 AGENTS = 1000
 SPAWN_RATE = 200
@@ -37,35 +38,27 @@ CONNECTION_REASONS = frozenset({"connect-failed", "connection-lost", "pool-timeo
 def run_pool_bench(duration: int, *, agents: int = AGENTS, spawn_rate: int = SPAWN_RATE,
                    say: Any = print, reports_dir: Path | None = None) -> dict[str, Any]:
     """Start a private stack, run the agents through PgBouncer, return the figures."""
-    from toolclash.stack.core import Stack
-
-    locust = str(Path(sys.executable).with_name("locust"))
-    stack = Stack(services=["postgres", "pgbouncer"])
-    env = stack.up()
-    try:
-        with tempfile.TemporaryDirectory(prefix="bench-pool-") as tmp:
-            reports = reports_dir or Path(tmp)
-            run_id = "bench-pool"
-            argv = [locust, "-f", LOCUSTFILE, "--headless", "-u", str(agents), "-r", str(spawn_rate),
-                    "-t", f"{duration}s", "--stop-timeout", "5", "--pool", "pgbouncer", "--pgbouncer-mode",
-                    "transaction", "--facts-rows", "100000", "--scan-rows", "100", "--pool-acquire-timeout-s", "30",
-                    "--connect-timeout-s", "30", "--reports-dir", str(reports), "--run-id", run_id,
-                    "--loglevel", "WARNING"]
-            say(f"pool: {agents} agents through PgBouncer (transaction mode), {duration} s")
-            child = run_child(argv, env=clean_env(env), cwd=ROOT, log=reports / "locust.log",
-                              timeout=duration + 180,
-                              tick=lambda elapsed, _log: say(f"  pool bench: {elapsed:4.0f} s"))
-            return _figures(reports / run_id, child.returncode, agents, spawn_rate, duration,
-                            child.output() if child.returncode not in (0, 4) else "")
-    finally:
-        stack.down()
+    with private_stack(("postgres", "pgbouncer"), say, "PostgreSQL and PgBouncer") as (env, _stack), \
+            tempfile.TemporaryDirectory(prefix="bench-pool-") as tmp:
+        reports = reports_dir or Path(tmp)
+        run_id = "bench-pool"
+        argv = [str(locust_bin()), "-f", LOCUSTFILE, "--headless", "-u", str(agents), "-r", str(spawn_rate),
+                "-t", f"{duration}s", "--stop-timeout", "5", "--pool", "pgbouncer", "--pgbouncer-mode",
+                "transaction", "--facts-rows", "100000", "--scan-rows", "100", "--pool-acquire-timeout-s", "30",
+                "--connect-timeout-s", "30", "--reports-dir", str(reports), "--run-id", run_id,
+                "--loglevel", "WARNING"]
+        say(f"pool: {agents} agents through PgBouncer (transaction mode), {duration} s")
+        child = run_child(argv, env=clean_env(env), cwd=ROOT, log=reports / "locust.log",
+                          timeout=duration + 180,
+                          tick=lambda elapsed, _log: say(f"  pool bench: {elapsed:4.0f} s"))
+        return _figures(reports / run_id, child.returncode, agents, spawn_rate, duration,
+                        child.output() if child.returncode not in (0, 4) else "")
 
 
 def _figures(run_dir: Path, code: int, agents: int, spawn_rate: int, duration: int, output: str) -> dict[str, Any]:
-    if not (run_dir / "checks.json").is_file():
-        last = [ln for ln in output.splitlines() if ln.strip()][-3:]
-        return {"error": f"no verdict (exit {code}): {' | '.join(last)}", "exit_code": code}
-    verdict = read_json(run_dir / "checks.json")
+    verdict = verdict_of(run_dir)
+    if verdict is None:
+        return {"error": f"no verdict (exit {code}): {last_lines(output)}", "exit_code": code}
     fig = verdict["figures"]["pool"]
     ops = [op for op in read_history(run_dir).ops if op["tool"] == "analyze"]
     first = min((op["invoke_ts"] for op in ops), default=0.0)
@@ -99,12 +92,24 @@ def render(res: dict[str, Any]) -> str:
             f"{res['clients_max']}; checks valid {res['checks_valid']}; locust exit {res['exit_code']}")
 
 
-def pool_phase(args: Any, report: dict[str, Any], say: Any) -> None:
-    """``python -m bench``'s pool phase (skipped with ``--skip-pool``): its figures go to ``report["pool"]``."""
-    if getattr(args, "skip_pool", False):
-        return
-    report["pool"] = res = run_pool_bench(args.duration, say=say)
-    say(render(res))
+def run(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
+    ctx.say.phase(f"pool: {AGENTS} agents through PgBouncer in transaction mode, {args.duration} s")
+    res = run_pool_bench(args.duration, say=ctx.say)
+    ctx.say(render(res))
+    return res
+
+
+def rows(res: dict[str, Any]) -> list[Row]:
+    if "error" in res:
+        return [row("pool", "FAILED")]
+    return [row(f"pool ok calls/s, {res['agents']} agents via PgBouncer (transaction)", f"{res['ok_per_s']}"),
+            row("  acquire wait p50 / p95 / max ms", f"{res['wait_p50_ms']} / {res['wait_p95_ms']} / "
+                f"{res['wait_max_ms']}"),
+            row("  connection errors", str(res["connection_errors"]), "0", res["target_zero_connection_errors_met"]),
+            row("  clients at once max; checks valid", f"{res['clients_max']}; {res['checks_valid']}")]
+
+
+PHASE = Phase(name="pool", help="skip the pool phase (bench/pool.py)", run=run, rows=rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,9 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=int, default=20, help="seconds of load (default 20)")
     parser.add_argument("--agents", type=int, default=AGENTS, help=f"agents (default {AGENTS})")
     args = parser.parse_args(argv)
-    res = run_pool_bench(args.duration, agents=args.agents)
-    print(render(res), flush=True)
-    return 0 if "error" not in res and res["target_zero_connection_errors_met"] else 1
+    alone = Phase(name="pool", help="", rows=rows,  # alone, a missed target is exit code 1 too
+                  run=lambda a, ctx: run_pool_bench(a.duration, agents=a.agents, say=ctx.say),
+                  errors=lambda r: result_errors(r) or ([] if r.get("target_zero_connection_errors_met")
+                                                        else ["connection errors: target 0 missed"]))
+    return run_alone(alone, args, "pool")
 
 
 if __name__ == "__main__":

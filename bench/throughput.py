@@ -1,368 +1,250 @@
 """Throughput phase: pgbench and the credits locustfile, same transaction, same private server.
 
-The transaction is the ``pessimistic`` strategy of :mod:`toolclash.tools.credits`: ``BEGIN``;
-``SELECT balance, version … FOR UPDATE``; ``UPDATE … SET balance = <read balance − amount>,
-version = version + 1``; ledger ``INSERT`` with the balance before and after; ``COMMIT``. Five
-round trips on each side, one account drawn uniformly from ``accounts``, amount 1..10.
+One private PostgreSQL (``toolclash.stack``) on 127.0.0.1; pgbench runs the ``pessimistic`` credit
+deduction (``SELECT … FOR UPDATE``, ``UPDATE``, ledger ``INSERT``) as a custom script; the *floor*
+(``bench.floor``) runs it through psycopg2 + gevent alone; then the credits locustfile runs it through
+the whole agent path (tool client, history, checks) with one Locust process and with ``--processes 2``.
+The figures are ok operations per second, their ratios to pgbench's tps, and the CPU each side (load
+generator, server) spent per transaction (``bench.cpu``). ``--rounds N`` alternates the four runs N
+times and keeps medians. The runs themselves are in :mod:`bench.runners`.
 """
 
 from __future__ import annotations
 
-import math
-import re
+import argparse
 import statistics
-import subprocess
-import sys
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
-import orjson
-import psycopg2
+from bench.phase import BenchError, Context, Phase, Row, num, private_stack, row
+from bench.runners import STRATEGY, LocustSpec, reset_credits, run_floor, run_locust, run_pgbench, server_version
 
-from bench.children import ChildResult, LineCounter, LogTail, clean_env, run_child
-from bench.cpu import CpuSampler
-from toolclash.history import OK, read_history
-from toolclash.tools import credits
-
-ROOT = Path(__file__).resolve().parent.parent
-LOCUSTFILE = "locustfiles/credits.py"
-STRATEGY = "pessimistic"
-AMOUNT_MIN, AMOUNT_MAX = 1, 10  # the locustfile's defaults (--amount-min/--amount-max)
-STOP_TIMEOUT_S = 5
-
-PGBENCH_SCRIPT = """\
--- the `pessimistic` credit deduction of toolclash/tools/credits.py, as pgbench runs it
-\\set aid random(1, {accounts})
-\\set amt random({amount_min}, {amount_max})
-\\set nonce random(1, 9000000000000000000)
-BEGIN;
-SELECT balance, version FROM toolclash.credit_accounts WHERE id = :aid FOR UPDATE \\gset
-UPDATE toolclash.credit_accounts SET balance = :balance - :amt, version = version + 1 WHERE id = :aid;
-INSERT INTO toolclash.credit_ledger (op_id, account_id, amount, balance_before, balance_after, agent) \
-VALUES ('pgb-' || :client_id || '-' || :nonce, :aid, :amt, :balance, :balance - :amt, 'pgbench');
-END;
-"""
+TARGET_RATIO = 0.8
+INITIAL_BALANCE = 10**12
+EXPECTED_LOCUST_CODES = (0, 4)
+OTHER_LOAD_WARN = 0.2
+"""Cores busy outside client, server and softirq above which a run is flagged."""
+LABELS = ("p1", "p2")
 
 
-class BenchError(Exception):
-    """A phase could not produce its figure (one line: what and why)."""
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--skip-floor", action="store_true",
+                        help="skip the reference run of psycopg2 + gevent alone (no Locust, no toolclash)")
 
 
-Say = Callable[[str], None]
+def steps(args: argparse.Namespace) -> int:
+    return (3 if args.skip_floor else 4) * args.rounds
 
 
-# ------------------------------------------------------------------------------------------ database
-
-
-def connect(url: str) -> Any:
-    return psycopg2.connect(url, application_name="bench:admin", connect_timeout=10)
-
-
-def reset_schema(url: str, *, accounts: int, initial_balance: int) -> None:
-    """Empty and re-seed the credits schema as a run does, then CHECKPOINT so every phase starts alike."""
-    conn = connect(url)
+def run(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
+    out = ctx.keep({"rounds": [], "summary": {}, "errors": [], "reports_dir": str(ctx.workdir)})
     try:
-        credits.reset(conn, accounts=accounts, initial_balance=initial_balance)
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute("CHECKPOINT")
+        with private_stack(("postgres",), ctx.say) as (urls, stack):
+            url = urls["DATABASE_URL"]
+            ctx.machine["postgresql"] = server_version(url)
+            postmaster = stack.status()["postgres"]["pid"]
+            ctx.say(f"stack: PostgreSQL {ctx.machine['postgresql']} up at {stack.status()['postgres']['url']}")
+            for r in range(1, args.rounds + 1):
+                rnd: dict[str, Any] = {"round": r, "pgbench": None, "floor": None, "locust": {}, "ratios": {}}
+                out["rounds"].append(rnd)
+                workdir = ctx.workdir if args.rounds == 1 else ctx.workdir / f"round-{r}"
+                workdir.mkdir(parents=True, exist_ok=True)
+                one_round(args, ctx, r, rnd, out["errors"], workdir=workdir, url=url, postmaster=postmaster)
     finally:
-        conn.close()
-
-
-def ledger_rows(url: str, agent: str | None = None) -> int:
-    conn = connect(url)
-    try:
-        with conn.cursor() as cur:
-            if agent is None:
-                cur.execute("SELECT count(*) FROM toolclash.credit_ledger")
-            else:
-                cur.execute("SELECT count(*) FROM toolclash.credit_ledger WHERE agent = %s", (agent,))
-            return int(cur.fetchone()[0])
-    finally:
-        conn.close()
-
-
-def server_version(url: str) -> str:
-    conn = connect(url)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SHOW server_version")
-            return str(cur.fetchone()[0])
-    finally:
-        conn.close()
-
-
-def _libpq_env(url: str, appname: str) -> dict[str, str]:
-    """PG* variables for *url* (the password stays out of argv)."""
-    parts = urlsplit(url)
-    return {"PGHOST": parts.hostname or "127.0.0.1", "PGPORT": str(parts.port or 5432),
-            "PGUSER": unquote(parts.username or ""), "PGPASSWORD": unquote(parts.password or ""),
-            "PGDATABASE": unquote(parts.path.lstrip("/")), "PGAPPNAME": appname}
-
-
-# ------------------------------------------------------------------------------------------- pgbench
-
-
-def find_pgbench() -> Path:
-    """pgbench of the server's major version: next to ``initdb`` (pg_config --bindir), else on PATH."""
-    import shutil
-
-    from toolclash.stack.postgres import find_pg_bindir
-    from toolclash.stack.process import StackError
-
-    try:
-        cand = find_pg_bindir() / "pgbench"
-        if cand.is_file():
-            return cand
-    except StackError:
-        pass
-    found = shutil.which("pgbench")
-    if found:
-        return Path(found)
-    raise BenchError("pgbench not found; install it: apt-get install -y postgresql-contrib")
-
-
-def pgbench_version(pgbench: Path) -> str:
-    out = subprocess.run([str(pgbench), "--version"], capture_output=True, text=True, check=False, timeout=10)
-    return out.stdout.strip()
-
-
-_PGBENCH_FIGURES = {
-    "transactions": (r"number of transactions actually processed: (\d+)", int),
-    "failed": (r"number of failed transactions: (\d+)", int),
-    "latency_avg_ms": (r"latency average = ([\d.]+) ms", float),
-    "latency_stddev_ms": (r"latency stddev = ([\d.]+) ms", float),
-    "initial_connection_ms": (r"initial connection time = ([\d.]+) ms", float),
-    "tps": (r"tps = ([\d.]+) \(without initial connection time\)", float),
-}
-
-
-def parse_pgbench(text: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, (pattern, conv) in _PGBENCH_FIGURES.items():
-        m = re.search(pattern, text)
-        if m:
-            out[key] = conv(m.group(1))
+        summarize(out, ctx.ratios)
     return out
 
 
-def run_pgbench(url: str, *, workdir: Path, clients: int, threads: int, duration: int, accounts: int,
-                ramp: float, postmaster: int | None, cores: int, say: Say) -> dict[str, Any]:
-    pgbench = find_pgbench()
-    script = workdir / "pessimistic.pgbench"
-    script.write_text(PGBENCH_SCRIPT.format(accounts=accounts, amount_min=AMOUNT_MIN, amount_max=AMOUNT_MAX),
-                      encoding="utf-8")
-    argv = [str(pgbench), "-n", "-c", str(clients), "-j", str(threads), "-T", str(duration),
-            "-P", "5", "-f", str(script)]
-    say(f"pgbench: {' '.join(argv[1:])}  (protocol simple)")
-    tail = LogTail()
-
-    def tick(_elapsed: float, log: Path) -> None:
-        for line in tail.new_lines(log):
-            if line.startswith("progress:"):
-                say(f"  pgbench {line}")
-
-    sampler = CpuSampler(postmaster)
-    launched = time.time()
+def one_round(args: argparse.Namespace, ctx: Context, r: int, rnd: dict[str, Any], errors: list[str], *,
+              workdir: Path, url: str, postmaster: int | None) -> None:
+    """pgbench, the floor, Locust with 1 and 2 processes: one after the other on the same server."""
+    say, cores = ctx.say, ctx.cores
+    tag = "" if args.rounds == 1 else f"round {r}: "
+    say.phase(f"{tag}pgbench, {args.clients} clients, {args.duration} s, {args.accounts} accounts")
+    reset_credits(url, accounts=args.accounts, initial_balance=INITIAL_BALANCE)
     try:
-        child = run_child(argv, env=clean_env(_libpq_env(url, "bench:pgbench")), log=workdir / "pgbench.log",
-                          timeout=duration + 120, tick=tick, on_start=sampler.start)
-    finally:
-        sampler.stop()
-    tick(0.0, child.log)
-    text = child.output()
-    figures = parse_pgbench(text)
-    if child.returncode != 0 or "tps" not in figures:
-        last = [ln for ln in text.splitlines() if ln.strip()][-3:]
-        raise BenchError(f"pgbench failed (exit {child.returncode}): {' | '.join(last) or 'no output'}; "
-                         f"see {child.log}")
-    rows = ledger_rows(url, "pgbench")
-    figures.update(argv=argv[1:], script=script.read_text(encoding="utf-8"), log=str(child.log),
-                   exit_code=child.returncode, ledger_rows=rows, version=pgbench_version(pgbench),
-                   seconds=round(child.seconds, 2),
-                   cpu=sampler.window(launched + ramp, launched + duration, tps=figures["tps"], cores=cores))
-    if rows != figures.get("transactions"):
-        say(f"  note: pgbench reports {figures.get('transactions')} transactions, the ledger holds {rows} rows")
-    return figures
+        rnd["pgbench"] = pg = run_pgbench(url, workdir=workdir, clients=args.clients, threads=min(2, args.clients),
+                                          duration=args.duration, accounts=args.accounts, ramp=args.ramp,
+                                          postmaster=postmaster, cores=cores, say=say)
+        say(f"  pgbench: {pg['tps']:,.1f} tps, {pg.get('transactions')} transactions, "
+            f"{pg.get('ledger_rows')} ledger rows")
+    except BenchError as exc:
+        errors.append(f"{tag}{exc}")
+        say(f"  FAILED: {exc}")
+
+    if not args.skip_floor:
+        say.phase(f"{tag}floor: psycopg2 + gevent alone (no Locust, no toolclash), {args.clients} greenlets, "
+                  f"{args.duration} s")
+        reset_credits(url, accounts=args.accounts, initial_balance=INITIAL_BALANCE)
+        try:
+            rnd["floor"] = run_floor(url, workdir=workdir, clients=args.clients, duration=args.duration,
+                                     accounts=args.accounts, ramp=args.ramp, postmaster=postmaster, cores=cores,
+                                     say=say)
+            say(f"  floor: {rnd['floor']['tps']:,.1f} commits/s")
+        except BenchError as exc:
+            errors.append(f"{tag}{exc}")
+            say(f"  FAILED: {exc}")
+
+    for procs in (1, 2):
+        label = f"p{procs}"
+        say.phase(f"{tag}Locust credits locustfile, {procs} process{'es' if procs > 1 else ''}, "
+                  f"{args.clients} users, {args.duration} s")
+        reset_credits(url, accounts=args.accounts, initial_balance=INITIAL_BALANCE)
+        run_id = f"bench-{ctx.ts}-{label}" if args.rounds == 1 else f"bench-{ctx.ts}-r{r}-{label}"
+        spec = LocustSpec(url=url, users=args.clients, duration=args.duration, processes=procs,
+                          accounts=args.accounts, initial_balance=INITIAL_BALANCE, reports_dir=workdir,
+                          run_id=run_id, ramp=args.ramp, postmaster=postmaster, cores=cores)
+        res = run_locust(spec, say=say)
+        rnd["locust"][label] = res
+        if "error" in res:
+            errors.append(f"{tag}locust {label}: {res['error']}; see {res['log']}")
+            say(f"  FAILED: {res['error']}")
+            continue
+        code = res.get("verdict_exit_code")
+        if res["exit_code"] not in EXPECTED_LOCUST_CODES or code != res["exit_code"]:
+            errors.append(f"{tag}locust {label}: exit code {res['exit_code']}, verdict {code} "
+                          f"({res.get('verdict_meaning')}); expected {EXPECTED_LOCUST_CODES}")
+        steady = res["steady"]
+        say(f"  locust {label}: {res['tps']:,.1f} ok/s over {steady['window_s']} s "
+            f"({steady['ok_in_window']} ok ops), exit code {res['exit_code']} "
+            f"(verdict {code}: {res.get('verdict_meaning')})")
+
+    pg_tps = (rnd["pgbench"] or {}).get("tps")
+    floor_tps = (rnd["floor"] or {}).get("tps")
+    if pg_tps and floor_tps:
+        rnd["ratios"]["floor_vs_pgbench"] = floor_tps / pg_tps
+    for label, res in rnd["locust"].items():
+        if pg_tps and res.get("tps") is not None:
+            rnd["ratios"][f"locust_{label}_vs_pgbench"] = res["tps"] / pg_tps
+        if floor_tps and res.get("tps") is not None:
+            rnd["ratios"][f"locust_{label}_vs_floor"] = res["tps"] / floor_tps
 
 
-# --------------------------------------------------------------------------------------------- floor
+def summarize(out: dict[str, Any], ratios: dict[str, float]) -> None:
+    """Headline figures: the median over rounds of each throughput (``out["summary"]``) and of each per-round
+    ratio (*ratios*: the report's headline ratios)."""
+    series: dict[str, list[float]] = {}
+
+    def add(key: str, value: Any) -> None:
+        if isinstance(value, int | float):
+            series.setdefault(key, []).append(float(value))
+
+    for rnd in out["rounds"]:
+        add("pgbench_tps", (rnd["pgbench"] or {}).get("tps"))
+        add("floor_tps", (rnd["floor"] or {}).get("tps"))
+        for label, res in rnd["locust"].items():
+            add(f"locust_{label}_tps", res.get("tps"))
+        for key, value in rnd["ratios"].items():
+            add(f"ratio:{key}", value)
+    for key, values in series.items():
+        if key.startswith("ratio:"):
+            name = key[len("ratio:"):]
+            ratios[name] = out.setdefault("ratios", {})[name] = statistics.median(values)
+        else:
+            out["summary"][key] = statistics.median(values)
+        out["summary"].setdefault("per_round", {})[key] = values
 
 
-def run_floor(url: str, *, workdir: Path, clients: int, duration: int, accounts: int, ramp: float,
-              postmaster: int | None, cores: int, say: Say) -> dict[str, Any]:
-    """psycopg2 + gevent alone (``python -m bench.floor``), same transaction: the driver's price."""
-    argv = [sys.executable, "-m", "bench.floor", "--clients", str(clients), "--duration", str(duration),
-            "--ramp", str(ramp), "--accounts", str(accounts)]
-    say(f"floor: {' '.join(argv[1:])}")
-    sampler = CpuSampler(postmaster)
-    try:
-        child = run_child(argv, env=clean_env({"DATABASE_URL": url}), cwd=ROOT, log=workdir / "floor.log",
-                          timeout=duration + 60, on_start=sampler.start)
-    finally:
-        sampler.stop()
-    lines = [ln for ln in child.output().splitlines() if ln.strip()]
-    try:
-        figures: dict[str, Any] = orjson.loads(lines[-1])
-    except (IndexError, orjson.JSONDecodeError):
-        raise BenchError(f"the floor run failed (exit {child.returncode}): {' | '.join(lines[-3:]) or 'no output'}; "
-                         f"see {child.log}") from None
-    if child.returncode != 0:
-        raise BenchError(f"the floor run failed (exit {child.returncode}): {' | '.join(lines[-3:])}")
-    figures.update(argv=argv[1:], log=str(child.log), seconds=round(child.seconds, 2),
-                   cpu=sampler.window(figures["window_start"], figures["window_end"], tps=figures["tps"],
-                                      cores=cores))
-    return figures
+# --------------------------------------------------------------------------------------------- output
 
 
-# -------------------------------------------------------------------------------------------- Locust
+def _cpu_value(cpu: dict[str, Any] | None) -> str:
+    if not cpu:
+        return "-"
+    return (f"{cpu['client_cores']:.2f} / {cpu['server_cores']:.2f} cores "
+            f"(softirq {cpu['irq_cores']:.2f}, other {cpu['other_cores']:.2f}, idle {cpu['idle_cores']:.2f}), "
+            f"{num(cpu['client_us_per_tx'], '.0f')} / {num(cpu['server_us_per_tx'], '.0f')} us/tx")
 
 
-def locust_bin() -> Path:
-    path = Path(sys.executable).with_name("locust")
-    if not path.exists():
-        raise BenchError(f"{path} not found; run `make setup`")
-    return path
-
-
-def steady_window(ops: list[dict[str, Any]], *, duration: float, ramp: float) -> dict[str, Any]:
-    """ok operations per second whose ``complete_ts`` falls in [t0 + ramp, min(t0 + duration, last ok)].
-
-    ``t0`` is the first ``invoke_ts`` of the run (the first agent's first call).
-    """
-    if not ops:
-        return {"tps": 0.0, "ok_in_window": 0, "window_s": 0.0}
-    t0 = min(op["invoke_ts"] for op in ops)
-    ok_ts = sorted(op["complete_ts"] for op in ops if op["outcome"] == OK)
-    outcomes: dict[str, int] = {}
-    for op in ops:
-        outcomes[op["outcome"]] = outcomes.get(op["outcome"], 0) + 1
-    start = t0 + ramp
-    end = min(t0 + duration, ok_ts[-1]) if ok_ts else start
-    window = end - start
-    in_window = [t for t in ok_ts if start <= t < end]
-    per_second = [0] * max(0, math.floor(window))
-    for t in in_window:
-        k = int(t - start)
-        if k < len(per_second):
-            per_second[k] += 1
-    return {
-        "tps": len(in_window) / window if window > 0 else 0.0,
-        "ok_in_window": len(in_window), "window_s": round(window, 3), "ramp_s": ramp,
-        "t0": t0, "window_start": start, "window_end": end,
-        "last_ok_after_t0_s": round(ok_ts[-1] - t0, 3) if ok_ts else None,
-        "ops_total": len(ops), "outcomes": outcomes,
-        "per_second_ok": {"min": min(per_second), "median": statistics.median(per_second),
-                          "max": max(per_second)} if per_second else None,
-    }
-
-
-def locust_stats_rate(run_dir: Path) -> dict[str, Any] | None:
-    """Whole-run rate from Locust's own totals (spawn and stop included): a cross-check only."""
-    path = run_dir / "locust_stats.json"
-    if not path.is_file():
-        return None
-    total = orjson.loads(path.read_bytes()).get("total", {})
-    n, failures = int(total.get("num_requests", 0)), int(total.get("num_failures", 0))
-    start, last = total.get("start_time"), total.get("last_request_timestamp")
-    span = (last - start) if isinstance(start, int | float) and isinstance(last, int | float) else 0.0
-    return {"requests": n, "failures": failures, "span_s": round(span, 3),
-            "ok_per_s": (n - failures) / span if span > 0 else None}
-
-
-_AGGREGATED = re.compile(r"^\s+Aggregated\s+(\d+)\s+(\d+)\([^)]*\)\s*\|.*\|\s*([\d.]+)\s+([\d.]+)\s*$", re.M)
-
-
-def locust_summary_rate(log_text: str) -> dict[str, Any] | None:
-    """Whole-run rate from the last "Aggregated" row Locust printed (when locust_stats.json is missing)."""
-    rows = _AGGREGATED.findall(log_text)
-    if not rows:
-        return None
-    reqs, fails, rps, _fps = rows[-1]
-    n, failures = int(reqs), int(fails)
-    return {"requests": n, "failures": failures, "ok_per_s": float(rps) * (n - failures) / n if n else None,
-            "source": "Locust's printed summary (locust_stats.json missing)"}
-
-
-@dataclass
-class LocustSpec:
-    url: str
-    users: int
-    duration: int
-    processes: int
-    accounts: int
-    initial_balance: int
-    reports_dir: Path
-    run_id: str
-    ramp: float
-    postmaster: int | None
-    cores: int
-
-
-def run_locust(spec: LocustSpec, *, say: Say, on_tick: Callable[[], None] | None = None,
-               on_start: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Run the credits locustfile per *spec*; *on_start(pid)* and *on_tick()* let a phase sample the processes."""
-    argv = [str(locust_bin()), "-f", LOCUSTFILE, "--headless", "-u", str(spec.users), "-r", str(spec.users),
-            "-t", f"{spec.duration}s", "--stop-timeout", str(STOP_TIMEOUT_S), "--strategy", STRATEGY,
-            "--accounts", str(spec.accounts), "--profile", "stress", "--initial-balance", str(spec.initial_balance),
-            "--reports-dir", str(spec.reports_dir), "--run-id", spec.run_id]
-    if spec.processes > 1:
-        argv += ["--processes", str(spec.processes)]
-    run_dir = spec.reports_dir / spec.run_id
-    say(f"locust: {' '.join(argv[1:])}")
-    counter = LineCounter()
-
-    def tick(elapsed: float, _log: Path) -> None:
-        if on_tick is not None:
-            on_tick()
-        n = counter.update(sorted((run_dir / "history").glob("*.jsonl")))
-        say(f"  locust {spec.run_id}: {elapsed:4.0f} s, {n} operations recorded so far")
-
-    sampler = CpuSampler(spec.postmaster)
-
-    def started(pid: int) -> None:
-        sampler.start(pid)
-        if on_start is not None:
-            on_start(pid)
-
-    try:
-        child: ChildResult = run_child(argv, env=clean_env({"DATABASE_URL": spec.url}), cwd=ROOT,
-                                       log=spec.reports_dir / f"{spec.run_id}.log",
-                                       timeout=spec.duration + STOP_TIMEOUT_S + 180, tick=tick,
-                                       on_start=started)
-    finally:
-        sampler.stop()
-    out: dict[str, Any] = {"argv": argv[1:], "processes": spec.processes, "exit_code": child.returncode,
-                           "timed_out": child.timed_out, "seconds": round(child.seconds, 2),
-                           "log": str(child.log), "run_dir": str(run_dir)}
-    checks_path = run_dir / "checks.json"
-    if not checks_path.is_file():
-        text = child.output()
-        last = [ln for ln in text.splitlines() if ln.strip()][-3:]
-        out["error"] = (f"no verdict written (exit {child.returncode}{', timed out' if child.timed_out else ''}): "
-                        f"{' | '.join(last) or 'no output'}")
-        return out
-    verdict = orjson.loads(checks_path.read_bytes())
-    out["verdict_exit_code"] = verdict.get("exit_code")
-    out["verdict_meaning"] = verdict.get("meaning")
-    out["checks"] = {c["name"]: c["valid"] for c in verdict.get("checks", [])}
-    out["gates"] = {f"{g['scope']}.{g['gate']}": {"figure": g["figure"], "met": g["met"]}
-                    for g in verdict.get("gates", [])}
-    out["history"] = verdict.get("history")
-    history = read_history(run_dir)
-    out["steady"] = steady_window(history.ops, duration=spec.duration, ramp=spec.ramp)
-    steady = out["steady"]
-    out["tps"] = steady["tps"]
-    if "window_start" in steady:
-        out["cpu"] = sampler.window(steady["window_start"], steady["window_end"], tps=steady["tps"],
-                                    cores=spec.cores)
-    out["locust_stats"] = locust_stats_rate(run_dir) or locust_summary_rate(child.output())
-    figs = verdict.get("figures", {}).get("credits", {})
-    out["latency_ms"] = {k: figs.get(k) for k in ("p50_ms", "p95_ms", "p99_ms", "max_ms")}
+def _detail_rows(res: dict[str, Any], prefix: str) -> list[Row]:
+    out: list[Row] = []
+    if "latency_avg_ms" in res:
+        out.append(row(f"{prefix}latency avg ms / transactions",
+                       f"{num(res.get('latency_avg_ms'), '.2f')} / {res.get('transactions')}"))
+    if "latency_ms" in res:
+        lat = res.get("latency_ms") or {}
+        out.append(row(f"{prefix}p50 / p95 ms (history)",
+                       f"{num(lat.get('p50_ms'), '.1f')} / {num(lat.get('p95_ms'), '.1f')}"))
+    out.append(row(f"{prefix}CPU client / server", _cpu_value(res.get("cpu"))))
+    if "verdict_exit_code" in res or "error" in res:
+        stats = res.get("locust_stats") or {}
+        out.append(row(f"{prefix}whole-run ok/s (Locust's own totals)", num(stats.get("ok_per_s"))))
+        code = res.get("exit_code")
+        out.append(row(f"{prefix}exit code (verdict)", f"{code} ({res.get('verdict_exit_code')})", "0 or 4",
+                       code in EXPECTED_LOCUST_CODES and code == res.get("verdict_exit_code")))
     return out
 
+
+def rows(out: dict[str, Any]) -> list[Row]:
+    rounds: list[dict[str, Any]] = out.get("rounds", [])
+    summary: dict[str, Any] = out.get("summary", {})
+    ratios: dict[str, float] = out.get("ratios", {})
+    per_round: dict[str, list[float]] = summary.get("per_round", {})
+    many = len(rounds) > 1
+    table: list[Row] = []
+
+    def headline(name: str, key: str, fmt: str = ",.1f") -> None:
+        value = num(summary.get(key), fmt)
+        if many and key in per_round:
+            value = f"{value}  (rounds: {', '.join(format(v, fmt) for v in per_round[key])})"
+        table.append(row(name + (" (median)" if many else ""), value))
+
+    def ratio_row(name: str, key: str, target: float | None = None) -> None:
+        ratio = ratios.get(key)
+        value = "-" if ratio is None else f"{ratio:.2f}x"
+        if many and f"ratio:{key}" in per_round:
+            value = f"{value}  (rounds: {', '.join(f'{v:.2f}x' for v in per_round[f'ratio:{key}'])})"
+        if target is None:
+            table.append(row(name, value))
+        else:
+            table.append(row(name, value, f">= {target}x", None if ratio is None else ratio >= target))
+
+    def per_round_rows(kind: str, label: str = "") -> None:
+        for rnd in rounds:
+            res = rnd["locust"].get(label) if kind == "locust" else rnd.get(kind)
+            if res:
+                table.extend(_detail_rows(res, f"  r{rnd['round']} " if many else "  "))
+
+    if not rounds:
+        return table
+    headline("pgbench tps (pessimistic script)", "pgbench_tps")
+    per_round_rows("pgbench")
+    if any(rnd.get("floor") for rnd in rounds):
+        headline("psycopg2+gevent floor commits/s", "floor_tps")
+        ratio_row("  ratio to pgbench", "floor_vs_pgbench")
+        per_round_rows("floor")
+    for label in LABELS:
+        if not any(label in rnd["locust"] for rnd in rounds):
+            continue
+        n = label[1:]
+        headline(f"locust {n} process{'es' if n != '1' else ''} ok ops/s", f"locust_{label}_tps")
+        ratio_row("  ratio to pgbench", f"locust_{label}_vs_pgbench", TARGET_RATIO)
+        ratio_row("  ratio to the psycopg2+gevent floor", f"locust_{label}_vs_floor")
+        per_round_rows("locust", label)
+    return table
+
+
+def notes(out: dict[str, Any], settings: dict[str, Any]) -> list[str]:
+    """How Locust's ok ops/s is defined, and a warning for each run that other load on the machine skewed."""
+    lines = [f"Locust ok ops/s = ok operations of the history whose complete_ts lies in "
+             f"[first invoke + {settings['ramp']} s, min(first invoke + {settings['duration']} s, last ok)], "
+             "divided by that window (history-based); CPU = cores busy in the same window, from /proc"]
+    rounds = out.get("rounds", [])
+    for rnd in rounds:
+        tag = f"round {rnd['round']} " if len(rounds) > 1 else ""
+        runs = [(f"{tag}pgbench", rnd.get("pgbench")), (f"{tag}floor", rnd.get("floor"))]
+        runs += [(f"{tag}locust {k}", v) for k, v in rnd["locust"].items()]
+        for name, res in runs:
+            cpu = (res or {}).get("cpu") or {}
+            other = cpu.get("other_cores")
+            if other is not None and other > OTHER_LOAD_WARN:
+                who = ", ".join(f"{p['cmd'][:60]} {p['cores']:.2f}" for p in cpu.get("other_processes", []))
+                lines.append(f"WARNING: {other:.2f} cores busy outside client, server and softirq during {name} "
+                             f"(other load: {who or 'no single process'}): its figures are skewed")
+    return lines
+
+
+PHASE = Phase(name="throughput", flag="skip-pgbench-ratio", help="skip the throughput phase (no server is started)",
+              run=run, rows=rows, add_arguments=add_arguments, steps=steps, notes=notes)
+
+__all__ = ["INITIAL_BALANCE", "PHASE", "STRATEGY", "TARGET_RATIO"]

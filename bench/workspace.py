@@ -17,9 +17,9 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import random
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,8 +28,9 @@ from typing import Any
 import orjson
 
 from bench.children import clean_env, run_child
-from bench.throughput import ROOT, BenchError, locust_bin
-from toolclash.run import read_json
+from bench.phase import ROOT, BenchError, Context, Phase, Row, num, private_stack, row, run_alone
+from bench.runners import locust_bin, verdict_of
+from toolclash.history import Op, make_op
 
 Say = Callable[[str], None]
 TARGET_REBUILD_S = 30.0
@@ -39,7 +40,6 @@ EXPECTED_CODES = (0, 4)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--skip-workspace", action="store_true", help="skip the workspace phase")
     parser.add_argument("--workspace-agents", type=int, default=50, metavar="N",
                         help="agents of the workspace load run (default 50)")
     parser.add_argument("--workspace-duration", type=int, default=15, metavar="S",
@@ -53,28 +53,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_run(*, agents: int, duration: int, workdir: Path, run_id: str, say: Say,
              strategy: str = "expected_version") -> dict[str, Any]:
-    from toolclash.stack.core import Stack
-    from toolclash.stack.process import StackError
-
-    stack = Stack(services=("postgres",))
-    try:
-        say("  stack: starting a private PostgreSQL on 127.0.0.1")
-        try:
-            url = stack.up(timeout=120)["DATABASE_URL"]
-        except StackError as exc:
-            raise BenchError(str(exc)) from None
+    with private_stack(("postgres",), say) as (urls, _stack):
         argv = [str(locust_bin()), "-f", "locustfiles/workspace.py", "--headless", "-u", str(agents), "-r",
                 str(agents), "-t", f"{duration}s", "--profile", "stress", "--stop-timeout", "3", "--reports-dir",
                 str(workdir), "--run-id", run_id, "--loglevel", "WARNING", "--strategy", strategy]
-        res = run_child(argv, env=clean_env({"DATABASE_URL": url}), log=workdir / f"{run_id}.log",
+        res = run_child(argv, env=clean_env({"DATABASE_URL": urls["DATABASE_URL"]}), log=workdir / f"{run_id}.log",
                         timeout=duration + 120, cwd=ROOT)
-    finally:
-        with contextlib.suppress(StackError):
-            stack.down()
-    checks = workdir / run_id / "checks.json"
-    if not checks.is_file():
+    verdict = verdict_of(workdir / run_id)
+    if verdict is None:
         raise BenchError(f"the workspace run wrote no verdict (exit {res.returncode}); see {res.log}")
-    verdict = read_json(checks)
     fig = verdict["figures"]["workspace"]
     out = {"strategy": strategy, "agents": agents, "duration_s": duration, "exit_code": res.returncode,
            "verdict_exit_code": verdict["exit_code"], "meaning": verdict["meaning"], "events": fig["events"],
@@ -90,7 +77,7 @@ def load_run(*, agents: int, duration: int, workdir: Path, run_id: str, say: Say
 # ------------------------------------------------------------------------------------- rebuild/compare
 
 
-def synthesize(events: int, seed: int = 1) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def synthesize(events: int, seed: int = 1) -> tuple[list[Op], dict[str, Any]]:
     """A valid history and final state of *events* appended events; read models tracked while generating."""
     rng = random.Random(seed)
     heads = [0] * (STREAMS + 1)
@@ -98,7 +85,7 @@ def synthesize(events: int, seed: int = 1) -> tuple[list[dict[str, Any]], dict[s
     config: dict[tuple[int, str], list[Any]] = {}
     perms: dict[tuple[int, str, str], list[Any]] = {}
     evs: list[dict[str, Any]] = []
-    ops: list[dict[str, Any]] = []
+    ops: list[Op] = []
     applied: list[dict[str, Any]] = []
     t0 = time.time() - events / 2000.0
     for i in range(events):
@@ -132,11 +119,10 @@ def synthesize(events: int, seed: int = 1) -> tuple[list[dict[str, Any]], dict[s
         evs.append({"position": i + 1, "stream_id": sid, "seq": seq, "type": etype, "payload": payload,
                     "agent": agent, "op_id": op_id, "causation_id": op_id, "correlation_id": corr,
                     "decided_version": seq - 1, "committed_at": ts + 0.004})
-        ops.append({"run_id": "synthetic", "op_id": op_id, "process": f"synth-{i % 4}", "agent": agent,
-                    "tool": tool, "strategy": "expected_version", "args": {"workspace": sid, **payload,
-                                                                            "correlation_id": corr},
-                    "invoke_ts": ts, "complete_ts": ts + 0.005, "outcome": "ok", "attempts": 1,
-                    "error_class": None, "reason": None, "result": {"seq": seq, "decided_version": seq - 1}})
+        ops.append(make_op(run_id="synthetic", op_id=op_id, process=f"synth-{i % 4}", agent=agent, tool=tool,
+                           strategy="expected_version", args={"workspace": sid, **payload, "correlation_id": corr},
+                           invoke_ts=ts, complete_ts=ts + 0.005, outcome="ok", attempts=1,
+                           result={"seq": seq, "decided_version": seq - 1}))
         applied.append({"stream_id": sid, "seq": seq, "projector": f"projector-{1 + i % 2}",
                         "applied_at": ts + 0.004 + rng.uniform(0.001, 0.05)})
     final = {
@@ -192,18 +178,16 @@ def rebuild_and_compare(events: int, say: Say) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------- phase
 
 
-def workspace_phase(args: argparse.Namespace, ts: str, report: dict[str, Any], say: Any) -> None:
-    out: dict[str, Any] = {}
-    report["workspace"] = out
-    workdir = ROOT / "reports" / f"bench-{ts}"
-    workdir.mkdir(parents=True, exist_ok=True)
+def run(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
+    say = ctx.say
+    out = ctx.keep({})
     say.phase(f"workspace: {args.workspace_agents} agents, stress, {args.workspace_duration} s, "
               f"expected_version then locked_head")
     for strategy in ("expected_version", "locked_head"):
         key = f"load_{strategy}"
         try:
             load = out[key] = load_run(agents=args.workspace_agents, duration=args.workspace_duration,
-                                       workdir=workdir, run_id=f"bench-{ts}-workspace-{strategy}", say=say,
+                                       workdir=ctx.workdir, run_id=f"bench-{ctx.ts}-workspace-{strategy}", say=say,
                                        strategy=strategy)
             say(f"  {strategy}: {load['events']:,} events, {load['appends_per_s']:,.0f} appends/s, projection lag "
                 f"p50 {load['lag_p50_ms']:.1f} / p95 {load['lag_p95_ms']:.1f} / max {load['lag_max_ms']:.1f} ms, "
@@ -221,26 +205,43 @@ def workspace_phase(args: argparse.Namespace, ts: str, report: dict[str, Any], s
     errors = [f"workspace {k}: {v['error']}" for k, v in out.items() if isinstance(v, dict) and "error" in v]
     if errors:
         out["errors"] = errors
+    return out
+
+
+def rows(out: dict[str, Any]) -> list[Row]:
+    table: list[Row] = []
+    for strategy in ("expected_version", "locked_head"):
+        load = out.get(f"load_{strategy}")
+        if not load:
+            continue
+        name = f"workspace {strategy}, {load.get('agents', '?')} agents: appends/s"
+        if "events" not in load:
+            table.append(row(name, "FAILED", load.get("error", ""), False))
+            continue
+        table.append(row(name, num(load["appends_per_s"], ",.0f")))
+        table.append(row("  projection lag p50 / p95 / max ms", f"{load['lag_p50_ms']:.1f} / "
+                         f"{load['lag_p95_ms']:.1f} / {load['lag_max_ms']:.1f}"))
+        table.append(row("  conflict rate; exit code (verdict)", f"{load['conflict_rate']:.3f}; {load['exit_code']} "
+                         f"({load['verdict_exit_code']})", "0 or 4", "error" not in load))
+    rb = out.get("rebuild")
+    if rb:
+        table.append(row(f"workspace load + rebuild and compare, {rb['events']:,} events (s)",
+                         f"{rb['load_and_rebuild_compare_s']:.2f}", f"< {TARGET_REBUILD_S:g}",
+                         rb["load_and_rebuild_compare_s"] < TARGET_REBUILD_S))
+        table.append(row("  all seven checks (s)", f"{rb['check_all_s']:.2f}"))
+    return table
+
+
+PHASE = Phase(name="workspace", help="skip the workspace phase", run=run, rows=rows, add_arguments=add_arguments,
+              steps=lambda args: 2)
 
 
 def main(argv: list[str] | None = None) -> int:
-    import datetime as dt
-
-    from bench import Progress
-    from toolclash.run import write_json
-
     parser = argparse.ArgumentParser(prog="python -m bench.workspace", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
-    args = parser.parse_args(argv)
-    ts = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    report: dict[str, Any] = {"bench": ts}
-    workspace_phase(args, ts, report, Progress(phases=2))
-    path = ROOT / "reports" / f"bench-{ts}-workspace.json"
-    write_json(path, report)
-    print(f"report: {path.relative_to(ROOT)}", flush=True)
-    return 1 if report["workspace"].get("errors") else 0
+    return run_alone(PHASE, parser.parse_args(argv), "workspace")
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())
