@@ -1,5 +1,6 @@
-"""The judge of a run: evaluate → ``checks.json`` → ``report.html``. A locustfile names it; so does
-``python -m checks --run DIR --write``: both give the same verdict and exit code from the same files.
+"""The judge of a run: evaluate → ``checks.json`` (and, for CI, ``junit.xml`` and ``summary.md``) → ``report.html``.
+A locustfile names it; ``python -m checks --run DIR --write`` writes the same files: both give the same verdict and
+exit code from the same files.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from checks.ci import write_ci_files
 from checks.verdict import evaluate, render, write
 
 log = logging.getLogger("toolclash")
@@ -36,6 +38,7 @@ class Judge:
         verdict = evaluate(run_dir)
         verdict.update(notes or {})
         write(run_dir, verdict)
+        write_ci_files(run_dir, verdict)
         log.info("verdict of run %s written in %.2f s: exit code %s (%s)", verdict.get("run_id"),
                  time.monotonic() - started, verdict["exit_code"], verdict["meaning"])
         if report:

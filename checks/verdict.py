@@ -8,6 +8,7 @@ same exit code.
 from __future__ import annotations
 
 import importlib
+import logging
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -41,6 +42,10 @@ EXIT_MEANING = {
 }
 
 
+progress = logging.getLogger("toolclash.checks")
+"""Progress of a long verdict (``python -m checks`` shows it on a big history)."""
+
+
 class RunDirError(ValueError):
     """The run directory cannot be read (one-line message)."""
 
@@ -67,7 +72,9 @@ def _evaluate(run: Path) -> dict[str, Any]:
     options = read_json(run / "options.json")
     settings = options.get("settings", {})
     specs = {name: spec_of(name) for name in options.get("scenarios", [])}
+    progress.info("reading the history")
     history = read_history(run)
+    progress.info(f"read {len(history.ops):,} operations from {len(history.processes)} process(es)")
     results: list[CheckResult] = [_history_check(history)]
     figures: dict[str, Any] = {}
     all_gates: list[dict[str, Any]] = []
@@ -76,6 +83,7 @@ def _evaluate(run: Path) -> dict[str, Any]:
         final = _load(run / "final" / f"{name}.json")
         tools = frozenset(sc.tools)
         ops = [op for op in history.ops if op["tool"] in tools]
+        progress.info(f"checking {name}: {len(ops):,} operations")
         limits = gates.thresholds(settings, {o.name: o.default for o in sc.options})
         if final is None:
             results.append(result(f"{name}.final_state", UNKNOWN, {}, None, "the final state was not captured"))

@@ -57,6 +57,40 @@ def free_port() -> str:
         return str(s.getsockname()[1])
 
 
+class ExporterScraper(threading.Thread):
+    """Scrapes the run's exporter directly (the target the embedded Prometheus scrapes as job toolclash) every
+    0.25 s while the run goes on, and keeps every counter sample (``_total``, histogram ``_bucket``/``_count``/
+    ``_sum``) of every scrape."""
+
+    def __init__(self, prometheus: str) -> None:
+        super().__init__(daemon=True)
+        from toolclash.metrics import scrape_targets
+
+        host, port = scrape_targets(prometheus)["toolclash"]
+        self.url = f"http://{host}:{port}/metrics"
+        self.scrapes: list[dict[tuple[str, tuple[tuple[str, str], ...]], float]] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                with urllib.request.urlopen(self.url, timeout=5) as resp:
+                    text = resp.read().decode()
+            except OSError:
+                self.stop.wait(0.1)
+                continue
+            seen = {}
+            for fam in text_string_to_metric_families(text):
+                if fam.type not in ("counter", "histogram"):
+                    continue
+                for sample in fam.samples:
+                    if sample.name.endswith(("_created", "_gcount", "_gsum")):
+                        continue
+                    seen[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+            self.scrapes.append(seen)
+            self.stop.wait(0.25)
+
+
 class AlertWatcher(threading.Thread):
     """Polls Prometheus's /api/v1/alerts while the run goes on; remembers every alert seen firing."""
 
@@ -77,11 +111,17 @@ class AlertWatcher(threading.Thread):
             self.stop.wait(0.1)
 
 
+SCRAPER: list[ExporterScraper] = []
+
+
 @pytest.fixture(scope="module")
 def observed(stack: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> tuple[LocustRun, AlertWatcher]:
     prometheus = stack["PROMETHEUS_URL"]
     watcher = AlertWatcher(prometheus)
     watcher.start()
+    scraper = ExporterScraper(prometheus)
+    scraper.start()
+    SCRAPER[:] = [scraper]
     port = free_port()
     _OBSERVED_START[:] = [time.time()]
     try:
@@ -94,9 +134,53 @@ def observed(stack: dict[str, str], tmp_path_factory: pytest.TempPathFactory) ->
                          locustfile="locustfiles/mixed.py", run_id="observed")
     finally:
         watcher.stop.set()
+        scraper.stop.set()
         watcher.join(5)
+        scraper.join(5)
     assert run.code == 1, run.output()
     return run, watcher
+
+
+def test_exporter_counters_never_go_down(observed: tuple[LocustRun, AlertWatcher]) -> None:
+    """Every counter and histogram series the exporter served only grew from one scrape to the next (the pool's
+    in-use and waiting figures are gauges; they used to be exported as a counter that went back down)."""
+    del observed  # the run itself: only its scrapes are read here
+    scrapes = [s for s in SCRAPER[0].scrapes if s]
+    assert len(scrapes) >= 10, len(scrapes)
+    series = set().union(*scrapes)
+    assert ("toolclash_pool_events_total", (("event", "acquires"),)) in series  # the pool scenario ran
+    decreases = []
+    last: dict[Any, float] = {}
+    for i, scrape in enumerate(scrapes):
+        for key, value in scrape.items():
+            if key in last and value < last[key]:
+                decreases.append((i, key, last[key], value))
+            last[key] = value
+    assert not decreases, decreases[:10]
+    names = {name for name, _labels in series}
+    assert not {n for n in names if "pool_events" in n and "in_use" in n}
+    assert not any(dict(labels).get("event", "").startswith(("in_use", "waiting", "wait_le", "wait_gt"))
+                   for _n, labels in series)
+
+
+def test_run_info_and_check_states_are_exported(observed: tuple[LocustRun, AlertWatcher],
+                                                stack: dict[str, str]) -> None:
+    run, _ = observed
+    base = stack["PROMETHEUS_URL"]
+    info = prom_query(base, 'last_over_time(toolclash_run_info{run_id="observed"}[' + WINDOW() + '])')
+    scenarios = {r["metric"]["scenario"]: r["metric"]["strategy"] for r in info}
+    assert scenarios["credits"] == "serializable" and "deadlock" in scenarios, scenarios
+    stage_start = prom_query(base, "max_over_time(toolclash_ramp_stage_start_timestamp_seconds[" + WINDOW() + "])")
+    assert stage_start and abs(float(stage_start[0]["value"][1]) - time.time()) < 600, stage_start
+    states = _last(base, "toolclash_check_state")
+    by_check: dict[str, dict[str, float]] = {}
+    for labels, value in states.items():
+        label = json.loads(labels)
+        by_check.setdefault(label["check"], {})[label["state"]] = value
+    for check in run.verdict["checks"]:  # a state set: exactly one state is 1
+        got = by_check[check["name"]]
+        assert sorted(got.values()) == [0.0, 0.0, 1.0], (check["name"], got)
+    assert by_check["credits.ledger"]["invalid"] == 1.0
 
 
 def test_planted_fault_fires_the_check_alert_in_prometheus(observed: tuple[LocustRun, AlertWatcher],
@@ -273,6 +357,8 @@ def test_registry_merges_worker_deltas_by_summing() -> None:
 
 def test_runtime_counters_map_to_labelled_metrics_without_knowing_them() -> None:
     assert counter_metric("queue_redelivered") == ("toolclash_queue_events_total", (("event", "redelivered"),))
+    assert counter_metric("pool_in_use") is None and counter_metric("pool_waiting") is None  # +1/-1: gauges
+    assert counter_metric("pool_waits") == ("toolclash_pool_events_total", (("event", "waits"),))
     assert counter_metric("pool_timeouts") == ("toolclash_pool_events_total", (("event", "timeouts"),))
     assert counter_metric("some_new_thing") == ("toolclash_events_total", (("event", "some_new_thing"),))
     assert counter_metric("retries_serialization") is None  # already in toolclash_retries_total{tool,cause}
@@ -326,8 +412,25 @@ def test_dashboards_use_the_provisioned_datasource_uid() -> None:
     assert len(uids) == len(_dashboards())
 
 
+def test_fault_windows_become_bounded_gauges() -> None:
+    from toolclash.metrics import MAX_FAULT_SERIES, fault_gauges
+
+    windows = [{"kind": "kill", "target": "postgres", "start": 10.0, "end": 20.0},
+               {"kind": "kill", "target": "postgres", "start": 30.0, "end": None},
+               {"kind": "latency", "target": "redis", "start": 50.0, "end": 60.0},  # not begun yet
+               *({"kind": "partition", "target": f"w{i}", "start": 1.0, "end": 2.0} for i in range(100))]
+    out = {(m, labels): v for m, labels, v in fault_gauges(windows, now=35.0)}
+    assert out[("toolclash_fault_active", (("kind", "kill"), ("target", "postgres")))] == 1.0
+    assert out[("toolclash_fault_windows_total", (("kind", "kill"),))] == 2.0
+    assert out[("toolclash_fault_windows_total", (("kind", "partition"),))] == 100.0
+    assert ("toolclash_fault_windows_total", (("kind", "latency"),)) not in out
+    assert sum(1 for m, _l in out if m == "toolclash_fault_active") == MAX_FAULT_SERIES
+
+
 def test_every_dashboard_query_returns_data_after_a_real_run(observed: tuple[LocustRun, AlertWatcher],
                                                              stack: dict[str, str]) -> None:
+    from toolclash.metrics import METRICS
+
     run, _ = observed
     base = stack["PROMETHEUS_URL"]
     started = json.loads((run.run_dir / "options.json").read_text())["started_at"]
@@ -344,6 +447,11 @@ def test_every_dashboard_query_returns_data_after_a_real_run(observed: tuple[Loc
             if not has_data:  # a panel of server metrics only (pg_…) is never "awaiting" a scenario
                 waits = bool(names) and names <= AWAITING_SCENARIOS
                 (awaiting if waits else empty).append(f"{dash['uid']}: {panel['title']}")
+        for note in dash.get("annotations", {}).get("list", []):  # stage, fault and run marks: they must parse
+            assert not _metric_names(note["expr"]) - set(METRICS), note
+            data = prom_get(base, "/api/v1/query_range", query=note["expr"], **window)
+            if note["name"] != "Faults":  # the observed run schedules no faults
+                assert any(series["values"] for series in data["result"]), note
     assert not empty, empty
     print(f"panels waiting for a scenario to record their metrics ({len(awaiting)}): {awaiting}")
 

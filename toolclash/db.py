@@ -140,18 +140,6 @@ class PoolClosed(ConnectionError):
     """The pool was closed (the run is stopping)."""
 
 
-WAIT_BUCKETS_MS = (1, 10, 100, 1000, 10000)
-"""Upper bounds of the acquire-wait histogram (ms); a last bucket takes the rest."""
-
-
-def wait_bucket(wait_ms: float) -> str:
-    """The histogram bucket name of one acquire wait: ``le_1ms`` … ``le_10000ms``, ``gt_10000ms``."""
-    for bound in WAIT_BUCKETS_MS:
-        if wait_ms <= bound:
-            return f"le_{bound}ms"
-    return f"gt_{WAIT_BUCKETS_MS[-1]}ms"
-
-
 @dataclass
 class Lease:
     """One checked-out connection: who holds it, for which call, since when."""
@@ -191,8 +179,8 @@ class Pool:
     oldest waiter, never to a newcomer. ``connect()`` is called outside the lock.
 
     ``on_event(name, n)`` (optional) receives counters as they happen (``pool_in_use`` and ``pool_waiting``
-    are gauges: +1 / -1 deltas that sum to the current value): ``pool_acquires``,
-    ``pool_waits`` (acquires that queued), ``pool_wait_<bucket>``, ``pool_timeouts``, ``pool_opened``,
+    are gauges: +1 / -1 deltas that sum to the current value, never exported as counters): ``pool_acquires``,
+    ``pool_waits`` (acquires that queued), ``pool_timeouts``, ``pool_opened``,
     ``pool_closed_lifetime``, ``pool_closed_unhealthy``, ``pool_discarded``, ``pool_leaks``.
     """
 
@@ -270,7 +258,6 @@ class Pool:
         self._count("pool_in_use")
         if waiter is not None:
             self._count("pool_waits")
-        self._count("pool_wait_" + wait_bucket(wait_s * 1000.0))
         return lease
 
     def _wait(self, waiter: _Waiter, start: float, timeout: float) -> tuple[Any, float] | None:

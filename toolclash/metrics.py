@@ -82,6 +82,13 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("toolclash_conflict_rate_threshold", "gauge", "Conflict-rate SLA threshold of the run's profile"),
     Metric("toolclash_run_active", "gauge", "1 while a run is under way"),
     Metric("toolclash_workers", "gauge", "Worker processes connected to the master"),
+    Metric("toolclash_run_info", "gauge", "1 per scenario of the run under way (or last judged): run id, scenario and "
+           "its strategy, so dashboards tell runs apart", ("run_id", "scenario", "strategy")),
+    Metric("toolclash_ramp_stage_start_timestamp_seconds", "gauge", "Unix time the current ramp stage began "
+           "(Grafana: an annotation per stage, 'series value as timestamp')"),
+    Metric("toolclash_fault_active", "gauge", "1 while a scheduled fault of this kind on this target is active "
+           "(read from the run's faults.jsonl)", ("kind", "target")),
+    Metric("toolclash_fault_windows_total", "counter", "Fault windows begun in the run, by kind", ("kind",)),
     Metric("toolclash_process_cpu_seconds_total", "counter", "CPU time of toolclash's Locust processes",
            ("process",)),
     Metric("toolclash_process_resident_memory_bytes", "gauge", "Resident memory of toolclash's Locust processes",
@@ -91,7 +98,8 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("toolclash_server_resident_memory_bytes", "gauge", "Resident memory of the embedded stack's servers "
            "(with their child processes)", ("server",)),
     # after the run
-    Metric("toolclash_check_valid", "gauge", "Verdict of each check: 1 valid, 0 invalid, -1 unknown", ("check",)),
+    Metric("toolclash_check_state", "gauge", "State set of each check's verdict: 1 for its state (valid, invalid or "
+           "unknown), 0 for the two others", ("check", "state")),
     Metric("toolclash_gate_met", "gauge", "Each SLA gate: 1 met, 0 missed", ("scope", "gate")),
     Metric("toolclash_verdict_exit_code", "gauge", "Exit code of the last verdict (0 ok, 1 anomaly, 3 unknown, 4 SLA)"),
     Metric("toolclash_prepared_xacts_left", "gauge", "Prepared transactions left on the server after the run"),
@@ -109,6 +117,16 @@ PREFIXES: tuple[tuple[str, str], ...] = (
 
 COUNTED_PER_CALL = re.compile(r"^(calls_|retries_|sqlstate_|attempts$|conflicts$|backoff_ms$)")
 """Runtime counters the per-call metrics already carry with their tool label (not exported twice)."""
+
+NOT_COUNTERS = re.compile(r"^(pool_in_use|pool_waiting|breaker_open)$")
+"""Live figures kept as +1/-1 deltas (they go down): exported as gauges by their scenario (``toolclash_pool_in_use``,
+``toolclash_pool_waiting``), never as a counter, whose value must never decrease."""
+
+CHECK_STATES = ("valid", "invalid", "unknown")
+"""The states of ``toolclash_check_state`` (a Prometheus state set: exactly one is 1)."""
+
+MAX_FAULT_SERIES = 32
+"""At most this many (kind, target) pairs of ``toolclash_fault_active``: labels stay bounded whatever the schedule."""
 
 _NAME_RE = re.compile(r"^toolclash_[a-z0-9_]+$")
 
@@ -155,7 +173,7 @@ def labels_of(metric: str, values: Mapping[str, Any]) -> Labels:
 
 def counter_metric(key: str) -> tuple[str, Labels] | None:
     """Where runtime counter *key* goes: (metric, labels); None when a per-call metric already counts it."""
-    if COUNTED_PER_CALL.match(key):
+    if COUNTED_PER_CALL.match(key) or NOT_COUNTERS.match(key):
         return None
     for prefix, metric in PREFIXES:
         if key.startswith(prefix):
@@ -350,16 +368,23 @@ def check_name(metric: str) -> str:
     return metric
 
 
+def check_state(valid: Any) -> str:
+    """``valid``, ``invalid`` or ``unknown`` for a check's three-valued ``valid``."""
+    return "valid" if valid is True else "invalid" if valid is False else "unknown"
+
+
 def verdict_gauges(verdict: Mapping[str, Any] | None, server: Mapping[str, Any] | None = None
                    ) -> list[tuple[str, Labels, float]]:
-    """After the run: one gauge per check (1 valid, 0 invalid, -1 unknown), per SLA gate, the exit code,
-    and what the run left on the server."""
+    """After the run: each check's state set (``toolclash_check_state{check, state}``), each SLA gate (1 met,
+    0 missed), the exit code, and what the run left on the server."""
     if not verdict:
         return []
     out: list[tuple[str, Labels, float]] = []
     for check in verdict.get("checks", ()):
-        value = {True: 1.0, False: 0.0}.get(check.get("valid"), -1.0)
-        out.append(("toolclash_check_valid", (("check", str(check["name"])),), value))
+        state = check_state(check.get("valid"))
+        for name in CHECK_STATES:
+            out.append(("toolclash_check_state", (("check", str(check["name"])), ("state", name)),
+                        1.0 if name == state else 0.0))
     for gate in verdict.get("gates", ()):
         out.append(("toolclash_gate_met", (("scope", str(gate["scope"])), ("gate", str(gate["gate"]))),
                     1.0 if gate.get("met") else 0.0))
@@ -367,6 +392,41 @@ def verdict_gauges(verdict: Mapping[str, Any] | None, server: Mapping[str, Any] 
     if server is not None:
         out.append(("toolclash_prepared_xacts_left", (), float(len(server.get("prepared_xacts") or ()))))
         out.append(("toolclash_sessions_left", (), float(len(server.get("sessions") or ()))))
+    return out
+
+
+def run_gauges(run_id: str, strategies: Mapping[str, str], stage_start: float | None
+               ) -> list[tuple[str, Labels, float]]:
+    """``toolclash_run_info`` (one series per scenario) and the current stage's start time."""
+    out: list[tuple[str, Labels, float]] = [
+        ("toolclash_run_info", (("run_id", run_id), ("scenario", name), ("strategy", strategy)), 1.0)
+        for name, strategy in strategies.items()] if run_id else []
+    if stage_start is not None:
+        out.append(("toolclash_ramp_stage_start_timestamp_seconds", (), float(stage_start)))
+    return out
+
+
+def fault_gauges(windows: Iterable[Mapping[str, Any]], now: float) -> list[tuple[str, Labels, float]]:
+    """From the run's fault windows (``faults.jsonl`` records: ``kind``, ``target``, ``start``, ``end``): whether
+    each (kind, target) is active at *now* (at most :data:`MAX_FAULT_SERIES` pairs), and how many windows of each
+    kind began (``toolclash_fault_windows_total``: the file only grows, so the counter never goes down)."""
+    active: dict[tuple[str, str], bool] = {}
+    begun: dict[str, int] = {}
+    for w in windows:
+        kind, target = str(w.get("kind") or "fault"), str(w.get("target") or "")
+        start, end = w.get("start"), w.get("end")
+        if not isinstance(start, int | float) or start > now:
+            continue
+        begun[kind] = begun.get(kind, 0) + 1
+        key = (kind, target)
+        if key not in active and len(active) >= MAX_FAULT_SERIES:
+            continue
+        on = end is None or (isinstance(end, int | float) and end > now)
+        active[key] = active.get(key, False) or on
+    out: list[tuple[str, Labels, float]] = [
+        ("toolclash_fault_active", (("kind", k), ("target", t)), 1.0 if on else 0.0)
+        for (k, t), on in sorted(active.items())]
+    out.extend(("toolclash_fault_windows_total", (("kind", k),), float(n)) for k, n in sorted(begun.items()))
     return out
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import gevent
 
 from toolclash import metrics
+from toolclash.faultlog import WindowCache
 from toolclash.metrics import (
     DEFAULT_METRICS_PORT,
     Labels,
@@ -55,6 +56,8 @@ class Observer:
         self._proc: Any = None
         self._servers: dict[str, Any] | None = None
         self.server_exporters = ServerExporters()
+        self._faults = WindowCache()
+        self._server_cpu: dict[str, float] = {}
         _observer = self
 
     # -- every process -----------------------------------------------------------------------------
@@ -159,8 +162,20 @@ class Observer:
         gauges.append(("toolclash_process_cpu_seconds_total", proc, cpu))
         gauges.append(("toolclash_process_resident_memory_bytes", proc, rss))
         gauges.extend(self._server_usage())
+        gauges.extend(self._annotations())
         gauges.extend(self._verdict_gauges)
         return dict(rt.counters.items()), gauges
+
+    def _annotations(self) -> list[tuple[str, Labels, float]]:
+        """What lets Grafana tell runs apart and mark stages and faults: ``toolclash_run_info``, the current stage's
+        start time, and the fault windows of the run's ``faults.jsonl`` (when the run has scheduled faults)."""
+        rt = self.rt
+        strategies = ({name: rt.settings.strategy_for(name) for name in rt.settings.scenarios}
+                      if rt.settings is not None else {})
+        stage = rt.current_stage()
+        out = metrics.run_gauges(rt.run_id, strategies, float(stage["start"]) if stage else None)
+        out.extend(metrics.fault_gauges(self._faults.get(rt.run_dir), time.time()))
+        return out
 
     def _server_usage(self) -> list[tuple[str, Labels, float]]:
         """CPU and memory of each server the embedded stack started (its process tree: PostgreSQL backends too)."""
@@ -179,12 +194,16 @@ class Observer:
         for name, proc in self._servers.items():
             cpu = rss = 0.0
             try:
+                reaped = proc.cpu_times()  # the children it has reaped (PostgreSQL's ended backends) count too
+                cpu = float(reaped.children_user + reaped.children_system)
                 for p in (proc, *proc.children(recursive=True)):
                     with contextlib.suppress(psutil.Error):
                         c, r = _process_usage(p)
                         cpu, rss = cpu + c, rss + r
             except psutil.Error:
                 continue
+            # a child that ended but is not reaped yet is briefly in neither sum: a counter never goes down
+            cpu = self._server_cpu[name] = max(cpu, self._server_cpu.get(name, 0.0))
             out.append(("toolclash_server_cpu_seconds_total", (("server", name),), cpu))
             out.append(("toolclash_server_resident_memory_bytes", (("server", name),), rss))
         return out

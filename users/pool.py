@@ -173,10 +173,8 @@ class PoolAgent(Agent):
         if wait_ms is not None and call.reason != pool_tool.TIMEOUT:  # served: a timed-out wait got nothing
             observe("toolclash_pool_acquire_wait_seconds", (("pool", self.label),), float(wait_ms) / 1000.0)
         if self.opts.pool == "pgbouncer":  # the client pool counts its own waits
-            if wait_ms is not None:
-                self.rt.bump("pool_wait_" + db.wait_bucket(float(wait_ms)))
-                if float(wait_ms) >= QUEUED_MS:
-                    self.rt.bump("pool_waits")
+            if wait_ms is not None and float(wait_ms) >= QUEUED_MS:  # the wait itself: the histogram above
+                self.rt.bump("pool_waits")
             if call.reason == pool_tool.TIMEOUT:
                 self.rt.bump("pool_timeouts")
         if call.outcome != OK and call.reason not in (pool_tool.TIMEOUT, pool_tool.CANCELLED):
