@@ -107,6 +107,9 @@ class Settings:
     metrics_linger_s: float = opt(0.0, "at the end, keep the exporter up until Prometheus has scraped the verdict "
                                   "three times, at most this many seconds (0: do not wait)", min=0,
                                   group="observability")
+    progress_s: float = opt(5.0, "headless runs: one progress line on stderr every this many seconds (agents, "
+                            "calls/s, conflict rate, retries, in-doubt calls, gates at risk); 0: off", min=0,
+                            group="observability")
     prometheus_url: str = opt("", "Prometheus that scrapes this run (http://host:9090): its 'toolclash' target "
                               "names the exporter port; empty: none", env_var="PROMETHEUS_URL", group="observability")
     baseline: str = opt("", "run directory (reports/<run-id>) to compare this run with; a throughput drop or P95 "

@@ -37,18 +37,20 @@ from locust.runners import STATE_STOPPED, MasterRunner, WorkerRunner
 from toolclash import db
 from toolclash.history import HistoryWriter, process_name
 from toolclash.metrics import MetricsSetupError
-from toolclash.option import SettingsError
+from toolclash.option import SettingsError, mask_url
 from toolclash.run import Run, RunError, new_run_id, preflight, provide_services
 from toolclash.scenario import get
 from toolclash.settings import OPTIONS, Settings
 from users import handoff
 from users.barrier import Barrier
 from users.observe import Observer
+from users.progress import ProgressPrinter
 from users.runtime import Runtime, install
 
 log = logging.getLogger("toolclash")
 
 EXIT_USAGE = 2
+VERDICT_CODES = (0, 1, 2, 3, 4)
 Judge = Callable[..., dict[str, Any]]
 
 
@@ -69,6 +71,7 @@ class Plugin:
         self.run: Run | None = None
         self.collector: handoff.Collector | None = None
         self.lost_workers: list[str] = []
+        self.progress: ProgressPrinter | None = None
 
     # --- every process
 
@@ -89,6 +92,9 @@ class Plugin:
             if opt.is_secret:
                 kwargs["is_secret"] = True
             parser.add_argument(opt.flag, **kwargs)
+        # toolclash's verdict gives the exit code; Locust's "any failed request -> 1" would call every business
+        # rejection an anomaly (exit 1). Its option still applies when set (see exit_code()).
+        parser.set_defaults(exit_code_on_error=0)
 
     def on_init(self, environment: Environment, runner: Any, web_ui: Any = None, **_: Any) -> None:
         rt = self.rt
@@ -113,6 +119,11 @@ class Plugin:
         except (SettingsError, RunError, MetricsSetupError) as exc:
             self.stop_stack()
             fail_fast(str(exc))
+        set_agent_host(rt.urls)
+        on_error = int(getattr(environment.parsed_options, "exit_code_on_error", 0) or 0)
+        if on_error in VERDICT_CODES[1:]:
+            log.warning("--exit-code-on-error %d is also one of toolclash's verdict codes; a valid run with failed "
+                        "requests would exit %d too. Choose a code above 4 to tell them apart", on_error, on_error)
         if isinstance(runner, MasterRunner):
             runner.register_message("tc_history_batch", self._master_on_batch)
             runner.register_message("tc_history_done", self._master_on_done)
@@ -152,7 +163,7 @@ class Plugin:
             runner.stop()
         self.observer.on_quitting()
         if self.rt.exit_code is not None:
-            environment.process_exit_code = self.rt.exit_code
+            environment.process_exit_code = exit_code(self.rt.exit_code, runner, environment.parsed_options)
 
     def on_quit(self, exit_code: int, **_: Any) -> None:
         rt = self.rt
@@ -212,10 +223,19 @@ class Plugin:
         vars(opts).update(tc_run_id=rt.run_id, tc_run_dir=str(rt.run_dir), tc_urls=dict(rt.urls),
                           tc_settings=settings_data)
         rt.run_active = True
+        self._start_progress(environment)
         if rt.role == "master":
             self.collector = handoff.Collector(rt.run_id, rt.run_dir / "history")
         else:
             rt.history = HistoryWriter(rt.run_dir / "history", run_id=rt.run_id, process=rt.process).start()
+
+    def _start_progress(self, environment: Environment) -> None:
+        """Headless: one progress line every --progress-s seconds (users/progress.py)."""
+        every = self.rt.require_settings().progress_s
+        if every > 0 and getattr(environment.parsed_options, "headless", False):
+            runner = environment.runner
+            self.progress = ProgressPrinter(self.rt, self.observer.registry, every,
+                                            lambda: runner.user_count if runner is not None else None).start()
 
     def _parties(self) -> int:
         settings = self.rt.require_settings()
@@ -236,6 +256,9 @@ class Plugin:
     def _stop(self, environment: Environment) -> None:
         rt = self.rt
         rt.run_active = False
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
         if self.collector is not None:
             self.lost_workers = self.collector.collect(environment.runner, float(environment.stop_timeout or 0))
         elif rt.history is not None:
@@ -318,6 +341,25 @@ class Plugin:
         runner = rt.environment.runner if rt.environment else None
         if isinstance(runner, WorkerRunner):
             handoff.worker_done(runner, rt.run_id, rt.process, count)
+
+
+def exit_code(verdict_code: int, runner: Any, options: Any) -> int:
+    """The process's exit code: the verdict's (0 valid, 1 anomaly, 2 could not run, 3 unknown, 4 SLA missed);
+    only when that is 0 and Locust counted failed requests does Locust's ``--exit-code-on-error N`` apply (its
+    default is 0 under toolclash: failed requests are judged by the success-rate gate, business rejections are
+    correct answers)."""
+    on_error = int(getattr(options, "exit_code_on_error", 0) or 0)
+    failed = runner is not None and bool(getattr(runner, "errors", None) or getattr(runner, "exceptions", None))
+    return on_error if verdict_code == 0 and on_error and failed else verdict_code
+
+
+def set_agent_host(urls: dict[str, str]) -> None:
+    """Every agent kind's ``host`` is the backend it loads, masked (Locust's web UI shows it, and warns when a
+    User class has none)."""
+    from users.agent import Agent
+
+    url = urls.get("DATABASE_URL") or next(iter(urls.values()), "")
+    Agent.host = mask_url(url) if url else "embedded"
 
 
 def _write_locust_stats(environment: Environment, run_dir: Any) -> None:
