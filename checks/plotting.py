@@ -57,3 +57,17 @@ def pyplot() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def shade_faults(ax: Any, windows: list[Mapping[str, Any]], t0: float) -> None:
+    """Shade each fault window (``faults.jsonl``) on *ax*, whose x axis is seconds since *t0*; a window still open
+    (``end`` null) reaches the right edge. Labelled once per kind for the legend."""
+    right = ax.get_xlim()[1]
+    seen: set[str] = set()
+    for w in windows:
+        start, end = float(w["start"]) - t0, w.get("end")
+        stop = float(end) - t0 if isinstance(end, int | float) else right
+        kind = str(w.get("kind") or "fault")
+        ax.axvspan(start, stop, color="#f1948a", alpha=0.25, zorder=0,
+                   label=None if kind in seen else f"fault: {kind}")
+        seen.add(kind)
