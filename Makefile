@@ -1,12 +1,13 @@
-# toolclash — `make help` lists the targets. `make run` and `make test` install what they need.
+# toolclash — `make help` lists the targets. `make run` and `make test` install what they need (run: servers and
+# runtime packages only; test: browser, docker-compose and development tools too), each step saying what and how long.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-APT_PACKAGES := postgresql postgresql-contrib pgbouncer redis-server clickhouse-server prometheus \
-  prometheus-postgres-exporter prometheus-redis-exporter prometheus-pgbouncer-exporter chromium chromium-driver \
-  docker-compose iproute2
+APT_RUN := postgresql postgresql-contrib pgbouncer redis-server clickhouse-server prometheus \
+  prometheus-postgres-exporter prometheus-redis-exporter prometheus-pgbouncer-exporter
+APT_TEST := chromium chromium-driver docker-compose iproute2
 # `make run`: every agent kind through a one-minute ramp 5 -> 10 -> 25 -> 50 -> 100 agents
 # (override: make run STAGE_SECONDS=30 ARGS="--strategy serializable").
 STAGES ?= 5,10,25,50,100
@@ -14,52 +15,79 @@ STAGE_SECONDS ?= 12
 WORKERS ?= 4
 ARGS ?=
 LOCUSTFILE ?= locustfiles/mixed.py
+# each setup step says what it does and how long it took
+NOW = date +%s.%N
+SINCE = awk -v a="$$t0" -v b="$$($(NOW))" 'BEGIN{printf "%.1f s", b-a}'
 
-.PHONY: help setup apt venv run observe distributed ui test bench lint clean
+.PHONY: help setup setup-run apt-run apt-test venv-run venv run observe distributed ui test docs bench lint clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-setup: apt venv ## install server packages (apt) and the virtualenv; a no-op when present
+setup-run: apt-run venv-run ## what `make run` needs: server packages (apt) and the runtime virtualenv
 
-apt: ## apt-get install the server packages that are missing
-	@missing=""; for p in $(APT_PACKAGES); do \
+setup: setup-run apt-test venv ## everything, test tools included (Chromium, docker-compose, pytest, mkdocs…)
+
+# apt-get install the packages of $(1) that are missing, saying which and how long it took
+define apt_install
+	@t0=$$($(NOW)); missing=""; for p in $(1); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing:$$missing"; \
-	  if [ "$$(id -u)" != 0 ]; then echo "make setup: run as root to apt-get install$$missing" >&2; exit 2; fi; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
-	fi
+	if [ -z "$$missing" ]; then echo "setup: $(2): $(words $(1)) Debian packages present ($$($(SINCE)))"; exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then echo "setup: run as root to apt-get install$$missing" >&2; exit 2; fi; \
+	echo "setup: $(2): apt-get install$$missing"; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing \
+	  >/dev/null && echo "setup: $(2): installed$$missing in $$($(SINCE))"
+endef
 
-venv: $(STAMP) ## build .venv from the pinned requirements
+apt-run: ## apt-get install the server packages that are missing
+	$(call apt_install,$(APT_RUN),servers)
 
-$(STAMP): requirements.txt requirements-dev.txt
+apt-test: ## apt-get install what only the tests use (Chromium, docker-compose, iproute2)
+	$(call apt_install,$(APT_TEST),test tools)
+
+venv-run: $(VENV)/.installed-run ## .venv with the runtime pins (requirements.txt)
+
+venv: $(STAMP) ## .venv with every pin, test tools included (requirements-dev.txt)
+
+$(VENV)/bin/python:
 	@$(PYTHON) -m venv --help >/dev/null 2>&1 && $(PYTHON) -c 'import ensurepip' 2>/dev/null || \
-	  { echo "installing python3-venv"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv; }
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
-	@touch $@
+	  { echo "setup: apt-get install python3-venv"; apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null; }
+	@t0=$$($(NOW)); $(PYTHON) -m venv $(VENV) && echo "setup: created $(VENV) in $$($(SINCE))"
 
-run: setup ## the main job: every agent kind through a 1-minute ramp on the embedded stack, checks, verdict
+$(VENV)/.installed-run: requirements.txt | $(VENV)/bin/python
+	@t0=$$($(NOW)); echo "setup: pip install -r requirements.txt ($$(grep -c '==' requirements.txt) pinned packages)"; \
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt && touch $@ && \
+	echo "setup: runtime packages installed in $$($(SINCE))"
+
+$(STAMP): requirements.txt requirements-dev.txt $(VENV)/.installed-run
+	@t0=$$($(NOW)); echo "setup: pip install -r requirements-dev.txt (test and documentation tools)"; \
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt && touch $@ && \
+	echo "setup: development packages installed in $$($(SINCE))"
+
+run: setup-run ## the main job: every agent kind through a 1-minute ramp on the embedded stack, checks, verdict
 	$(VENV)/bin/locust -f $(LOCUSTFILE) --headless --stages $(STAGES) --stage-seconds $(STAGE_SECONDS) \
 	  --stop-timeout 5 $(ARGS)
 
-observe: setup ## `make run` scraped by a private Prometheus in .stack/ that stays up afterwards (URL printed)
+observe: setup-run ## `make run` scraped by a private Prometheus in .stack/ that stays up afterwards (URL printed)
 	$(PY) -m toolclash.stack up $(foreach s,postgres auth_postgres pgbouncer clickhouse redis prometheus,--service $(s))
 	@eval "$$($(PY) -m toolclash.stack env)"; $(VENV)/bin/locust -f $(LOCUSTFILE) --headless --stages $(STAGES) \
 	  --stage-seconds $(STAGE_SECONDS) --stop-timeout 5 --metrics-linger-s 10 $(ARGS); code=$$?; \
 	  echo "Prometheus: $$PROMETHEUS_URL (alerts: $$PROMETHEUS_URL/alerts; stop: $(PY) -m toolclash.stack down)"; \
 	  exit $$code
 
-distributed: setup ## the full ramp with a master and WORKERS worker processes on this machine (default 4)
+distributed: setup-run ## the full ramp with a master and WORKERS worker processes on this machine (default 4)
 	$(VENV)/bin/locust -f $(LOCUSTFILE) --headless --processes $(WORKERS) --master-bind-host 127.0.0.1 \
 	  --stages $(STAGES) --stage-seconds 30 --stop-timeout 5 $(ARGS)
 
-ui: setup ## open Locust's web UI on http://127.0.0.1:8089 (embedded stack)
+ui: setup-run ## open Locust's web UI on http://127.0.0.1:8089 (embedded stack)
 	$(VENV)/bin/locust -f $(LOCUSTFILE) --class-picker --web-host 127.0.0.1 $(ARGS)
 
-test: setup ## run the whole test suite against real servers
+test: setup ## run the whole test suite against real servers (the documentation's strict build included)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+docs: venv ## build the documentation into site/ (mkdocs, strict: a broken link fails)
+	$(PY) -m mkdocs build --strict
 
 bench: setup ## speed figures as ratios against pgbench in the same run (not part of test)
 	$(PY) -m bench $(ARGS)
@@ -69,5 +97,5 @@ lint: setup ## ruff and mypy
 	$(VENV)/bin/mypy
 
 clean: ## remove the virtualenv, caches and reports
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache reports .stack
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache reports .stack site
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
