@@ -41,9 +41,11 @@ def test_an_anomaly_is_a_failing_case_with_its_evidence(database_url: str, tmp_p
     assert "anomaly (exit code 1)" in summary and "`credits.lost_updates`" in summary
     # python -m checks --write writes the same files again from the run directory alone
     (run.run_dir / "junit.xml").unlink()
-    again = subprocess.run([sys.executable, "-m", "checks", "--run", str(run.run_dir), "--write"], cwd=ROOT,
-                           capture_output=True, text=True, timeout=120, check=False)
+    again = subprocess.run([sys.executable, "-m", "checks", "--run", str(run.run_dir), "--write", "--progress"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert again.returncode == 1, again.stderr
+    steps = [ln for ln in again.stderr.splitlines() if ln.startswith("python -m checks: [")]
+    assert any("checking credits:" in ln for ln in steps) and "judged" in steps[-1], again.stderr
     assert set(_cases(run.run_dir / "junit.xml")) == expected
 
 

@@ -1,6 +1,6 @@
 """The documentation builds strictly (mkdocs, pinned in requirements-dev.txt): a broken link, a missing anchor
 or a page left out of the navigation fails here. The README stays short and its links resolve. The example
-locust.conf runs."""
+locust.example.conf runs."""
 
 from __future__ import annotations
 
@@ -65,11 +65,12 @@ def test_user_docs_use_no_in_house_words() -> None:
 
 
 def test_example_locust_conf_runs(database_url: str, tmp_path: Path) -> None:
-    conf = (ROOT / "locust.conf").read_text()
+    assert not (ROOT / "locust.conf").exists()  # Locust would read it into every run started in the repository
+    conf = (ROOT / "locust.example.conf").read_text()
     conf = re.sub(r"(?m)^run-time = .*$", "run-time = 3s", conf)  # the example's settings, shorter
     conf = re.sub(r"(?m)^reports-dir = .*$", f"reports-dir = {tmp_path}", conf)
-    (tmp_path / "locust.conf").write_text(conf)
-    run = run_locust(["--config", str(tmp_path / "locust.conf"), "--metrics-port", "0"], reports=tmp_path,
+    (tmp_path / "locust.example.conf").write_text(conf)
+    run = run_locust(["--config", str(tmp_path / "locust.example.conf"), "--metrics-port", "0"], reports=tmp_path,
                      database_url=database_url, run_id="conf")
     assert run.code == 0, run.output()
     assert run.verdict["figures"]["credits"]["calls"] > 0
