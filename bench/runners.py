@@ -309,8 +309,12 @@ def run_locust(spec: LocustSpec, *, say: Say, on_tick: Callable[[], None] | None
             "-t", f"{spec.duration}s", "--stop-timeout", str(STOP_TIMEOUT_S), "--strategy", STRATEGY,
             "--accounts", str(spec.accounts), "--profile", "stress", "--initial-balance", str(spec.initial_balance),
             "--reports-dir", str(spec.reports_dir), "--run-id", spec.run_id]
-    if spec.processes > 1:
-        argv += ["--processes", str(spec.processes)]
+    if spec.processes > 1:  # a free master port: another Locust on this machine may hold the default 5557
+        from toolclash.stack.process import free_port
+
+        port = str(free_port())
+        argv += ["--processes", str(spec.processes), "--master-bind-host", "127.0.0.1", "--master-bind-port", port,
+                 "--master-port", port]
     run_dir = spec.reports_dir / spec.run_id
     say(f"locust: {' '.join(argv[1:])}")
     counter = LineCounter()

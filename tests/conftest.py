@@ -20,6 +20,7 @@ import psycopg2
 import pytest
 
 from toolclash.stack import SERVICES, Stack
+from toolclash.stack.process import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCUST = str(Path(sys.executable).with_name("locust"))
@@ -87,6 +88,9 @@ def run_locust(args: list[str], *, reports: Path, database_url: str | None, run_
     env.update(services or {})
     if database_url:
         env["DATABASE_URL"] = database_url
+    if "--processes" in args and "--master-bind-port" not in args:  # the default 5557 may be another run's
+        port = str(free_port())
+        args = [*args, "--master-bind-port", port, "--master-port", port]
     cmd = [LOCUST, "-f", locustfile, "--headless", "--reports-dir", str(reports), "--run-id", run_id,
            "--loglevel", "WARNING", *args]
     start = time.monotonic()

@@ -55,7 +55,7 @@ class CreditAgent(PgAgent):
         if self.fault == "leak_session" and self.conn is not None and not self.conn.closed:
             try:
                 with self.conn.cursor() as cur:
-                    cur.execute("SELECT 1")  # opens a transaction and never ends it
+                    cur.execute("BEGIN; SELECT 1")  # opens a transaction and never ends it
                 _leaked.append(self.conn)
                 self.rt.forget(self.conn)  # the planted leak must survive the runtime's clean-up
                 return

@@ -14,6 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg2
+from psycopg2.extensions import (
+    ISOLATION_LEVEL_READ_COMMITTED,
+    ISOLATION_LEVEL_REPEATABLE_READ,
+    ISOLATION_LEVEL_SERIALIZABLE,
+)
 
 from toolclash.db import classify, close_quietly
 from toolclash.history import FAIL, OK, UNKNOWN
@@ -73,9 +78,62 @@ class Call:
         return self.attempts.conflicts
 
 
+class Tx:
+    """The cursor a pipelined transaction's body gets: it saves round trips without changing the transaction.
+
+    ``BEGIN`` rides with the body's first statement; statements whose result the body does not read
+    (:meth:`write`) ride with the next statement that is read (:meth:`execute`) or with ``COMMIT``. The
+    statements, their order, the isolation level and the locks are exactly those of the body; only the number
+    of network round trips changes (PostgreSQL's simple query protocol runs a string of statements in order and
+    skips the rest of it at the first error).
+    """
+
+    __slots__ = ("_cur", "_pending", "round_trips")
+
+    def __init__(self, cur: Any, begin: bytes) -> None:
+        self._cur = cur
+        self._pending: list[bytes] = [begin]
+        self.round_trips = 0
+
+    def execute(self, sql: str, args: Any = None) -> None:
+        """Run *sql* now (with everything pending before it); its result is read with :meth:`fetchone` …"""
+        self._pending.append(self._cur.mogrify(sql, args))
+        self._send()
+
+    def write(self, sql: str, args: Any = None) -> None:
+        """Queue *sql*, whose result is not read: it goes with the next :meth:`execute` or with the end."""
+        self._pending.append(self._cur.mogrify(sql, args))
+
+    def end(self, verb: bytes) -> None:
+        """Send what is pending followed by *verb* (``COMMIT`` or ``ROLLBACK``) in one round trip."""
+        self._pending.append(verb)
+        self._send()
+
+    def _send(self) -> None:
+        batch, self._pending = b"; ".join(self._pending), []
+        self.round_trips += 1
+        self._cur.execute(batch)
+
+    def fetchone(self) -> Any:
+        return self._cur.fetchone()
+
+    def fetchall(self) -> Any:
+        return self._cur.fetchall()
+
+    @property
+    def rowcount(self) -> int:
+        """Rows of the last statement :meth:`execute` ran."""
+        return int(self._cur.rowcount)
+
+
+_BEGIN = {None: b"BEGIN", ISOLATION_LEVEL_READ_COMMITTED: b"BEGIN ISOLATION LEVEL READ COMMITTED",
+          ISOLATION_LEVEL_REPEATABLE_READ: b"BEGIN ISOLATION LEVEL REPEATABLE READ",
+          ISOLATION_LEVEL_SERIALIZABLE: b"BEGIN ISOLATION LEVEL SERIALIZABLE"}
+
+
 def transact(conn: Any, call: Call, body: Callable[[Any], dict[str, Any]], *, isolation: int | None = None,
              retry_lock_not_available: bool = False, fault: Callable[[Call], str | None] | None = None,
-             give_up: str | None = None) -> Call:
+             give_up: str | None = None, pipeline: bool = False) -> Call:
     """Run *body(cursor)* as one transaction on *conn*, retrying conflicts under *call*'s policy.
 
     *body* returns the call's result dict, or raises :class:`Reject` (definite ``fail``) or
@@ -87,10 +145,20 @@ def transact(conn: Any, call: Call, body: Callable[[Any], dict[str, Any]], *, is
     committing) or ``"misreport"`` (commit, then report ``fail``): planted faults for the checks.
     *give_up*, if given, is the planted fault of not retrying: a retryable conflict ends the call at once as
     ``fail`` with that reason.
+
+    With *pipeline*, *body* gets a :class:`Tx` and the transaction takes fewer round trips (the connection is
+    put in autocommit mode: toolclash sends ``BEGIN`` itself). A lost connection while the last statements and
+    ``COMMIT`` are on their way is ``unknown``; an error with a SQLSTATE is a definite rollback as before.
     """
-    if isolation is not None and conn.isolation_level != isolation:
-        conn.set_session(isolation_level=isolation)
     try:
+        if pipeline:
+            if not conn.autocommit:
+                conn.autocommit = True
+            return _attempt_loop(conn, call, body, retry_lock_not_available, fault, give_up, _BEGIN[isolation])
+        if conn.autocommit:
+            conn.autocommit = False
+        if isolation is not None and conn.isolation_level != isolation:
+            conn.set_session(isolation_level=isolation)
         return _attempt_loop(conn, call, body, retry_lock_not_available, fault, give_up)
     except BaseException:
         # Interrupted (GreenletExit at stop, Ctrl-C) mid-transaction: close the session now so the server
@@ -101,27 +169,35 @@ def transact(conn: Any, call: Call, body: Callable[[Any], dict[str, Any]], *, is
 
 
 def _attempt_loop(conn: Any, call: Call, body: Callable[[Any], dict[str, Any]], retry_lock_not_available: bool,
-                  fault: Callable[[Call], str | None] | None, give_up: str | None) -> Call:
+                  fault: Callable[[Call], str | None] | None, give_up: str | None, begin: bytes | None = None) -> Call:
     attempts = call.attempts
+    rollback = _rollback if begin is None else _rollback_pipelined
     while attempts.next():
         try:
             call.phase = STATEMENT
             with conn.cursor() as cur:
-                result = body(cur)
-            planted = fault(call) if fault else None
-            call.phase = COMMIT
-            if planted == "rollback":
-                conn.rollback()
-                return call.finish(OK, **result)
-            conn.commit()
+                if begin is None:
+                    result = body(cur)
+                    planted = fault(call) if fault else None
+                    call.phase = COMMIT
+                    if planted == "rollback":
+                        conn.rollback()
+                    else:
+                        conn.commit()
+                else:
+                    tx = Tx(cur, begin)
+                    result = body(tx)
+                    planted = fault(call) if fault else None
+                    call.phase = COMMIT
+                    tx.end(b"ROLLBACK" if planted == "rollback" else b"COMMIT")
             if planted == "misreport":
                 return call.finish(FAIL, "commit-timeout", "timeout", **result)
             return call.finish(OK, **result)
         except Reject as rej:
-            _rollback(conn)
+            rollback(conn)
             return call.finish(FAIL, rej.reason, rej.error_class, **rej.result)
         except VersionConflict:
-            _rollback(conn)
+            rollback(conn)
             if attempts.conflict(VERSION_CONFLICT):
                 continue
             return call.finish(FAIL, attempts.gave_up, VERSION_CONFLICT)
@@ -131,7 +207,7 @@ def _attempt_loop(conn: Any, call: Call, body: Callable[[Any], dict[str, Any]], 
                 if call.phase == COMMIT:
                     return call.finish(UNKNOWN, "connection-lost-during-commit", kind.error_class)
                 return call.finish(FAIL, "connection-lost", kind.error_class)
-            _rollback(conn)
+            rollback(conn)
             if kind.kind == "retryable" and kind.cause:
                 if give_up is not None:
                     attempts.sqlstates.append(kind.sqlstate or "")
@@ -148,6 +224,15 @@ def _attempt_loop(conn: Any, call: Call, body: Callable[[Any], dict[str, Any]], 
 def _rollback(conn: Any) -> None:
     try:
         conn.rollback()
+    except psycopg2.Error:
+        pass
+
+
+def _rollback_pipelined(conn: Any) -> None:
+    """End the transaction the body began (in autocommit mode ``conn.rollback()`` sends nothing)."""
+    try:
+        with conn.cursor() as cur:
+            cur.execute("ROLLBACK")
     except psycopg2.Error:
         pass
 

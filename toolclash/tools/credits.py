@@ -100,10 +100,11 @@ class CreditsTool:
 
     def deduct(self, call: Call, account: int, amount: int) -> Call:
         """Deduct *amount* credits from *account* as operation *call* (filled in and returned)."""
-        return transact(self.conn, call, lambda cur: self._body(cur, call.op_id, account, amount),
-                        isolation=self._isolation, fault=self._fault)
+        return transact(self.conn, call, lambda tx: self._body(tx, call.op_id, account, amount),
+                        isolation=self._isolation, fault=self._fault, pipeline=True)
 
-    # --- strategies: each runs inside one transaction and returns the result dict ---
+    # --- strategies: each runs inside one transaction (a pipelined Tx: statements whose result is not read are
+    # written, and ride with the next statement or with COMMIT) and returns the result dict ---
 
     def _read(self, cur: Any, sql: str, account: int) -> tuple[int, int]:
         cur.execute(sql, (account,))
@@ -118,9 +119,9 @@ class CreditsTool:
         if before < amount:
             raise Reject("insufficient-funds", before=before)
         after = before - amount
-        cur.execute("UPDATE toolclash.credit_accounts SET balance = %s, version = version + 1 WHERE id = %s",
-                    (after, account))
-        cur.execute(_LEDGER, (op_id, account, amount, before, after, self.agent))
+        cur.write("UPDATE toolclash.credit_accounts SET balance = %s, version = version + 1 WHERE id = %s",
+                  (after, account))
+        cur.write(_LEDGER, (op_id, account, amount, before, after, self.agent))
         return {"before": before, "after": after}
 
     def _naive(self, cur: Any, op_id: str, account: int, amount: int) -> dict[str, Any]:
@@ -140,7 +141,7 @@ class CreditsTool:
         cur.execute("UPDATE toolclash.credit_accounts SET balance = balance - %s, version = version + 1 "
                     "WHERE id = %s RETURNING balance", (amount, account))
         after = int(cur.fetchone()[0])
-        cur.execute(_LEDGER, (op_id, account, amount, after + amount, after, self.agent))
+        cur.write(_LEDGER, (op_id, account, amount, after + amount, after, self.agent))
         return {"before": after + amount, "after": after}
 
     def _atomic(self, cur: Any, op_id: str, account: int, amount: int) -> dict[str, Any]:
@@ -151,7 +152,7 @@ class CreditsTool:
             before, _ = self._read(cur, _SELECT, account)
             raise Reject("insufficient-funds", before=before)
         after = int(row[0])
-        cur.execute(_LEDGER, (op_id, account, amount, after + amount, after, self.agent))
+        cur.write(_LEDGER, (op_id, account, amount, after + amount, after, self.agent))
         return {"before": after + amount, "after": after}
 
     def _optimistic(self, cur: Any, op_id: str, account: int, amount: int) -> dict[str, Any]:
@@ -164,7 +165,7 @@ class CreditsTool:
                     "WHERE id = %s AND version = %s", (after, account, version))
         if cur.rowcount == 0:
             raise VersionConflict
-        cur.execute(_LEDGER, (op_id, account, amount, before, after, self.agent))
+        cur.write(_LEDGER, (op_id, account, amount, before, after, self.agent))
         return {"before": before, "after": after}
 
 
