@@ -51,6 +51,7 @@ SCENARIOS: dict[str, str] = {
     "pool": "toolclash.tools.pool:SCENARIO",
     "workspace": "toolclash.tools.workspace:SCENARIO",
     "register": "toolclash.tools.register:SCENARIO",
+    "budget": "toolclash.tools.budget:SCENARIO",
 }
 
 
