@@ -81,7 +81,7 @@ class _Versions:
     """Per key: installed values in order, their writers (node index, -1 if not a committed transaction), each
     value's position; values a transaction overwrote itself before committing (intermediate)."""
 
-    def __init__(self, versions: Mapping[Hashable, Sequence[tuple[Any, str]]], node: Mapping[str, int],
+    def __init__(self, versions: Mapping[Any, Sequence[tuple[Any, str]]], node: Mapping[str, int],
                  initial: Any) -> None:
         self.initial = initial
         self.pos: dict[Hashable, dict[Any, int]] = {}
@@ -116,7 +116,7 @@ class _Versions:
         self.wid[key] = [-1]
 
 
-def analyse(committed: Sequence[Txn], versions: Mapping[Hashable, Sequence[tuple[Any, str]]], *,
+def analyse(committed: Sequence[Txn], versions: Mapping[Any, Sequence[tuple[Any, str]]], *,
             initial: Any = None, aborted: Iterable[Txn] = (), describe: Callable[[str], Mapping[str, Any]] | None = None
             ) -> Analysis:
     """The anomalies of a history: *committed* transactions ``(op_id, micro-ops)``, the *versions* installed per

@@ -52,6 +52,7 @@ SCENARIOS: dict[str, str] = {
     "workspace": "toolclash.tools.workspace:SCENARIO",
     "register": "toolclash.tools.register:SCENARIO",
     "budget": "toolclash.tools.budget:SCENARIO",
+    "transfers": "toolclash.tools.transfers:SCENARIO",
 }
 
 
