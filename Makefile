@@ -15,7 +15,7 @@ WORKERS ?= 4
 ARGS ?=
 LOCUSTFILE ?= locustfiles/mixed.py
 
-.PHONY: help setup apt venv run observe distributed ui test bench lint clean
+.PHONY: help setup apt venv run observe distributed ui test bench isolation lint clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -63,6 +63,9 @@ test: setup ## run the whole test suite against real servers
 
 bench: setup ## speed figures as ratios against pgbench in the same run (not part of test)
 	$(PY) -m bench $(ARGS)
+
+isolation: setup ## the Hermitage matrix under load: 3 workloads x 3 levels; table to reports/ and docs/isolation.md
+	TOOLCLASH_ISOLATION_MATRIX=full $(PY) -m pytest -q -s tests/test_isolation.py $(PYTEST_ARGS)
 
 lint: setup ## ruff and mypy
 	$(VENV)/bin/ruff check .
