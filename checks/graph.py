@@ -79,41 +79,61 @@ class Analysis:
 
 class _Versions:
     """Per key: installed values in order, their writers (node index, -1 if not a committed transaction), each
-    value's position; values a transaction overwrote itself before committing (intermediate)."""
+    value's position, the writer of the version after each one; values a transaction overwrote itself before
+    committing (intermediate)."""
 
     def __init__(self, versions: Mapping[Any, Sequence[tuple[Any, str]]], node: Mapping[str, int],
                  initial: Any) -> None:
         self.initial = initial
-        self.pos: dict[Hashable, dict[Any, int]] = {}
-        self.wid: dict[Hashable, list[int]] = {}
+        self.info: dict[Hashable, tuple[dict[Any, int], list[int], list[int]]] = {}
+        """key -> (position of each value, writer of each version, writer of the next version)."""
         self.value: dict[Hashable, list[Any]] = {}
         self.op: dict[Hashable, list[str | None]] = {}
         self.intermediate: dict[Hashable, dict[Any, str]] = {}
+        get = node.get
         for key, rows in versions.items():
-            final: set[str] = set()
-            kept: list[tuple[Any, str]] = []
-            for value, op_id in reversed(rows):  # a writer's last write of the key is the version it installed
-                if op_id in final:
-                    self.intermediate.setdefault(key, {})[value] = op_id
+            if not rows:
+                continue
+            all_values, ops = zip(*rows, strict=True)
+            kept_values: Sequence[Any] = all_values
+            kept_ops: Sequence[str] = ops
+            if len(set(ops)) != len(ops):  # a transaction wrote the key more than once: its last write counts
+                last = [i for i in range(len(ops) - 1) if ops[i] != ops[i + 1]]
+                last.append(len(ops) - 1)
+                kept_ops = tuple(ops[i] for i in last)
+                if len(set(kept_ops)) == len(kept_ops):  # its writes were consecutive (under its row lock)
+                    kept_values = tuple(all_values[i] for i in last)
+                    kept = set(last)
+                    self.intermediate[key] = {all_values[i]: ops[i] for i in range(len(ops)) if i not in kept}
                 else:
-                    final.add(op_id)
-                    kept.append((value, op_id))
-            kept.reverse()
-            values = [initial, *(v for v, _ in kept)]
-            pos: dict[Any, int] = {}
-            for i, v in enumerate(values):
-                pos.setdefault(v, i)
-            self.pos[key] = pos
+                    kept_values, kept_ops = self._installed(key, rows)
+            values = [initial, *kept_values]
+            wid = [-1, *[get(o, -1) for o in kept_ops]]
+            n = len(values)
+            pos = dict(zip(reversed(values), range(n - 1, -1, -1), strict=True))  # first position of a value
+            self.info[key] = (pos, wid, [*wid[1:], -1])
             self.value[key] = values
-            self.op[key] = [None, *(o for _, o in kept)]
-            self.wid[key] = [-1, *(node.get(o, -1) for _, o in kept)]
+            self.op[key] = [None, *kept_ops]
 
-    def empty(self, key: Hashable) -> None:
+    def _installed(self, key: Hashable, rows: Sequence[tuple[Any, str]]) -> tuple[Sequence[Any], Sequence[str]]:
+        """A writer's last write of the key is the version it installed; its earlier ones are intermediate."""
+        final: set[str] = set()
+        kept: list[tuple[Any, str]] = []
+        for value, op_id in reversed(rows):
+            if op_id in final:
+                self.intermediate.setdefault(key, {})[value] = op_id
+            else:
+                final.add(op_id)
+                kept.append((value, op_id))
+        kept.reverse()
+        return [v for v, _ in kept], [o for _, o in kept]
+
+    def empty(self, key: Hashable) -> tuple[dict[Any, int], list[int], list[int]]:
         """A key nobody wrote: only its initial value exists."""
-        self.pos[key] = {self.initial: 0}
+        self.info[key] = ({self.initial: 0}, [-1], [-1])
         self.value[key] = [self.initial]
         self.op[key] = [None]
-        self.wid[key] = [-1]
+        return self.info[key]
 
 
 def analyse(committed: Sequence[Txn], versions: Mapping[Any, Sequence[tuple[Any, str]]], *,
@@ -135,55 +155,54 @@ def analyse(committed: Sequence[Txn], versions: Mapping[Any, Sequence[tuple[Any,
                 aborted_writes[k][v] = op_id
     src: list[int] = []
     dst: list[int] = []
-    readers: dict[tuple[Hashable, int], list[int]] = defaultdict(list)  # (key, version read) -> read-then-wrote
-    pos, wid = ver.pos, ver.wid
+    add_src, add_dst = src.append, dst.append
+    readers: dict[tuple[Hashable, int], list[int]] = defaultdict(list)  # (key, version read) -> read, then wrote
+    info = ver.info
     for t, (op_id, mops) in enumerate(committed):
         own: dict[Hashable, Any] | None = None
-        ext: list[tuple[Hashable, int]] | None = None
+        read: dict[Hashable, int] | None = None  # key -> the version it last read of it (before writing it)
         for f, k, v in mops:
             if f == "w":
                 if own is None:
-                    own = {}
-                own[k] = v
+                    own = {k: v}
+                else:
+                    if k not in own and read is not None and k in read:
+                        readers[(k, read[k])].append(t)
+                    own[k] = v
+                    continue
+                if read is not None and k in read:
+                    readers[(k, read[k])].append(t)
                 continue
             if own is not None and k in own:
                 if own[k] != v:
                     out.add("internal", {"op": op_id, "key": k, "read": v, "own_write": own[k],
                                          "what": "read a different value than its own earlier write"})
                 continue
-            kp = pos.get(k)
-            if kp is None:
-                ver.empty(k)
-                kp = pos[k]
-            p = kp.get(v)
+            ki = info.get(k) or ver.empty(k)
+            p = ki[0].get(v)
             if p is None:
                 _unseen_read(out, ver, aborted_writes, op_id, k, v, describe)
                 continue
-            wk = wid[k]
-            w = wk[p]
+            w = ki[1][p]
             if w >= 0:
                 if w != t:
-                    src.append(w)
-                    dst.append(t)
+                    add_src(w)
+                    add_dst(t)
             elif p and ver.op[k][p] in aborted_ids:
                 _aborted_read(out, op_id, k, v, str(ver.op[k][p]), describe)
-            if p + 1 < len(wk):
-                w = wk[p + 1]
-                if w >= 0 and w != t:
-                    src.append(t)
-                    dst.append(w)
-            if ext is None:
-                ext = []
-            ext.append((k, p))
-        if own is not None and ext is not None:
-            for k, p in set(ext):
-                if k in own:
-                    readers[(k, p)].append(t)
-    for wk in wid.values():
+            w = ki[2][p]
+            if w >= 0 and w != t:
+                add_src(t)
+                add_dst(w)
+            if read is None:
+                read = {k: p}
+            else:
+                read[k] = p
+    for _, wk, _ in info.values():
         for a, b in pairwise(wk):
             if a >= 0 and b >= 0 and a != b:
-                src.append(a)
-                dst.append(b)
+                add_src(a)
+                add_dst(b)
     out.edges = len(src)
     for (k, p), ts in readers.items():
         if len(ts) > 1:
@@ -287,17 +306,19 @@ def _explained_edges(committed: Sequence[Txn], ver: _Versions, members: list[int
                 continue
             if k in own:
                 continue
-            p = ver.pos.get(k, {}).get(v)
-            if p is None:
+            ki = ver.info.get(k)
+            p = ki[0].get(v) if ki else None
+            if ki is None or p is None:
                 continue
-            wk, vals = ver.wid[k], ver.value[k]
-            edge(wk[p], t, WR, {"key": k, "value": v})
-            if p + 1 < len(wk):
-                edge(t, wk[p + 1], RW, {"key": k, "read": v, "next": vals[p + 1]})
+            vals = ver.value[k]
+            edge(ki[1][p], t, WR, {"key": k, "value": v})
+            if p + 1 < len(vals):
+                edge(t, ki[2][p], RW, {"key": k, "read": v, "next": vals[p + 1]})
         for k, v in own.items():
-            p = ver.pos.get(k, {}).get(v)
-            if p:
-                edge(ver.wid[k][p - 1], t, WW, {"key": k, "value": ver.value[k][p - 1], "next": v})
+            ki = ver.info.get(k)
+            p = ki[0].get(v) if ki else None
+            if ki is not None and p:
+                edge(ki[1][p - 1], t, WW, {"key": k, "value": ver.value[k][p - 1], "next": v})
     return adj, why
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
+from operator import itemgetter
 from typing import Any
 
 from checks import UNKNOWN, CheckResult, Checks, Evidence, result, run_checks
@@ -40,17 +41,18 @@ class RegisterView:
                     self.duplicate_ids.append(op["op_id"])
                 self.ops[op["op_id"]] = op
         self.has_log = "register_log" in final
-        self.log: list[list[Any]] = sorted(final.get("register_log", []), key=lambda r: r[0])
+        self.log: list[list[Any]] = sorted(final.get("register_log", []), key=itemgetter(0))  # [seq, k, v, op id]
         self.registers = {int(k): v for k, v in final.get("registers", [])}
         claim = final.get("isolation") or {}
         self.level = str(claim.get("level", ""))
         self.expect = str(claim.get("expect", ""))
         self.incomplete = frozenset(incomplete_processes)
         self.versions: dict[Any, list[tuple[Any, str]]] = defaultdict(list)
-        self.logged: dict[str, list[tuple[Any, Any]]] = defaultdict(list)
         for _, k, v, op_id in self.log:
             self.versions[k].append((v, op_id))
-            self.logged[op_id].append((k, v))
+        self.logged_key = {row[2]: row[1] for row in self.log}
+        """Every logged value -> its key (values are unique: ``<op id>:<index>``)."""
+        self.logged_ops = {row[3] for row in self.log}
         self.committed: list[Txn] = []
         self.aborted: list[Txn] = []
         self.in_doubt = {"committed": 0, "not_committed": 0, "reads_unknown": 0, "from_incomplete_history": 0}
@@ -60,7 +62,7 @@ class RegisterView:
                 self.committed.append((op_id, op["result"].get("txn") or []))
             elif outcome == FAIL:
                 self.aborted.append((op_id, op["result"].get("txn") or _writes(op_id, op["args"]["txn"])))
-            elif op_id in self.logged:  # in doubt, and the log shows it committed: its writes count, reads unknown
+            elif op_id in self.logged_ops:  # in doubt; the log shows it committed: its writes count, reads unknown
                 self.in_doubt["committed"] += 1
                 self.in_doubt["reads_unknown"] += sum(1 for f, _, _ in op["args"]["txn"] if f == "r")
                 self.committed.append((op_id, _writes(op_id, op["args"]["txn"])))
@@ -68,14 +70,22 @@ class RegisterView:
                 self.in_doubt["not_committed"] += 1
                 self.aborted.append((op_id, _writes(op_id, op["args"]["txn"])))
         self.phantoms: list[str] = []
-        for op_id, rows in self.logged.items():
-            if op_id in self.ops:
-                continue
-            if op_id.rpartition("-")[0] in self.incomplete:
-                self.in_doubt["from_incomplete_history"] += 1
-                self.committed.append((op_id, [("w", k, v) for k, v in rows]))
-            else:
-                self.phantoms.append(op_id)
+        unrecorded = self.logged_ops - self.ops.keys()
+        if unrecorded:
+            rows: dict[str, list[tuple[str, Any, Any]]] = defaultdict(list)
+            for _, k, v, op_id in self.log:
+                if op_id in unrecorded:
+                    rows[op_id].append(("w", k, v))
+            for op_id, writes in rows.items():
+                if op_id.rpartition("-")[0] in self.incomplete:
+                    self.in_doubt["from_incomplete_history"] += 1
+                    self.committed.append((op_id, writes))
+                else:
+                    self.phantoms.append(op_id)
+
+    def logged(self, op_id: str) -> list[list[Any]]:
+        """The log rows of *op_id* (a slow scan: for evidence only)."""
+        return [[k, v] for _, k, v, o in self.log if o == op_id]
 
     def describe(self, op_id: str) -> dict[str, Any]:
         op = self.ops.get(op_id)
@@ -101,26 +111,28 @@ def write_log(v: RegisterView) -> CheckResult:
                               "duplicate_op_ids": len(v.duplicate_ids), "in_doubt": dict(v.in_doubt)}
     for op_id in v.duplicate_ids:
         ev.add({"op_id": op_id, "what": "op id recorded twice in the history"})
+    logged_key = v.logged_key
     for op_id, op in v.ops.items():
-        rows = v.logged.get(op_id, [])
-        if op["outcome"] == OK:
-            wrote = {(k, val) for f, k, val in op["result"].get("txn") or [] if f == "w"}
-            if wrote - set(rows):
+        outcome = op["outcome"]
+        if outcome == OK:
+            missing = [[k, val] for f, k, val in op["result"].get("txn") or [] if f == "w" and logged_key.get(val) != k]
+            if missing:
                 counts["missing"] += 1
                 ev.add({"op_id": op_id, "agent": op["agent"], "what": "acknowledged, but some of its writes are not in "
-                        "the log", "missing": sorted(map(list, wrote - set(rows)))[:5]})
-        elif op["outcome"] == FAIL and rows:
+                        "the log", "missing": missing[:5]})
+        elif outcome == FAIL and op_id in v.logged_ops:
             counts["failed_but_logged"] += 1
-            ev.add({"op_id": op_id, "agent": op["agent"], "reason": op.get("reason"),
-                    "logged": [list(r) for r in rows[:5]], "what": "reported failed, but its writes committed"})
+            ev.add({"op_id": op_id, "agent": op["agent"], "reason": op.get("reason"), "logged": v.logged(op_id)[:5],
+                    "what": "reported failed, but its writes committed"})
     for op_id in v.phantoms:
-        ev.add({"op_id": op_id, "what": "log rows of an operation no agent recorded", "rows": v.logged[op_id][:5]})
-    seen: set[tuple[Any, Any]] = set()
-    for _, k, val, op_id in v.log:
-        if (k, val) in seen:
-            counts["duplicate_values"] += 1
-            ev.add({"key": k, "value": val, "op_id": op_id, "what": "the same value was written twice"})
-        seen.add((k, val))
+        ev.add({"op_id": op_id, "what": "log rows of an operation no agent recorded", "rows": v.logged(op_id)[:5]})
+    if len(logged_key) < len(v.log):
+        seen: set[Any] = set()
+        for _, k, val, op_id in v.log:
+            if val in seen:
+                counts["duplicate_values"] += 1
+                ev.add({"key": k, "value": val, "op_id": op_id, "what": "the same value was written twice"})
+            seen.add(val)
     for k, final in sorted(v.registers.items()):
         rows = v.versions.get(k, [])
         last = rows[-1][0] if rows else None
