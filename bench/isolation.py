@@ -125,7 +125,8 @@ def run_isolation(*, ops: int, keys: int, repeat: int, seed: int, say: Say, out:
         for n in range(repeat):
             seconds, verdict = _timed(lambda: evaluate(run))
             if verdict["exit_code"] != 0:
-                bad = [f"{c['name']}={c['valid']} ({c['summary']})" for c in verdict["checks"] if c["valid"] is not True]
+                bad = [f"{c['name']}={c['valid']} ({c['summary']})" for c in verdict["checks"]
+                       if c["valid"] is not True]
                 raise BenchError(f"the checks judged the synthetic valid register run exit code "
                                  f"{verdict['exit_code']}: {'; '.join(bad) or verdict['gates']}")
             eval_times.append(seconds)
