@@ -19,7 +19,8 @@ LOCUSTFILE ?= locustfiles/mixed.py
 NOW = date +%s.%N
 SINCE = awk -v a="$$t0" -v b="$$($(NOW))" 'BEGIN{printf "%.1f s", b-a}'
 
-.PHONY: help setup setup-run apt-run apt-test venv-run venv run observe distributed ui test docs bench lint clean
+.PHONY: help setup setup-run apt-run apt-test venv-run venv run observe distributed ui test docs bench isolation lint \
+  clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -91,6 +92,9 @@ docs: venv ## build the documentation into site/ (mkdocs, strict: a broken link 
 
 bench: setup ## speed figures as ratios against pgbench in the same run (not part of test)
 	$(PY) -m bench $(ARGS)
+
+isolation: setup ## the Hermitage matrix under load: 3 workloads x 3 levels; table to reports/ and docs/isolation.md
+	TOOLCLASH_ISOLATION_MATRIX=full $(PY) -m pytest -q -s tests/test_isolation.py $(PYTEST_ARGS)
 
 lint: setup ## ruff and mypy
 	$(VENV)/bin/ruff check .

@@ -50,6 +50,9 @@ SCENARIOS: dict[str, str] = {
     "queue": "toolclash.tools.queue:SCENARIO",
     "pool": "toolclash.tools.pool:SCENARIO",
     "workspace": "toolclash.tools.workspace:SCENARIO",
+    "register": "toolclash.tools.register:SCENARIO",
+    "budget": "toolclash.tools.budget:SCENARIO",
+    "transfers": "toolclash.tools.transfers:SCENARIO",
 }
 
 

@@ -1,0 +1,202 @@
+"""Isolation-checker phase: a synthetic, valid register run directory, then the dependency-graph checks timed on it.
+
+The history is what register agents at SERIALIZABLE would have recorded, generated as a serial execution: short
+transactions of 2 to 4 reads and writes over ``keys`` keys (each read sees the value last written, each value
+written unique), a share aborted on purpose (``fail`` / ``aborted-by-agent``, never logged), and a few in doubt
+(``unknown``, interrupted during COMMIT) of which half committed. The final state holds every register and the
+write log in commit order. The run directory is written with the project's own writers (``create_run_dir``,
+``HistoryWriter`` of records made by ``make_op``, ``write_json``), so its format is the real one; the verdict must
+be valid (exit code 0), else the phase fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import random
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench.phase import BenchError, Context, Phase, Row, num, positive_int, row
+from checks import register as register_checks
+from checks.graph import analyse
+from checks.verdict import evaluate
+from toolclash.history import FAIL, OK, UNKNOWN, HistoryWriter, make_op, read_history
+from toolclash.run import create_run_dir, read_json, write_json
+from toolclash.settings import Settings
+
+Say = Callable[[str], None]
+
+PROCESSES = 4
+AGENTS_PER_PROCESS = 25
+ABORT_SHARE = 0.05
+UNKNOWN_SHARE = 0.0004
+FLUSH_EVERY = 50_000
+TARGET_OPS_PER_S = 200_000
+GATES = {"gate_conflict_rate": 0.05, "gate_p95_ms": 2000.0, "gate_success_rate": 0.999}
+
+
+def generate(parent: Path, *, ops: int, keys: int, seed: int, say: Say) -> Path:
+    """Write a synthetic valid register run directory under *parent*; return its path."""
+    rng = random.Random(seed)
+    run_id = f"synthetic-register-{ops}"
+    settings = Settings.from_mapping({**GATES, "strategy": "serializable", "register_keys": keys}, ["register"])
+    run = create_run_dir(parent, run_id, {"scenarios": ["register"], "settings": settings.public(),
+                                          "synthetic": {"ops": ops, "keys": keys, "seed": seed}})
+    writers = [HistoryWriter(run / "history", run_id=run_id, process=f"synth-{k + 1}").start()
+               for k in range(PROCESSES)]
+    value: dict[int, str | None] = dict.fromkeys(range(1, keys + 1))
+    log: list[list[Any]] = []
+    base = time.time() - ops / 5000.0 - 60.0
+    kinds = {"ok": 0, "aborted": 0, "unknown_committed": 0, "unknown_not_committed": 0}
+    for i in range(ops):
+        w = writers[i % PROCESSES]
+        op_id = w.new_op_id()
+        agent = f"{w.process}-a{1 + (i // PROCESSES) % AGENTS_PER_PROCESS}"
+        planned: list[list[Any]] = [["r" if rng.random() < 0.5 else "w", rng.randint(1, keys), None]
+                                    for _ in range(rng.randint(2, 4))]
+        r = rng.random()
+        commit = r >= ABORT_SHARE + UNKNOWN_SHARE or (r < UNKNOWN_SHARE and rng.random() < 0.5)
+        done: list[list[Any]] = []
+        local: dict[int, str | None] = {}
+        for j, (f, k, _) in enumerate(planned):
+            k = int(k)
+            if f == "r":
+                done.append(["r", k, local[k] if k in local else value[k]])
+            else:
+                local[k] = f"{op_id}:{j}"
+                done.append(["w", k, local[k]])
+        if commit:
+            for f, k, v in done:
+                if f == "w":
+                    log.append([len(log) + 1, k, v, op_id])
+            value.update(local)
+        invoke = base + i / 5000.0
+        if r < UNKNOWN_SHARE:
+            outcome, reason, error_class, result = UNKNOWN, "interrupted-during-commit", "interrupted", {}
+            kinds["unknown_committed" if commit else "unknown_not_committed"] += 1
+        elif r < UNKNOWN_SHARE + ABORT_SHARE:
+            outcome, reason, error_class, result = FAIL, "aborted-by-agent", None, {"txn": done}
+            kinds["aborted"] += 1
+        else:
+            outcome, reason, error_class, result = OK, None, None, {"txn": done}
+            kinds["ok"] += 1
+        w.record(make_op(run_id=run_id, op_id=op_id, process=w.process, agent=agent, tool=register_checks.TOOL,
+                         strategy="serializable", args={"txn": planned, "abort": outcome == FAIL}, invoke_ts=invoke,
+                         complete_ts=invoke + rng.uniform(0.001, 0.030), outcome=outcome, attempts=1,
+                         error_class=error_class, reason=reason, result=result))
+        if (i + 1) % FLUSH_EVERY == 0:
+            for wr in writers:
+                wr.flush()
+        if (i + 1) % 250_000 == 0:
+            say(f"  generated {i + 1} transactions")
+    for wr in writers:
+        wr.close()
+    write_json(run / "final" / "register.json", {"isolation": {"level": "serializable", "expect": ""},
+                                                 "registers": [[k, v] for k, v in sorted(value.items())],
+                                                 "register_log": log})
+    write_json(run / "final" / "server.json", {"sessions": [], "prepared_xacts": [], "server_version": "synthetic",
+                                               "waited_s": 0.0})
+    write_json(run / "synthetic.json", {"kinds": kinds, "log_rows": len(log)})
+    return run
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    gc.collect()
+    start = time.perf_counter()
+    value = fn()
+    return time.perf_counter() - start, value
+
+
+def run_isolation(*, ops: int, keys: int, repeat: int, seed: int, say: Say, out: dict[str, Any]) -> dict[str, Any]:
+    """Generate, then time evaluate() and check_all() *repeat* times each; fill and return *out*."""
+    tmp = Path(tempfile.mkdtemp(prefix="toolclash-bench-isolation-"))
+    try:
+        say(f"isolation: generating a synthetic valid register run of {ops} transactions on {keys} keys")
+        gen_s, run = _timed(lambda: generate(tmp, ops=ops, keys=keys, seed=seed, say=say))
+        out.update(ops=ops, keys=keys, seed=seed, repeat=repeat, generate_s=round(gen_s, 3),
+                   synthetic=read_json(run / "synthetic.json"))
+        eval_times: list[float] = []
+        for n in range(repeat):
+            seconds, verdict = _timed(lambda: evaluate(run))
+            if verdict["exit_code"] != 0:
+                bad = [f"{c['name']}={c['valid']} ({c['summary']})" for c in verdict["checks"]
+                       if c["valid"] is not True]
+                raise BenchError(f"the checks judged the synthetic valid register run exit code "
+                                 f"{verdict['exit_code']}: {'; '.join(bad) or verdict['gates']}")
+            eval_times.append(seconds)
+            say(f"  evaluate() #{n + 1}: {seconds:.2f} s = {ops / seconds:,.0f} ops/s (verdict exit code 0)")
+            del verdict
+        out["evaluate_s"] = [round(t, 3) for t in eval_times]
+        out["evaluate_ops_per_s"] = ops / statistics.median(eval_times)
+        read_s, history = _timed(lambda: read_history(run))
+        final = read_json(run / "final" / "register.json")
+        check_times: list[float] = []
+        for n in range(repeat):
+            seconds, results = _timed(lambda: register_checks.check_all(history.ops, final))
+            bad = [f"{r.name}={r.valid} ({r.summary})" for r in results if r.valid is not True]
+            if bad:
+                raise BenchError(f"check_all judged the synthetic valid register history invalid: {'; '.join(bad)}")
+            check_times.append(seconds)
+            say(f"  check_all() #{n + 1}: {seconds:.2f} s = {ops / seconds:,.0f} ops/s (every check valid)")
+        out["check_all_s"] = [round(t, 3) for t in check_times]
+        out["check_all_ops_per_s"] = ops / statistics.median(check_times)
+        view_s, view = _timed(lambda: register_checks.RegisterView(history.ops, final))
+        graph_s, analysis = _timed(lambda: analyse(view.committed, view.versions, aborted=view.aborted))
+        log_s, _ = _timed(lambda: register_checks.write_log(view))
+        out["graph"] = analysis.graph_figures()
+        out["parts_s"] = {"read_history": round(read_s, 3), "view (transactions, version order)": round(view_s, 3),
+                          "graph: edges, components, cycles": round(graph_s, 3), "write log check": round(log_s, 3)}
+        return out
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------------ phase
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--isolation-ops", type=positive_int, default=1_000_000, metavar="N",
+                        help="transactions in the synthetic register history of the isolation phase (default "
+                        "1,000,000)")
+    parser.add_argument("--isolation-keys", type=positive_int, default=100, metavar="N",
+                        help="keys of the synthetic register history (default 100)")
+    parser.add_argument("--isolation-repeat", type=positive_int, default=3, metavar="N",
+                        help="timed repetitions of evaluate() and check_all() of the isolation phase; the median "
+                        "counts (default 3)")
+
+
+def run(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
+    ctx.say.phase(f"isolation checker speed on a synthetic register history of {args.isolation_ops} transactions")
+    return run_isolation(ops=args.isolation_ops, keys=args.isolation_keys, repeat=args.isolation_repeat, seed=1,
+                         say=ctx.say, out=ctx.keep({}))
+
+
+def rows(res: dict[str, Any]) -> list[Row]:
+    if "error" in res or "check_all_ops_per_s" not in res:
+        return [row("isolation checker", "FAILED", str(res.get("error", "interrupted")), False)]
+    out = [row(f"isolation check_all() ops/s ({res['ops']:,} txns)", num(res["check_all_ops_per_s"], ",.0f"),
+               f">= {TARGET_OPS_PER_S:,}", res["check_all_ops_per_s"] >= TARGET_OPS_PER_S),
+           row("isolation evaluate() ops/s (files → verdict)", num(res["evaluate_ops_per_s"], ",.0f"),
+               f">= {TARGET_OPS_PER_S:,}", res["evaluate_ops_per_s"] >= TARGET_OPS_PER_S)]
+    out += [row(f"  {part} s", f"{secs:.2f}") for part, secs in res["parts_s"].items()]
+    out.append(row("  graph edges", f"{res['graph']['edges']:,}"))
+    return out
+
+
+PHASE = Phase(name="isolation", help="skip the isolation-checker speed phase", run=run, rows=rows,
+              add_arguments=add_arguments)
+
+if __name__ == "__main__":
+    import sys
+
+    from bench.phase import run_alone
+
+    parser = argparse.ArgumentParser(prog="python -m bench.isolation", description=__doc__)
+    add_arguments(parser)
+    sys.exit(run_alone(PHASE, parser.parse_args(), "isolation"))
