@@ -50,8 +50,8 @@ def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically (temp file + rename): a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS,
-                                 default=str))
+    options = orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+    tmp.write_bytes(orjson.dumps(data, option=options, default=str))
     os.replace(tmp, path)
 
 
