@@ -20,12 +20,12 @@ import time
 from typing import Any
 
 from locust.contrib.fasthttp import FastHttpSession
-from psycopg2.extras import Json
 from psycopg2.extensions import (
     ISOLATION_LEVEL_READ_COMMITTED,
     ISOLATION_LEVEL_REPEATABLE_READ,
     ISOLATION_LEVEL_SERIALIZABLE,
 )
+from psycopg2.extras import Json
 
 from toolclash.history import FAIL, OK, UNKNOWN
 from toolclash.targets import FileTarget, NotApplied, PythonTarget, Rejected

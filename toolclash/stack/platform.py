@@ -3,8 +3,8 @@
 Each is ``python -m examples.platform`` (gunicorn, one gevent worker) on a free port of 127.0.0.1, keeping its
 tables in a database of its own (``platform``, ``platform_racy``) on the stack's PostgreSQL; ``PLATFORM_URL``
 / ``PLATFORM_RACY_URL`` point target files at it (``base_url = "{env:PLATFORM_URL}"``) and
-``PLATFORM_DATABASE_URL`` / ``PLATFORM_RACY_DATABASE_URL`` at its database (a final state read with SQL). It runs as the invoking user (it needs this
-repository's virtualenv), never as the stack's server user.
+``PLATFORM_DATABASE_URL`` / ``PLATFORM_RACY_DATABASE_URL`` at its database (a final state read with SQL). It
+runs as the invoking user (it needs this repository's virtualenv), never as the stack's server user.
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ class PlatformService(Service):
     def probe(self) -> bool:
         """``GET /health`` answers 200."""
         try:
-            with urllib.request.urlopen(f"{self.url()}/health", timeout=2) as resp:  # noqa: S310 - 127.0.0.1
+            with urllib.request.urlopen(f"{self.url()}/health", timeout=2) as resp:
                 return bool(resp.status == 200)
         except (urllib.error.URLError, OSError) as exc:
             self.last_probe_error = str(getattr(exc, "reason", exc))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -141,7 +140,7 @@ class _FileHooks(_Hooks):
                 with conn.cursor() as cur:
                     for t in tables:
                         cur.execute(t.query)
-                        names = [d[0] for d in cur.description]
+                        names = [d[0] for d in cur.description or ()]
                         out[t.name] = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
                 conn.rollback()
             finally:
@@ -206,7 +205,7 @@ def http_call(target: FileTarget, op: HttpOp, values: Mapping[str, Any], *,
     url = target.base_url + render_text(op.path, values, quote=True)
     request = urllib.request.Request(url, data=data, method=op.method, headers=headers)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310 - the user's own platform
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
             status, raw = resp.status, resp.read()
     except urllib.error.HTTPError as exc:
         status, raw = exc.code, exc.read()
@@ -224,11 +223,11 @@ def check_reachable(target: FileTarget) -> None:
     """The platform answers at its base_url (any HTTP answer will do); :class:`PlatformError` when not."""
     request = urllib.request.Request(target.base_url + "/", method="GET")
     try:
-        with urllib.request.urlopen(request, timeout=min(target.timeout_s * 2, 10.0)):  # noqa: S310
+        with urllib.request.urlopen(request, timeout=min(target.timeout_s * 2, 10.0)):
             pass
     except urllib.error.HTTPError:
         pass  # it answered
-    except (urllib.error.URLError, OSError, socket.timeout) as exc:
+    except (TimeoutError, urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise PlatformError(f"{target.source}: base_url: {mask_url(target.base_url)} is unreachable ({reason}); "
                             "start the platform or fix base_url") from None

@@ -26,7 +26,7 @@ The module (in a package of yours, installed where the agents run) implements on
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -37,7 +37,7 @@ ENTRY_POINT_GROUP = "toolclash.targets"
 PREFIX = "python:"
 
 
-class Rejected(Exception):  # noqa: N818 - the name a client author reads
+class Rejected(Exception):
     """A definite business rejection (the call applied nothing): outcome ``fail`` with this reason."""
 
     def __init__(self, reason: str) -> None:
@@ -45,7 +45,7 @@ class Rejected(Exception):  # noqa: N818 - the name a client author reads
         self.reason = reason
 
 
-class NotApplied(Exception):  # noqa: N818
+class NotApplied(Exception):
     """An error that surely applied nothing (e.g. the request was never sent): outcome ``fail``."""
 
     def __init__(self, reason: str) -> None:
@@ -67,7 +67,7 @@ class PythonTarget:
     def describe(self) -> dict[str, Any]:
         return {"source": self.source, "kind": self.kind, "module": self.module_name, "scenarios": [self.scenario]}
 
-    def columns(self, table: str, rows: list[Mapping[str, Any]], required: tuple[str, ...]) -> list[str]:
+    def columns(self, table: str, rows: Sequence[Mapping[str, Any]], required: tuple[str, ...]) -> list[str]:
         declared = getattr(self.module, "COLUMNS", None)
         if isinstance(declared, Mapping) and table in declared:
             return list(declared[table])

@@ -233,7 +233,7 @@ def _status(r: _Reader, key: str, value: Any) -> int:
 
 def http_op(r: _Reader, data: Mapping[str, Any], key: str, known: tuple[str, ...], *, outcomes: bool) -> HttpOp:
     allowed = ("method", "path", "headers", "json", "ok", "fail", "reason_field", "reasons")
-    r.unknown_keys(data, key, allowed if outcomes else allowed[:4] + ("ok",))
+    r.unknown_keys(data, key, allowed if outcomes else (*allowed[:4], "ok"))
     method = r.text(data, key, "method", "POST").upper()
     if method not in METHODS:
         raise r.error(f"{key}.method", f"{method!r} is not one of {', '.join(METHODS)}")

@@ -28,7 +28,7 @@ def request(method: str, path: str, body: Any = None, *, key: str = "", timeout:
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(base_url() + path, data=data, method=method, headers=headers)
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - the platform on 127.0.0.1
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
             status, raw = resp.status, resp.read()
     except urllib.error.HTTPError as exc:
         status, raw = exc.code, exc.read()
