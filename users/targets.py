@@ -70,6 +70,10 @@ class HttpDriver(Driver):
         super().__init__(agent)
         self.target = target
         self.ops = target.scenarios[agent.SCENARIO].operations
+        self.headers = {tool: {**target.headers, **op.headers} for tool, op in self.ops.items()
+                        if isinstance(op, HttpOp)}
+        self.names = {tool: f"{op.method} {op.path}" for tool, op in self.ops.items() if isinstance(op, HttpOp)}
+        """Locust's request name: the method and the path template (one row per endpoint, not per account)."""
         self.session = FastHttpSession(target.base_url, request_event=agent.environment.events.request, user=None,
                                        network_timeout=target.timeout_s, connection_timeout=target.timeout_s,
                                        max_retries=0, insecure=False)
@@ -77,17 +81,17 @@ class HttpDriver(Driver):
     def call(self, tool: str, args: dict[str, Any]) -> Call:
         op = self.ops[tool]
         assert isinstance(op, HttpOp)
-        return self.agent.client.call(tool, self.target.kind, args, lambda call: self._send(op, call, args),
+        return self.agent.client.call(tool, self.target.kind, args, lambda call: self._send(tool, op, call, args),
                                       report=False)
 
-    def _send(self, op: HttpOp, call: Call, args: dict[str, Any]) -> Call:
+    def _send(self, tool: str, op: HttpOp, call: Call, args: dict[str, Any]) -> Call:
         values = _values(self.agent, call, args)
         path = render_text(op.path, values, quote=True)
-        headers = {k: render_text(v, values) for k, v in {**self.target.headers, **op.headers}.items()}
+        headers = {k: render_text(v, values) for k, v in self.headers[tool].items()}
         if self.target.idempotency_header:
             headers[self.target.idempotency_header] = call.op_id
         body = render_body(op.json, values) if op.json is not None else None
-        name = f"{op.method} {op.path}"
+        name = self.names[tool]
         doubt = ""
         for attempt in range(1, self.target.tries + 1):
             call.attempts.count = attempt
@@ -126,11 +130,11 @@ class HttpDriver(Driver):
                 return UNKNOWN, "timeout", 0
             return UNKNOWN, f"connection-lost: {type(error).__name__}", 0
         body: Any = None
-        try:
-            if resp.content:
-                body = resp.json()
-        except Exception:  # noqa: BLE001 - not JSON: the status decides
-            body = None
+        if status not in op.ok and op.reason_field:  # the answer's body names the reason
+            try:
+                body = resp.json() if resp.content else None
+            except Exception:  # noqa: BLE001 - not JSON: the status decides
+                body = None
         outcome, reason = op.outcome(status, body)
         return outcome, reason, status
 

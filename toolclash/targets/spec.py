@@ -7,6 +7,7 @@ process that reads it: the master, which sends the resolved target to its worker
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import tomllib
@@ -14,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote as url_quote
 
 from toolclash.option import SettingsError, mask_url
 from toolclash.targets.shape import TargetShape
@@ -432,16 +434,34 @@ def parse(source: str, data: Mapping[str, Any], shapes: Mapping[str, tuple[Targe
 # ------------------------------------------------------------------------------------------- rendering
 
 
+@functools.lru_cache(maxsize=256)
+def _parts(template: str) -> tuple[str, ...]:
+    """*template* split once into literal, name, literal, name, …, literal (``{{``/``}}`` literal braces)."""
+    text = template.replace("{{", "\0").replace("}}", "\1")
+    pieces = _PLACEHOLDER.split(text)
+    return tuple(p.replace("\0", "{").replace("\1", "}") if i % 2 == 0 else p for i, p in enumerate(pieces))
+
+
+@functools.lru_cache(maxsize=256)
+def _single(template: str) -> str | None:
+    """The name when *template* is exactly one placeholder (``"{amount}"``), else None."""
+    m = _PLACEHOLDER.fullmatch(template)
+    return m.group(1) if m is not None else None
+
+
 def render_text(template: str, values: Mapping[str, Any], *, quote: bool = False) -> str:
     """*template* with each ``{name}`` replaced by ``values[name]`` (URL-quoted when *quote*)."""
-    from urllib.parse import quote as url_quote
-
-    def one(m: re.Match[str]) -> str:
-        text = str(values[m.group(1)])
-        return url_quote(text, safe="") if quote else text
-
-    text = template.replace("{{", "\0").replace("}}", "\1")
-    return _PLACEHOLDER.sub(one, text).replace("\0", "{").replace("\1", "}")
+    parts = _parts(template)
+    if len(parts) == 1:
+        return parts[0]
+    out = []
+    for i, part in enumerate(parts):
+        if i % 2 == 0:
+            out.append(part)
+        else:
+            text = str(values[part])
+            out.append(url_quote(text, safe="") if quote else text)
+    return "".join(out)
 
 
 def render_body(template: Any, values: Mapping[str, Any]) -> Any:
@@ -452,8 +472,8 @@ def render_body(template: Any, values: Mapping[str, Any]) -> Any:
     if isinstance(template, list):
         return [render_body(v, values) for v in template]
     if isinstance(template, str):
-        m = _PLACEHOLDER.fullmatch(template)
-        if m is not None and m.group(1) in values:
-            return values[m.group(1)]
+        name = _single(template)
+        if name is not None and name in values:
+            return values[name]
         return render_text(template, values)
     return template
