@@ -67,11 +67,11 @@ def ledger_window(database_url: str, *, duration: float, ramp: float) -> dict[st
             "rate": inside / (end - start)}
 
 
-def one_run(kind: str, processes: int, *, urls: dict[str, str], args: argparse.Namespace, ctx: Context
-            ) -> dict[str, Any]:
+def one_run(kind: str, processes: int, *, urls: dict[str, str], args: argparse.Namespace, ctx: Context,
+            round_no: int = 1) -> dict[str, Any]:
     platform, database = urls["PLATFORM_URL"], urls["PLATFORM_DATABASE_URL"]
     reset_platform(platform, args.accounts)
-    run_id = f"http-{kind}-{processes}p"
+    run_id = f"http-{kind}-{processes}p-r{round_no}"
     common = ["--headless", "-u", str(args.clients), "-r", str(args.clients), "-t", f"{args.duration}s",
               "--stop-timeout", str(STOP_TIMEOUT_S), "--accounts", str(args.accounts), "--loglevel", "WARNING"]
     if processes > 1:
@@ -88,7 +88,7 @@ def one_run(kind: str, processes: int, *, urls: dict[str, str], args: argparse.N
                           timeout=args.duration + STOP_TIMEOUT_S + 120, on_start=sampler.start)
     finally:
         sampler.stop()
-    out: dict[str, Any] = {"kind": kind, "processes": processes, "exit_code": child.returncode,
+    out: dict[str, Any] = {"kind": kind, "processes": processes, "round": round_no, "exit_code": child.returncode,
                            "log": str(child.log)}
     window = ledger_window(database, duration=args.duration, ramp=args.ramp)
     out.update(calls_per_s=round(window["rate"], 1), ledger=window)
@@ -117,10 +117,10 @@ def run(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
     runs: list[dict[str, Any]] = []
     out = ctx.keep({"runs": runs, "target_overhead": TARGET_OVERHEAD, "comparisons": {}})
     with private_stack(("postgres", "platform"), ctx.say, "PostgreSQL and the example platform") as (urls, _):
-        for _round in range(args.rounds):
+        for round_no in range(1, args.rounds + 1):
             for processes in PROCESSES:
                 for kind in ("plain", "toolclash"):  # alternating, so that drift hits both alike
-                    runs.append(one_run(kind, processes, urls=urls, args=args, ctx=ctx))
+                    runs.append(one_run(kind, processes, urls=urls, args=args, ctx=ctx, round_no=round_no))
     for processes in PROCESSES:
         out["comparisons"][str(processes)] = compare([r for r in runs if r["processes"] == processes])
     return out

@@ -118,6 +118,9 @@ class HttpDriver(Driver):
             return call.finish(UNKNOWN, doubt if reason == doubt else f"{doubt}-then-{reason}", "in-doubt")
         return call.finish(FAIL, "not-sent", "connection-refused")
 
+    def close(self) -> None:
+        self.session.client.close()  # its keep-alive connections to the platform
+
     @staticmethod
     def _outcome(op: HttpOp, resp: Any) -> tuple[str, str, int]:
         status = int(getattr(resp, "status_code", 0) or 0)
