@@ -73,6 +73,37 @@ def test_correct_platform_over_http_is_valid_and_locust_shows_its_endpoint(stack
     assert final["target"]["kind"] == "http" and "balance_before" in final["columns"]["credit_ledger"]
 
 
+def test_balances_read_with_sql_only_give_an_honest_unknown(stack: dict[str, str], tmp_path: Path) -> None:
+    """The final state read with SQL from the platform's own database (read only), balances only and no initial
+    balance column: conservation holds against the balances read before the first call, and every check that
+    needs the ledger says what it needs: the verdict is unknown (3), never valid."""
+    text = (ROOT / HTTP).read_text()
+    start, end = text.index("[credits.final]"), text.index("# ---------------------------------------------------"
+                                                           "--------------------------- config")
+    final = '''[credits.final]
+source = "sql"
+database_url = "{env:PLATFORM_DATABASE_URL}"
+
+[credits.final.accounts]
+query = "SELECT id, balance FROM platform.accounts"
+columns = { id = "id", balance = "balance" }
+
+'''
+    target = tmp_path / "balances.toml"
+    target.write_text(text[:start] + final + text[end:])
+    run = http_run(stack, tmp_path, [*LOAD, "--accounts", "2"], target=str(target),
+                   extra_env={"PLATFORM_DATABASE_URL": stack["PLATFORM_DATABASE_URL"]})
+    assert run.code == 3, run.output()
+    got = {c["name"]: c for c in run.verdict["checks"]}
+    # (a call cut short at stop may still have applied: without a ledger that can only make it unknown)
+    assert got["credits.conservation"]["valid"] in (True, "unknown") and got["credits.no_negative"]["valid"] is True
+    assert got["credits.conservation"]["counts"]["accounts"] == 2
+    for name in ("credits.ledger", "credits.lost_updates"):
+        assert got[name]["valid"] == "unknown" and got[name]["summary"].startswith("not checked: needs"), got[name]
+    final_state = json.loads((run.run_dir / "final" / "credits.json").read_text())
+    assert final_state["columns"]["credit_accounts"] == ["id", "balance", "initial_balance"]  # read at the start
+
+
 def test_config_over_http_racy_loses_updates_correct_is_valid_across_workers(stack: dict[str, str],
                                                                                tmp_path: Path) -> None:
     racy = http_run(stack, tmp_path, LOAD, racy=True, locustfile="locustfiles/config.py", run_id="racy")
