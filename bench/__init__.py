@@ -8,7 +8,8 @@ returns its figures, and ``rows(figures)`` for the final table. ``bench/__main__
   the runs in ``bench.runners``);
 * ``distributed`` — one process vs master + 2 and + 4 workers; ``checker`` — the verdict's speed on a
   synthetic 1M-operation run directory; ``config``, ``deadlock``, ``crossservice``, ``queue``, ``pool``,
-  ``workspace`` — each scenario's own figures; ``observability`` (opt-in) — the exporter's cost.
+  ``workspace`` — each scenario's own figures; ``http`` — toolclash's HTTP agents (``--target``) against a plain
+  Locust ``FastHttpUser`` on the example platform; ``observability`` (opt-in) — the exporter's cost.
 
 Results: a table on stdout and ``reports/bench-<ts>.json``. Nothing happens at import.
 """

@@ -16,6 +16,11 @@ is the commit order) and the whole document it left (``doc_after``). That log re
 * ``config.fail_no_trace`` — a ``fail`` op left no row and no value anywhere;
 * ``config.timestamp_order`` — ``timestamp_ordered``: per field the applied timestamps only grow in
   commit order, and every ``stale-timestamp`` rejection lost to a write with a timestamp at least as new.
+
+A platform pointed at with ``--target`` may offer less (``final["columns"]`` lists what it mapped): the write
+log keyed by op id → write_log and fail_no_trace; with the commit order (``version_after`` or ``seq``) and the
+records' documents → final_document; the records' version → version; each write's ``doc_after`` → lost_updates,
+op by op. A check without its data says "not checked: needs …" (unknown).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from typing import Any
 
 from checks import UNKNOWN, CheckResult, Checks, Evidence, result, run_checks
 from toolclash.history import FAIL, OK
+from toolclash.targets.shape import provided
 
 TOOL = "update_config"
 INITIAL_VALUE = "init"
@@ -49,14 +55,23 @@ class ConfigView:
                 self.duplicate_ids.append(op["op_id"])
             self.ops[op["op_id"]] = op
         self.records = {int(r["id"]): r for r in final.get("config_records", [])}
+        self.has_records = "config_records" in final
         self.has_log = "config_writes" in final
+        self._columns = {key: provided(final, key) for key in ("config_records", "config_writes")}
         self.rows: dict[str, Mapping[str, Any]] = {}
         self.log: dict[int, list[Mapping[str, Any]]] = defaultdict(list)
+        self.applied_twice: dict[str, int] = defaultdict(int)
+        """Op id → log rows beyond the first (a retried request the platform applied again)."""
         for row in final.get("config_writes", []):
-            self.rows[row["op_id"]] = row
+            if row["op_id"] in self.rows:
+                self.applied_twice[row["op_id"]] += 1
+            self.rows.setdefault(row["op_id"], row)
             self.log[int(row["record_id"])].append(row)
+        self.ordered = self.has("config_writes", "version_after") or self.has("config_writes", "seq")
+        """Whether the log says the commit order (``version_after``, else ``seq``)."""
+        by_version = self.has("config_writes", "version_after")
         for rows in self.log.values():
-            rows.sort(key=lambda r: (int(r["version_after"]), int(r["seq"])))
+            rows.sort(key=lambda r: (int(r["version_after"]) if by_version else 0, int(r.get("seq") or 0)))
         self.value_op: dict[str, str] = {str(op["args"]["value"]): op_id for op_id, op in self.ops.items()}
         for op_id, row in self.rows.items():
             self.value_op.setdefault(str(row["value"]), op_id)
@@ -64,6 +79,25 @@ class ConfigView:
 
     def from_incomplete_process(self, op_id: str) -> bool:
         return op_id.rpartition("-")[0] in self.incomplete
+
+    def has(self, key: str, *columns: str) -> bool:
+        """The final state holds table *key* with *columns* (toolclash's own tools: every column)."""
+        if not (self.has_records if key == "config_records" else self.has_log):
+            return False
+        cols = self._columns.get(key)
+        return cols is None or set(columns) <= cols
+
+    def needs(self, *what: tuple[str, tuple[str, ...]]) -> str | None:
+        """What the final state lacks of *what* (``(table key, columns)`` each), in words; None: nothing."""
+        missing = []
+        for key, columns in what:
+            table = "records" if key == "config_records" else "writes"
+            if not (self.has_records if key == "config_records" else self.has_log):
+                missing.append(f"the {'configuration records' if table == 'records' else 'write log keyed by op id'}"
+                               f" (final state table {table})")
+            elif not self.has(key, *columns):
+                missing.append(f"{table} column(s) {', '.join(c for c in columns if not self.has(key, c))}")
+        return "; ".join(missing) or None
 
     def outcome(self, op_id: str) -> str:
         """ok / fail / unknown as the history says; ``unknown`` for a row whose op never reached the history."""
@@ -85,7 +119,13 @@ def check_all(ops: Iterable[Mapping[str, Any]], final: Mapping[str, Any],
 
 
 def _no_log(name: str) -> CheckResult:
-    return result(name, UNKNOWN, {}, None, "final state has no write log")
+    return result(name, UNKNOWN, {}, None, "not checked: needs the write log keyed by op id (final state table "
+                  "writes)")
+
+
+def _not_checked(name: str, needs: str) -> CheckResult:
+    return result(name, UNKNOWN, {}, None, f"not checked: needs {needs}")
+
 
 
 def write_log(v: ConfigView) -> CheckResult:
@@ -96,9 +136,12 @@ def write_log(v: ConfigView) -> CheckResult:
     ev = Evidence()
     counts = {"ops": len(v.ops), "rows": len(v.rows), "missing": 0, "unrecorded": 0, "mismatch": 0,
               "duplicate_op_ids": len(v.duplicate_ids), "unknown_applied": 0, "unknown_not_applied": 0,
-              "rows_from_incomplete_history": 0}
+              "rows_from_incomplete_history": 0, "applied_more_than_once": len(v.applied_twice)}
     for op_id in v.duplicate_ids:
         ev.add({"op_id": op_id, "what": "op id recorded twice in the history"})
+    for op_id, extra in sorted(v.applied_twice.items()):
+        ev.add({"op_id": op_id, "applied": extra + 1, "outcome": v.outcome(op_id),
+                "what": "one call applied more than once (a retry with the same op id was applied again)"})
     for op_id, op in v.ops.items():
         row = v.rows.get(op_id)
         args = op["args"]
@@ -142,8 +185,9 @@ def _fold(v: ConfigView, rid: int) -> dict[str, tuple[Any, str | None]]:
 def final_document(v: ConfigView) -> CheckResult:
     """Each field of the final document = the value of its last acknowledged write in commit order."""
     name = "config.final_document"
-    if not v.has_log:
-        return _no_log(name)
+    lacking = v.needs(("config_records", ("doc",)), ("config_writes", ()))
+    if lacking or not v.ordered:
+        return _not_checked(name, lacking or "writes column version_after or seq (the commit order)")
     ev = Evidence()
     wrong: set[str] = set()
     for rid, record in sorted(v.records.items()):
@@ -167,8 +211,9 @@ def final_document(v: ConfigView) -> CheckResult:
 def version(v: ConfigView) -> CheckResult:
     """Per record: version = acknowledged writes + in-doubt writes the log shows applied."""
     name = "config.version"
-    if not v.has_log:
-        return _no_log(name)
+    lacking = v.needs(("config_records", ("version",)), ("config_writes", ()))
+    if lacking:
+        return _not_checked(name, lacking)
     ok_by_record: dict[int, list[str]] = defaultdict(list)
     for op_id, op in v.ops.items():
         if op["outcome"] == OK:
@@ -202,8 +247,9 @@ def lost_updates(v: ConfigView) -> CheckResult:
     the version it had read). An ok op with no log row is a missing change too.
     """
     name = "config.lost_updates"
-    if not v.has_log:
-        return _no_log(name)
+    lacking = v.needs(("config_records", ("doc",)), ("config_writes", ("doc_after",)))
+    if lacking or not v.ordered:
+        return _not_checked(name, lacking or "writes column version_after or seq (the commit order)")
     ev = Evidence()
     lost_fields: set[str] = set()
     lost_ops: set[str] = set()
@@ -225,8 +271,8 @@ def lost_updates(v: ConfigView) -> CheckResult:
                 lost_ops.add(op_id)
                 lost_fields.add(field)
                 ev.add({"op_id": op_id, "field": field, "record": rid, "lost_value": value,
-                        "overwritten_by": row["op_id"], "overwriter_agent": row["agent"],
-                        "which_had_read_version": row["version_read"], "wrote_version": row["version_after"],
+                        "overwritten_by": row["op_id"], "overwriter_agent": row.get("agent"),
+                        "which_had_read_version": row.get("version_read"), "wrote_version": row.get("version_after"),
                         "put_back": got, "put_back_from_op": v.who(got),
                         "what": "acknowledged change overwritten by a writer that had read an older document"})
         final_doc = record["doc"]
@@ -262,7 +308,7 @@ def fail_no_trace(v: ConfigView) -> CheckResult:
     seen: dict[str, list[str]] = defaultdict(list)
     for op_id in failed:
         if op_id in v.rows:
-            seen[op_id].append(f"write-log row (version {v.rows[op_id]['version_after']})")
+            seen[op_id].append(f"write-log row (version {v.rows[op_id].get('version_after')})")
     if failed_values:
         for rid, record in v.records.items():
             for field, value in record["doc"].items():
@@ -271,7 +317,7 @@ def fail_no_trace(v: ConfigView) -> CheckResult:
         for row in v.rows.values():
             if row["op_id"] in failed:
                 continue
-            for value in row["doc_after"].values():
+            for value in (row.get("doc_after") or {}).values():
                 if str(value) in failed_values and len(seen[failed_values[str(value)]]) < 5:
                     seen[failed_values[str(value)]].append(f"document written by {row['op_id']}")
     ev = Evidence()

@@ -5,6 +5,11 @@ Inputs: the ``deduct`` operations of the history, and the final state captured b
 The ledger is written in the same transaction as the balance, so its op ids tell which
 in-doubt (``unknown``) calls took effect; an ``unknown`` call only makes a verdict unknown
 where it cannot be resolved that way and could explain a difference.
+
+A platform pointed at with ``--target`` may offer less (``final["columns"]`` lists what it mapped): balances
+only → conservation (in-doubt calls left unknown where they could explain a difference) and no_negative; a
+ledger keyed by op id → ledger (missing, phantom and doubly applied effects); balances before and after with
+the commit order → lost updates, op by op. A check without its data says "not checked: needs …" (unknown).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Any
 
 from checks import UNKNOWN, CheckResult, Checks, Evidence, result, run_checks
 from toolclash.history import FAIL, OK
+from toolclash.targets.shape import provided
 
 TOOL = "deduct"
 
@@ -35,9 +41,27 @@ class CreditsView:
                 self.duplicate_ids.append(op["op_id"])
             self.ops[op["op_id"]] = op
         self.accounts = {int(a["id"]): a for a in final.get("credit_accounts", [])}
+        self.has_accounts = "credit_accounts" in final
         self.has_ledger = "credit_ledger" in final
-        self.ledger: dict[str, Mapping[str, Any]] = {r["op_id"]: r for r in final.get("credit_ledger", [])}
+        self._columns = {key: provided(final, key) for key in ("credit_accounts", "credit_ledger")}
+        self.ledger: dict[str, Mapping[str, Any]] = {}
+        self.applied_twice: dict[str, int] = defaultdict(int)
+        """Op id → ledger rows beyond the first (a retried request the platform applied again)."""
+        self.ledger_rows: list[Mapping[str, Any]] = list(final.get("credit_ledger", []))
+        """Every ledger row, a call applied twice included (``ledger`` keeps the first per op id)."""
+        for r in self.ledger_rows:
+            if r["op_id"] in self.ledger:
+                self.applied_twice[r["op_id"]] += 1
+            self.ledger.setdefault(r["op_id"], r)
         self.incomplete = frozenset(incomplete_processes)
+
+    def has(self, key: str, *columns: str) -> bool:
+        """The final state holds table *key* with *columns* (toolclash's own tools: every column)."""
+        if key not in ("credit_accounts", "credit_ledger") or not (self.has_accounts if key == "credit_accounts"
+                                                                   else self.has_ledger):
+            return False
+        cols = self._columns[key]
+        return cols is None or set(columns) <= cols
 
     def from_incomplete_process(self, op_id: str) -> bool:
         return op_id.rpartition("-")[0] in self.incomplete
@@ -46,6 +70,11 @@ class CreditsView:
 def check_all(ops: Iterable[Mapping[str, Any]], final: Mapping[str, Any],
               incomplete_processes: Iterable[str] = ()) -> list[CheckResult]:
     return run_checks(SPEC, ops, final, incomplete_processes)
+
+
+def not_checked(name: str, needs: str) -> CheckResult:
+    """A check whose data the final state does not hold: unknown, never valid."""
+    return result(name, UNKNOWN, {}, None, f"not checked: needs {needs}")
 
 
 def _subset_sum_reaches(amounts: Sequence[int], target: int) -> bool:
@@ -63,6 +92,8 @@ def _subset_sum_reaches(amounts: Sequence[int], target: int) -> bool:
 def conservation(v: CreditsView) -> CheckResult:
     """initial − Σ ok deductions (− in-doubt ones the ledger shows applied) = final, per account."""
     name = "credits.conservation"
+    if not v.has("credit_accounts", "balance", "initial_balance"):
+        return not_checked(name, "the accounts' balances and initial balances (final state table accounts)")
     ok_total: dict[int, int] = defaultdict(int)
     applied_unknown: dict[int, int] = defaultdict(int)
     unresolved: dict[int, list[tuple[str, int]]] = defaultdict(list)
@@ -109,16 +140,19 @@ def conservation(v: CreditsView) -> CheckResult:
 def no_negative(v: CreditsView) -> CheckResult:
     """No account ends below zero and no applied deduction left a negative balance."""
     name = "credits.no_negative"
+    per_row = v.has("credit_ledger", "balance_after")
+    if not v.has("credit_accounts", "balance") and not per_row:
+        return not_checked(name, "the accounts' balances (table accounts) or the ledger's balance_after")
     ev = Evidence()
     for acct, row in sorted(v.accounts.items()):
         if int(row["balance"]) < 0:
             ev.add({"account": acct, "final_balance": int(row["balance"])})
     negative_rows = 0
-    for row in v.ledger.values():
+    for row in v.ledger.values() if per_row else ():
         if int(row["balance_after"]) < 0:
             negative_rows += 1
             ev.add({"op_id": row["op_id"], "account": row["account_id"], "amount": row["amount"],
-                    "balance_after": row["balance_after"], "agent": row["agent"]})
+                    "balance_after": row["balance_after"], "agent": row.get("agent")})
     counts = {"accounts": len(v.accounts), "negative_accounts": ev.total - negative_rows,
               "deductions_below_zero": negative_rows}
     if ev:
@@ -130,13 +164,18 @@ def ledger_matches_history(v: CreditsView) -> CheckResult:
     """Ledger rows match ok ops one to one: no ok op without its row, no row of a failed or unknown-to-us op."""
     name = "credits.ledger"
     if not v.has_ledger:
-        return result(name, UNKNOWN, {}, None, "final state has no ledger")
+        return not_checked(name, "a ledger keyed by op id (final state table ledger)")
     ev = Evidence()
     counts = {"ops": len(v.ops), "ledger_rows": len(v.ledger), "missing": 0, "phantom": 0, "mismatch": 0,
               "duplicate_op_ids": len(v.duplicate_ids), "unknown_applied": 0, "unknown_not_applied": 0,
-              "rows_from_incomplete_history": 0}
+              "rows_from_incomplete_history": 0, "applied_more_than_once": len(v.applied_twice)}
     for op_id in v.duplicate_ids:
         ev.add({"op_id": op_id, "what": "op id recorded twice in the history"})
+    for op_id, extra in sorted(v.applied_twice.items()):
+        op = v.ops.get(op_id, {})
+        ev.add({"op_id": op_id, "applied": extra + 1, "outcome": op.get("outcome", "not in history"),
+                "attempts": op.get("attempts"),
+                "what": "one call applied more than once (a retry with the same op id was applied again)"})
     for op_id, op in v.ops.items():
         row = v.ledger.get(op_id)
         outcome = op["outcome"]
@@ -147,7 +186,7 @@ def ledger_matches_history(v: CreditsView) -> CheckResult:
         elif outcome == FAIL and row is not None:
             counts["phantom"] += 1
             ev.add({"op_id": op_id, "what": f"reported fail ({op.get('reason')}) but its ledger row exists",
-                    "agent": op["agent"], "ledger_seq": row["seq"]})
+                    "agent": op["agent"], "ledger_seq": row.get("seq")})
         elif outcome not in (OK, FAIL):
             counts["unknown_applied" if row is not None else "unknown_not_applied"] += 1
         if row is not None and (int(row["account_id"]) != int(op["args"]["account"])
@@ -163,7 +202,7 @@ def ledger_matches_history(v: CreditsView) -> CheckResult:
             doubtful += 1
             continue
         counts["phantom"] += 1
-        ev.add({"op_id": op_id, "what": "ledger row of an operation no agent recorded", "ledger_seq": row["seq"]})
+        ev.add({"op_id": op_id, "what": "ledger row of an operation no agent recorded", "ledger_seq": row.get("seq")})
     counts["rows_from_incomplete_history"] = doubtful
     if ev:
         return result(name, False, counts, ev, "ledger and history disagree")
@@ -183,10 +222,10 @@ def lost_updates(v: CreditsView) -> CheckResult:
     update. Its evidence names the op that committed right after it and what that op had read.
     """
     name = "credits.lost_updates"
-    if not v.has_ledger:
-        return result(name, UNKNOWN, {}, None, "final state has no ledger")
+    if not v.has("credit_ledger", "balance_before", "balance_after", "seq"):
+        return not_checked(name, "ledger columns balance_before, balance_after and seq (the commit order)")
     rows_by_account: dict[int, list[Mapping[str, Any]]] = defaultdict(list)
-    for row in v.ledger.values():
+    for row in v.ledger_rows:
         rows_by_account[int(row["account_id"])].append(row)
     ev = Evidence()
     lost_credits = 0
@@ -218,13 +257,13 @@ def lost_updates(v: CreditsView) -> CheckResult:
             lost_credits += int(row["amount"])
             nxt = rows[i + 1] if i + 1 < len(rows) else None
             op = v.ops.get(row["op_id"], {})
-            ev.add({"op_id": row["op_id"], "account": acct, "amount": int(row["amount"]), "agent": row["agent"],
+            ev.add({"op_id": row["op_id"], "account": acct, "amount": int(row["amount"]), "agent": row.get("agent"),
                     "outcome": op.get("outcome", "not in history"), "read_balance": int(row["balance_before"]),
                     "wrote_balance": int(row["balance_after"]),
                     "overwritten_by": nxt["op_id"] if nxt else None,
                     "which_had_read": int(nxt["balance_before"]) if nxt else None,
                     "what": "committed, but the next writer had read an older balance and overwrote it"})
-    counts = {"applied_deductions": len(v.ledger), "lost_updates": ev.total, "lost_credits": lost_credits,
+    counts = {"applied_deductions": len(v.ledger_rows), "lost_updates": ev.total, "lost_credits": lost_credits,
               "accounts_with_broken_chain": broken}
     if ev:
         return result(name, False, counts, ev, f"{ev.total} lost update(s), {lost_credits} credits")

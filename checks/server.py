@@ -11,6 +11,8 @@ from checks import UNKNOWN, CheckResult, Evidence, result
 def sessions_closed(server: Mapping[str, Any] | None) -> CheckResult:
     """No session of the run is left in ``pg_stat_activity`` (idle in transaction, active or idle)."""
     name = "server.sessions"
+    if server is not None and "no_database" in server:  # a target reached over HTTP or a client of its own
+        return result(name, True, {"left_open": 0}, None, str(server["no_database"]))
     if server is None or "sessions" not in server:
         return result(name, UNKNOWN, {}, None, "no server facts were captured")
     ev = Evidence()

@@ -151,7 +151,7 @@ def test_public_never_contains_the_password() -> None:
 
 
 def test_every_option_is_a_settings_field_and_secrets_are_declared() -> None:
-    fields = set(Settings.__dataclass_fields__) - {"extra", "scenarios", "scenario_options"}
+    fields = set(Settings.__dataclass_fields__) - {"extra", "scenarios", "scenario_options", "target_spec"}
     assert {o.name for o in OPTIONS} == fields
     assert [o.name for o in OPTIONS if o.is_secret] == ["database_url", "auth_database_url", "redis_url",
                                                        "clickhouse_url", "pgbouncer_url"]

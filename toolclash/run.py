@@ -28,7 +28,7 @@ import orjson
 from toolclash import db
 from toolclash.backend import Backend, application_name
 from toolclash.option import mask_url
-from toolclash.scenario import Context, get, services_of
+from toolclash.scenario import Context, Scenario, get
 from toolclash.settings import Settings
 
 log = logging.getLogger("toolclash")
@@ -71,6 +71,17 @@ def create_run_dir(reports_dir: str | os.PathLike[str], run_id: str, meta: dict[
 # ------------------------------------------------------------------------------------------ services
 
 
+def scenario_of(settings: Settings, name: str) -> Scenario:
+    """The scenario *name* as this run drives it: its own hooks, or with ``--target`` the target's
+    (:func:`toolclash.targets.lifecycle.apply`)."""
+    sc = get(name)
+    if settings.target_spec is None:
+        return sc
+    from toolclash.targets.lifecycle import apply
+
+    return apply(settings.target_spec, sc)
+
+
 def service_var(name: str) -> str:
     """The environment variable that carries the URL of the embedded stack's service *name*."""
     from toolclash.stack import SERVICES
@@ -85,7 +96,8 @@ def provide_services(settings: Settings, *, stack_dir: str | None = None) -> tup
     cannot start (it is stopped again).
     """
     urls = settings.service_urls()
-    needed = [name for name in services_of(settings.scenarios) if service_var(name) not in urls]
+    services = dict.fromkeys(s for name in settings.scenarios for s in scenario_of(settings, name).services)
+    needed = [name for name in services if service_var(name) not in urls]
     if not needed:
         return urls, None
     from toolclash.stack import Stack, StackError
@@ -119,7 +131,7 @@ def preflight(settings: Settings, urls: dict[str, str]) -> None:
         db.close_quietly(conn)
     backend = Backend(urls, "", settings.connect_timeout_s)
     for name in settings.scenarios:
-        check = get(name).preflight
+        check = scenario_of(settings, name).preflight
         if check is None:
             continue
         try:
@@ -151,7 +163,9 @@ class Run:
         self.dir = run_dir
         self.handles: dict[str, Any] = {}
         """What each scenario's ``start`` hook returned, for its ``finish``."""
-        self.contexts = {name: get(name).context(self.backend(), settings.options_of(name),
+        self.scenarios = {name: scenario_of(settings, name) for name in settings.scenarios}
+        """Each scenario as this run drives it (with ``--target``: the target's hooks)."""
+        self.contexts = {name: self.scenarios[name].context(self.backend(), settings.options_of(name),
                                                  strategy=settings.strategy, fault=settings.fault, run_dir=run_dir)
                          for name in settings.scenarios}
         self.closed = False
@@ -186,20 +200,21 @@ class Run:
         return run
 
     def _reset_and_start(self) -> None:
-        conn = self.backend().pg("admin")
+        # no DATABASE_URL: every scenario is pointed at a platform reached another way (an HTTP target)
+        conn = self.backend().pg("admin") if "DATABASE_URL" in self.urls else None
         try:
             for name in self.settings.scenarios:
-                get(name).reset(self.contexts[name], conn)
+                self.scenarios[name].reset(self.contexts[name], conn)
         finally:
             db.close_quietly(conn)
         for name in self.settings.scenarios:
-            start = get(name).start
+            start = self.scenarios[name].start
             if start is not None:
                 self.handles[name] = start(self.contexts[name])
 
     def _stop_helpers(self) -> None:
         for name, handle in list(self.handles.items()):
-            finish = get(name).finish
+            finish = self.scenarios[name].finish
             if finish is not None:
                 try:
                     finish(self.contexts[name], handle, 0.0)
@@ -218,7 +233,7 @@ class Run:
         if stages:
             write_json(self.dir / "stages.json", stages)
         for name in self.settings.scenarios:
-            finish = get(name).finish
+            finish = self.scenarios[name].finish
             if finish is None:
                 continue
             try:
@@ -235,12 +250,21 @@ class Run:
 
 
 def capture_final(run: Run) -> None:
-    """Write ``final/<scenario>.json`` for each scenario and ``final/server.json``."""
+    """Write ``final/<scenario>.json`` for each scenario and ``final/server.json``.
+
+    Without a DATABASE_URL (an HTTP or client target) the run held no database session of its own:
+    ``server.json`` says so instead of listing sessions."""
+    if "DATABASE_URL" not in run.urls:
+        for name in run.settings.scenarios:
+            write_json(run.dir / "final" / f"{name}.json", run.scenarios[name].snapshot(run.contexts[name], None))
+        write_json(run.dir / "final" / "server.json", {"no_database": "the run held no database session of its "
+                                                                      "own: its target is reached another way"})
+        return
     conn = run.backend().pg("capture")
     try:
         server = server_facts(conn, run.run_id)
         for name in run.settings.scenarios:
-            write_json(run.dir / "final" / f"{name}.json", get(name).snapshot(run.contexts[name], conn))
+            write_json(run.dir / "final" / f"{name}.json", run.scenarios[name].snapshot(run.contexts[name], conn))
         write_json(run.dir / "final" / "server.json", server)
     finally:
         db.close_quietly(conn)

@@ -20,7 +20,9 @@ rest of toolclash needs to know about it is one :class:`Scenario` value, declare
   - ``snapshot(ctx, conn)``: the final state its checks need, as JSON-able data;
 
 * the module path of its checks (``checks.<name>``), which :mod:`checks` loads; toolclash's core
-  never imports it.
+  never imports it;
+* optionally its :class:`~toolclash.targets.shape.TargetShape`: how ``--target`` points its agents and checks
+  at another platform (an HTTP API, a database, a client package).
 
 :data:`SCENARIOS` lists toolclash's own scenarios; a package may add its own through the Python entry
 point group ``toolclash.scenarios`` (``name = "package.module:SCENARIO"``). Both are read lazily, on
@@ -38,6 +40,7 @@ from typing import Any
 
 from toolclash.backend import Backend
 from toolclash.option import Option, SettingsError
+from toolclash.targets.shape import TargetShape
 
 ENTRY_POINT_GROUP = "toolclash.scenarios"
 
@@ -105,6 +108,9 @@ class Scenario:
     preflight: Callable[[Backend], None] | None = None
     start: Hook | None = None
     finish: Callable[[Context, Any, float], Mapping[str, Any] | None] | None = None
+    target: TargetShape | None = None
+    """How ``--target`` points it at another platform: its operations' arguments and its final state's tables
+    (None: not targetable). See :mod:`toolclash.targets` and docs/your-platform.md."""
 
     def __post_init__(self) -> None:
         if self.default_strategy not in self.strategies:

@@ -61,6 +61,9 @@ class Settings:
     pgbouncer_url: str = _url("PGBOUNCER_URL", "PostgreSQL URL of your own PgBouncer in front of DATABASE_URL "
                               "(pool scenario); empty starts a private one")
     # --- what the agents do
+    target: str = opt("", "your own platform instead of toolclash's reference tools: a TOML target file (each tool "
+                      "call as an HTTP request or SQL statements, and how to read the final state) or "
+                      "python:<module> (a client module of yours); see docs/your-platform.md")
     strategy: str = opt("", "strategy of the scenario's tool (each scenario lists its own; empty: the scenario's "
                         "default). A strategy only some scenarios know applies to those, the rest keep their default")
     fault: str = opt("none", "planted fault that a check must catch (each scenario lists its own)")
@@ -125,6 +128,9 @@ class Settings:
     """Each scenario's own options (declared in its :class:`~toolclash.scenario.Scenario`)."""
     extra: Mapping[str, Any] = field(default_factory=dict)
     """Options declared nowhere here (Locust's own and others), passed through untouched."""
+    target_spec: Any = field(default=None, repr=False)
+    """The loaded :data:`toolclash.targets.Target` when ``--target`` is given (its file's content travels to
+    workers in :meth:`values` as ``target_data``: they need not have the file)."""
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], scenarios: Sequence[str] = ("credits",)) -> Settings:
@@ -152,6 +158,10 @@ class Settings:
         if not kwargs.get("strategy") and len(found) == 1:
             kwargs["strategy"] = next(iter(found.values())).default_strategy
         options = {name: sc.options_from(values) for name, sc in found.items()}
+        if kwargs.get("target"):
+            from toolclash.targets import load as load_target
+
+            kwargs["target_spec"] = load_target(kwargs["target"], scenarios, values.get("target_data"))
         settings = cls(**kwargs, scenarios=tuple(scenarios), scenario_options=options, extra=extra)
         settings.validate()
         return settings
@@ -172,7 +182,10 @@ class Settings:
         return self.scenario_options[name]
 
     def strategy_for(self, name: str) -> str:
-        """The strategy *scenario* runs: the one asked for if the scenario knows it, else its default."""
+        """The strategy *scenario* runs: the one asked for if the scenario knows it, else its default; with
+        ``--target``, the target's kind (``http``, ``sql``, ``python``)."""
+        if self.target_spec is not None:
+            return str(self.target_spec.kind)
         return scenario(name).strategy_for(self.strategy)
 
     def fault_for(self, name: str) -> str:
@@ -184,6 +197,9 @@ class Settings:
         out = {o.name: getattr(self, o.name) for o in OPTIONS}
         for ns in self.scenario_options.values():
             out.update(vars(ns))
+        data = getattr(self.target_spec, "data", None)
+        if data is not None:
+            out["target_data"] = dict(data)
         return out
 
     def service_urls(self) -> dict[str, str]:
@@ -199,6 +215,9 @@ class Settings:
         faults = ["none", *sorted({f for sc in found for f in sc.faults})]
         if self.fault not in faults:
             raise SettingsError(f"--fault {self.fault!r} is not one of {', '.join(faults)}")
+        if self.target and self.fault != "none":
+            raise SettingsError(f"--fault {self.fault} plants a fault in toolclash's own tools; with --target your "
+                                "platform is what is tested: leave --fault at none")
         if not 0.0 <= self.wait_min <= self.wait_max:
             raise SettingsError("--wait-min and --wait-max must satisfy 0 <= min <= max")
         if not 0.0 <= self.gate_conflict_rate <= 1.0:
@@ -224,6 +243,9 @@ class Settings:
     def public(self) -> dict[str, Any]:
         """All settings as plain data with secrets masked (for options.json and summaries)."""
         out = self.values()
+        out.pop("target_data", None)
+        if self.target_spec is not None:
+            out["target_spec"] = self.target_spec.describe()
         for o in OPTIONS:
             if o.is_secret and isinstance(out.get(o.name), str) and out[o.name]:
                 out[o.name] = mask_url(out[o.name])
@@ -235,7 +257,7 @@ class Settings:
         return out
 
 
-_NOT_OPTIONS = frozenset({"scenarios", "scenario_options", "extra"})
+_NOT_OPTIONS = frozenset({"scenarios", "scenario_options", "extra", "target_spec", "target_data"})
 
 OPTIONS: tuple[Option, ...] = tuple(
     Option(name=f.name, type=_TYPES[str(f.type)], **f.metadata["option"])

@@ -1,8 +1,9 @@
 """The base of every agent kind, and of the agents that hold one PostgreSQL connection.
 
 :class:`Agent` does what every kind shares: its name, think time from the run's settings, its scenario's
-options, strategy and planted fault, a tool client that reports and records each call, and reporting a failed
-connect as a failed request. A kind subclasses it, names its ``SCENARIO``, sets itself up in :meth:`set_up`
+options, strategy and planted fault, a tool client that reports and records each call, with ``--target`` the
+driver that sends its calls to your platform (``users/targets.py``), and reporting a failed connect as a
+failed request. A kind subclasses it, names its ``SCENARIO``, sets itself up in :meth:`set_up`
 and chooses in its ``@task`` what to call. :class:`PgAgent` adds one connection, its tool and reconnects.
 """
 
@@ -18,6 +19,7 @@ from toolclash import db
 from toolclash.settings import Settings
 from users.client import ToolClient, ToolFailure
 from users.runtime import runtime
+from users.targets import Driver, make_driver
 
 
 class Agent(User):
@@ -50,7 +52,15 @@ class Agent(User):
         self.fault = settings.fault_for(self.SCENARIO)
         self.client = ToolClient(self.environment, self.rt, self.agent)
         self.rng = self.client.rng
+        self.driver: Driver | None = make_driver(self) if settings.target_spec is not None else None
+        """With ``--target``: what turns this agent's tool calls into calls of your platform."""
         return True
+
+    def stop_driver(self) -> None:
+        """Release the target's client (the agent stops); nothing without ``--target``."""
+        driver = getattr(self, "driver", None)
+        if driver is not None:
+            driver.close()
 
     def set_up(self) -> None:
         """Per-agent set-up once the options are known (connect, join a group …)."""
@@ -75,7 +85,8 @@ class PgAgent(Agent):
 
     def set_up(self) -> None:
         self.prepare()
-        self._connect()
+        if self.driver is None or self.driver.uses_connection:
+            self._connect()
 
     def prepare(self) -> None:
         """Per-agent set-up after the options are known, before the first connect (e.g. which field it owns)."""
@@ -91,9 +102,11 @@ class PgAgent(Agent):
         except db.ConnectError as exc:  # counted as a failure; the next task tries again
             self.report_failure("connect", "postgresql", start, str(exc))
             return False
-        self.tool = self.make_tool(self.conn)
+        self.tool = self.make_tool(self.conn) if self.driver is None else None
         return True
 
     def connected(self) -> bool:
         """Ready for a call: connected now, or reconnected (False: this task is skipped, the failure reported)."""
+        if self.driver is not None and not self.driver.uses_connection:
+            return True
         return not (self.conn is None or self.conn.closed) or self._connect()

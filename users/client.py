@@ -35,8 +35,12 @@ class ToolClient:
             raise RuntimeError("no history writer: the run has not started in this process")
         self.history: HistoryWriter = history
 
-    def call(self, tool: str, strategy: str, args: dict[str, Any], fn: Callable[[Call], Any]) -> Call:
-        """Run *fn(call)* as one tool call; report and record it whatever happens."""
+    def call(self, tool: str, strategy: str, args: dict[str, Any], fn: Callable[[Call], Any], *,
+             report: bool = True) -> Call:
+        """Run *fn(call)* as one tool call; report and record it whatever happens.
+
+        *report* False: the call's requests are reported by Locust's own HTTP client, one event each (an
+        HTTP target's endpoints in Locust's statistics); the call is still recorded and counted once."""
         call = Call(op_id=self.history.new_op_id(), policy=self.policy, rng=self.rng)
         invoke_ts = time.time()
         start = time.perf_counter()
@@ -53,6 +57,8 @@ class ToolClient:
         self._record(call, tool, strategy, args, invoke_ts, invoke_ts + elapsed_ms / 1000.0)
         attempts = call.attempts
         self.runtime.count(call)
+        if not report:
+            return call
         self.environment.events.request.fire(
             request_type=tool, name=strategy, response_time=elapsed_ms, response_length=0,
             exception=None if call.outcome == OK else ToolFailure(f"{call.outcome}: {call.reason}"),

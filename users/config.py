@@ -38,15 +38,18 @@ class ConfigAgent(PgAgent):
     def update_config(self) -> None:
         if not self.connected():
             return
-        assert self.tool is not None
-        tool = self.tool
         self.round += 1
         if self.settings.sync:  # meet every other agent first, so that all of them call at the same instant
             self.rt.barrier(f"config-{self.strategy}-round-{self.round}", self.settings.sync_timeout_s)
         record = self.rng.randint(1, self.opts.records)
         value = f"{self.agent}#{self.round}"  # unique in the run: the checks trace every value to its op
-        call = self.client.call(TOOL, self.strategy, {"record": record, "field": self.field, "value": value},
-                                lambda c: self._update(tool, c, record, value))
+        args = {"record": record, "field": self.field, "value": value}
+        if self.driver is not None:  # --target: your platform's update
+            call = self.driver.call(TOOL, args)
+        else:
+            tool = self.tool
+            assert tool is not None
+            call = self.client.call(TOOL, self.strategy, args, lambda c: self._update(tool, c, record, value))
         self._count_outcome(call)
         if call.reason and call.reason.startswith("connection"):
             db.close_quietly(self.conn)
@@ -72,5 +75,6 @@ class ConfigAgent(PgAgent):
             self.rt.bump("config_stale_timestamp")
 
     def on_stop(self) -> None:
+        self.stop_driver()
         db.close_quietly(self.conn)
         self.conn = None

@@ -39,19 +39,23 @@ class CreditAgent(PgAgent):
     def deduct(self) -> None:
         if not self.connected():
             return
-        assert self.tool is not None
-        tool = self.tool
         if self.settings.sync:  # meet every other agent first, so that all of them call at the same instant
             self.round += 1
             self.rt.barrier(f"{self.strategy}-round-{self.round}", self.settings.sync_timeout_s)
         account, amount = self.pick_account(), self.rng.randint(self.opts.amount_min, self.opts.amount_max)
-        call = self.client.call("deduct", self.strategy, {"account": account, "amount": amount},
-                                lambda c: tool.deduct(c, account, amount))
+        if self.driver is not None:  # --target: your platform's deduction
+            call = self.driver.call("deduct", {"account": account, "amount": amount})
+        else:
+            tool = self.tool
+            assert tool is not None
+            call = self.client.call("deduct", self.strategy, {"account": account, "amount": amount},
+                                    lambda c: tool.deduct(c, account, amount))
         if call.reason and call.reason.startswith("connection"):
             db.close_quietly(self.conn)
             self.conn = None
 
     def on_stop(self) -> None:
+        self.stop_driver()
         if self.fault == "leak_session" and self.conn is not None and not self.conn.closed:
             try:
                 with self.conn.cursor() as cur:

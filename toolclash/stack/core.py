@@ -23,6 +23,7 @@ from typing import Any, Self
 from toolclash.stack.clickhouse import ClickHouseService
 from toolclash.stack.daemon import Service, ServiceContext
 from toolclash.stack.pgbouncer import PgBouncerService
+from toolclash.stack.platform import PlatformService, RacyPlatformService
 from toolclash.stack.postgres import AuthPostgresService, PostgresService
 from toolclash.stack.process import (
     LOCK_FILE,
@@ -45,6 +46,8 @@ SERVICES: dict[str, type[Service]] = {
     "clickhouse": ClickHouseService,
     "redis": RedisService,
     "prometheus": PrometheusService,
+    "platform": PlatformService,  # the example platform (examples/platform), after postgres: it keeps its tables there
+    "platform_racy": RacyPlatformService,
 }
 
 

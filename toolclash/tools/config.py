@@ -34,6 +34,7 @@ from toolclash.history import FAIL
 from toolclash.option import Option, SettingsError
 from toolclash.retry import VERSION_CONFLICT
 from toolclash.scenario import Scenario
+from toolclash.targets.shape import Table, TargetShape
 from toolclash.tools import Call, Reject, VersionConflict, think, transact
 
 NAME = "config"
@@ -218,6 +219,23 @@ def snapshot(conn: Any, backend: Any = None) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
+TARGET = TargetShape(
+    operations={TOOL: ("record", "field", "value")},
+    tables=(
+        Table("records", "config_records", required=("id", "doc"), optional=("version",), json_columns=("doc",),
+              enables={"": "with writes: config.final_document", "version": "config.version"}),
+        Table("writes", "config_writes", required=("op_id", "record_id", "field", "value"),
+              optional=("version_after", "seq", "version_read", "doc_after", "agent"), json_columns=("doc_after",),
+              enables={"": "config.write_log (missing and unrecorded writes, op by op), config.fail_no_trace",
+                       "version_after": "the commit order per record (or seq): config.final_document, "
+                                        "config.version",
+                       "seq": "the commit order per record (or version_after)",
+                       "doc_after": "with the commit order: config.lost_updates, named op by op"}),
+    ),
+)
+"""How ``--target`` points the config agents and checks at another platform (docs/your-platform.md)."""
+
+
 SCENARIO = Scenario(
     name=NAME,
     summary="agents update different fields of the same configuration record; checks prove no field update was lost",
@@ -231,4 +249,5 @@ SCENARIO = Scenario(
     reset=lambda ctx, conn: reset(conn, **vars(ctx.opts)),
     snapshot=lambda ctx, conn: snapshot(conn),
     checks="checks.config",
+    target=TARGET,
 )

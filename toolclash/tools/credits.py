@@ -32,6 +32,7 @@ from psycopg2.extensions import (
 from toolclash import schema
 from toolclash.option import Option, SettingsError
 from toolclash.scenario import Scenario
+from toolclash.targets.shape import Table, TargetShape
 from toolclash.tools import Call, Reject, VersionConflict, think, transact
 
 NAME = "credits"
@@ -194,6 +195,27 @@ def snapshot(conn: Any, backend: Any = None) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
+TARGET = TargetShape(
+    operations={"deduct": ("account", "amount")},
+    tables=(
+        Table("accounts", "credit_accounts", required=("id", "balance"), optional=("initial_balance",),
+              from_start={"initial_balance": "balance"},
+              enables={"": "credits.conservation (in-doubt calls resolved through the ledger, else left unknown), "
+                           "credits.no_negative",
+                       "initial_balance": "without it, the balance read before the first call is the initial one"}),
+        Table("ledger", "credit_ledger", required=("op_id", "account_id", "amount"),
+              optional=("balance_before", "balance_after", "seq", "agent"),
+              enables={"": "credits.ledger (missing and phantom effects, op by op; calls applied twice); resolves "
+                           "in-doubt calls for credits.conservation",
+                       "balance_before": "with balance_after and seq: credits.lost_updates, named op by op",
+                       "balance_after": "with balance_before and seq: credits.lost_updates; credits.no_negative "
+                                        "per deduction",
+                       "seq": "the commit order per account (with balance_before/after: credits.lost_updates)"}),
+    ),
+)
+"""How ``--target`` points the credits agents and checks at another platform (docs/your-platform.md)."""
+
+
 SCENARIO = Scenario(
     name=NAME,
     summary="agents deduct credits from a few shared accounts; checks prove no credit was lost or made up",
@@ -207,4 +229,5 @@ SCENARIO = Scenario(
     reset=lambda ctx, conn: reset(conn, **vars(ctx.opts)),
     snapshot=lambda ctx, conn: snapshot(conn),
     checks="checks.credits",
+    target=TARGET,
 )

@@ -1,0 +1,1 @@
+"""Examples that use toolclash from the outside (no toolclash import in them)."""
