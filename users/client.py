@@ -15,7 +15,7 @@ from typing import Any
 from locust.env import Environment
 
 from toolclash.history import OK, HistoryWriter, make_op
-from toolclash.tools import Call
+from toolclash.tools import DONE, Call
 from users.runtime import Runtime
 
 
@@ -44,17 +44,22 @@ class ToolClient:
         call = Call(op_id=self.history.new_op_id(), policy=self.policy, rng=self.rng)
         invoke_ts = time.time()
         start = time.perf_counter()
+        recorded = False
         try:
-            fn(call)
-        except Exception as exc:  # noqa: BLE001 - an unexpected error: effect unknown, say so
-            call.finish("unknown", f"error: {type(exc).__name__}: {exc}"[:200], type(exc).__name__)
-        except BaseException:  # GreenletExit at stop, KeyboardInterrupt: in doubt, record and go on stopping
-            call.interrupted()
-            self._record(call, tool, strategy, args, invoke_ts, time.time())
-            self.runtime.count(call)
+            try:
+                fn(call)
+            except Exception as exc:  # noqa: BLE001 - an unexpected error: effect unknown, say so
+                call.finish("unknown", f"error: {type(exc).__name__}: {exc}"[:200], type(exc).__name__)
+            elapsed_ms = (time.perf_counter() - start) * 1000.0
+            self._record(call, tool, strategy, args, invoke_ts, invoke_ts + elapsed_ms / 1000.0)
+            recorded = True
+        except BaseException:  # GreenletExit at stop, KeyboardInterrupt: record the call, go on stopping
+            if not recorded:  # also when it came after the tool returned: the outcome it reached is recorded
+                if call.phase != DONE:
+                    call.interrupted()  # cut short in flight: in doubt
+                self._record(call, tool, strategy, args, invoke_ts, time.time())
+                self.runtime.count(call)
             raise
-        elapsed_ms = (time.perf_counter() - start) * 1000.0
-        self._record(call, tool, strategy, args, invoke_ts, invoke_ts + elapsed_ms / 1000.0)
         attempts = call.attempts
         self.runtime.count(call)
         if not report:
