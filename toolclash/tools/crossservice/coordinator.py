@@ -265,6 +265,7 @@ class CrossServiceTool:
         gm, ga = gid(op, "m"), gid(op, "a")
         crash = self.rng.choice(CRASH_POINTS) if self._roll("coordinator_crash") else None
         terminate = self._roll("participant_terminate")
+        terminated = False
         prepared: list[tuple[str, str]] = []
         call.attempts.next()
         main, auth = self.main, self.auth
@@ -292,7 +293,7 @@ class CrossServiceTool:
             if crash == "after_main_prepare":
                 return self._crash(call, crash)
             if terminate:
-                self._terminate_auth()
+                terminated = self._terminate_auth()
             call.phase = "prepare-auth"
             with auth.cursor() as cur:
                 cur.execute("BEGIN")
@@ -329,15 +330,27 @@ class CrossServiceTool:
             if call.phase == "decide":  # the decision may or may not be durable
                 return call.finish(UNKNOWN, f"{kind.kind}-during-decision", kind.error_class)
             self._abort(op, prepared)  # no commit decision was written: this operation never commits
-            reason = self._why(terminate, kind.kind)
+            reason = self._why(terminated, kind.kind, on_auth=call.phase == "prepare-auth")
             return call.finish(FAIL, reason, kind.error_class, failed_in=call.phase)
 
-    def _why(self, terminated: bool, kind: str) -> str:
-        """Fail reason: ``injected-fault`` when an injection caused it (a participant terminated, or a lost
-        connection while ``--inject auth_restart`` stops servers), else what the error was."""
-        if terminated or (kind == "connection" and self.inject == "auth_restart"):
+    def _why(self, terminated: bool, kind: str, *, on_auth: bool) -> str:
+        """Fail reason: ``injected-fault`` only where the injector caused it — the step on auth failed after this
+        agent's auth backend was terminated (``participant_terminate``), or the auth connection was lost while
+        the auth server refuses connections (``auth_restart`` has it stopped); else what the error was."""
+        if on_auth and terminated:
+            return INJECTED
+        if on_auth and kind == "connection" and self.inject == "auth_restart" and self._auth_down():
             return INJECTED
         return "connection-lost" if kind == "connection" else kind
+
+    def _auth_down(self) -> bool:
+        """Does the auth server refuse a new connection right now (stopped or starting)?"""
+        try:
+            probe = self._connect("AUTH_DATABASE_URL")
+        except (ConnectError, psycopg2.Error):
+            return True
+        close_quietly(probe)
+        return False
 
     def _lost(self, exc: BaseException) -> None:
         """Forget connections an error left unusable."""
@@ -394,9 +407,10 @@ class CrossServiceTool:
             return call
         call.phase = "grant"
         terminate = self._roll("participant_terminate")
+        terminated = False
         try:
             if terminate:
-                self._terminate_auth()
+                terminated = self._terminate_auth()
             with self.auth.cursor() as cur:
                 cur.execute(_GRANT.replace("clock_timestamp())", "clock_timestamp()) ON CONFLICT (op_id) DO NOTHING"),
                             (op, agent, tool))
@@ -409,7 +423,7 @@ class CrossServiceTool:
             else:
                 with contextlib.suppress(psycopg2.Error):
                     self.auth.rollback()
-            why = self._why(terminate, kind.kind)
+            why = self._why(terminated, kind.kind, on_auth=True)
             return self._compensate(call, why, kind.error_class)
         call.phase = "saga-done"
         try:
