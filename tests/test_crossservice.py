@@ -261,6 +261,19 @@ def test_skip_compensation_leaves_a_debit_and_is_caught(xs: dict[str, str], tmp_
     assert again.returncode == 1 and ev["op_id"] in again.stdout, again.stdout + again.stderr
 
 
+def test_double_charge_is_caught_by_the_credits_balance(xs: dict[str, str], tmp_path: Path) -> None:
+    """--fault double_charge: a share of debits update the balance twice with one debit row; every operation is
+    still all-or-nothing across the stores, but the balances no longer match the debits."""
+    run = run_locust([*LOAD, "-t", "3s", "--mode", "2pc", "--fault", "double_charge"],
+                     reports=tmp_path, database_url=None, services=xs, locustfile=LOCUSTFILE)
+    assert run.code == 1, run.output()
+    credits = run.check("crossservice.credits")
+    assert credits["valid"] is False and credits["counts"]["mismatched"] > 0, credits
+    ev = credits["evidence"][0]
+    assert ev["store"] == "main" and ev["final"] < ev["expected"], ev
+    assert run.check("crossservice.atomic")["valid"] is True
+
+
 def test_relay_without_dedup_double_counts_and_is_caught(xs: dict[str, str], tmp_path: Path) -> None:
     run = run_locust([*LOAD, "-t", "3s", "--mode", "2pc", "--fault", "relay_without_dedup",
                       "--relay-redeliver-rate", "0.3"],

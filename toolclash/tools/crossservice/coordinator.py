@@ -11,8 +11,9 @@ Injections the tool applies itself (``--inject``): ``coordinator_crash`` drops b
 random point between the first PREPARE and the last COMMIT PREPARED (the call is ``unknown``; recovery
 resolves it); ``participant_terminate`` has the auth backend terminated (``pg_terminate_backend``)
 between steps. Planted faults it applies: ``no_recovery`` (an aborting coordinator leaves its branches
-to a recovery that never comes) and ``skip_compensation`` (a failed saga marks itself failed and
-refunds nothing).
+to a recovery that never comes), ``skip_compensation`` (a failed saga marks itself failed and
+refunds nothing) and ``double_charge`` (on a share of calls the debit's balance update runs twice, as a
+client that resent a statement whose reply it lost would, while one debit row is written).
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ GID_PREFIX = "xs:"
 CRASH_POINTS = ("after_main_prepare", "after_both_prepared", "after_decision", "after_main_commit")
 LOCK_TIMEOUT_S = 3.0
 """Agents' lock_timeout: a row lock held by a prepared transaction nobody resolves ends in a definite fail."""
+DOUBLE_CHARGE_RATE = 0.2
+"""Share of calls ``--fault double_charge`` charges twice."""
 INJECTED = "injected-fault"
 """Fail reason of a call that an injection made fail (an expected answer: left out of the success rate)."""
 
@@ -218,6 +221,12 @@ class CrossServiceTool:
     def _bump(self, key: str) -> None:
         self.counters[key] = self.counters.get(key, 0) + 1
 
+    def _charge_again(self, cur: Any, agent: str, cost: int) -> None:
+        """``--fault double_charge``: the balance update runs a second time (the debit row is written once)."""
+        if self.fault == "double_charge" and self.rng.random() < DOUBLE_CHARGE_RATE:
+            cur.execute(_DEBIT, (cost, agent, cost))
+            self._bump("double_charges")
+
     # --- injections ---
 
     def _roll(self, injection: str) -> bool:
@@ -281,6 +290,7 @@ class CrossServiceTool:
                         cur.execute("ROLLBACK")
                         return call.finish(FAIL, rej.reason, **rej.result)
                     after = int(row[0])
+                    self._charge_again(cur, agent, cost)
                     cur.execute(_DEBIT_ROW, (op, agent, tool, cost, "2pc"))
                     cur.execute(_OUTBOX, (f"{op}:usage", op, "usage", agent, tool, cost))
                     cur.execute("PREPARE TRANSACTION %s", (gm,))
@@ -394,6 +404,7 @@ class CrossServiceTool:
             row = cur.fetchone()
             if row is None:
                 raise _no_funds(cur, agent)
+            self._charge_again(cur, agent, cost)
             cur.execute(_DEBIT_ROW, (op, agent, tool, cost, "saga"))
             cur.execute(_OUTBOX, (f"{op}:usage", op, "usage", agent, tool, cost))
             cur.execute("INSERT INTO toolclash.xs_sagas (op_id, agent, tool, cost, state) "

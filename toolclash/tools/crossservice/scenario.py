@@ -28,7 +28,7 @@ from toolclash.tools.crossservice.relay import CH_TABLE, Relay, clickhouse_clien
 
 SERVICES = ("postgres", "auth_postgres", "clickhouse")
 DEFAULT_STRATEGY = "2pc"
-FAULTS = ("no_recovery", "skip_compensation", "relay_without_dedup")
+FAULTS = ("no_recovery", "skip_compensation", "relay_without_dedup", "double_charge")
 INJECTIONS = ("none", "coordinator_crash", "participant_terminate", "clickhouse_outage", "auth_restart")
 REJECTIONS = frozenset({"insufficient-funds", INJECTED})
 """Correct answers left out of the success rate: no funds, and failures an ``--inject`` option caused."""
