@@ -347,3 +347,28 @@ def test_no_data_means_no_gate_is_met() -> None:
         assert g["figure"] is None
         assert g["note"] == "no completed calls to measure"
         assert g["scope"] == "credits"
+
+
+def test_in_doubt_calls_are_gated_per_scope_and_per_stage_never_dropped(tmp_path: Path) -> None:
+    """Before, an ``unknown`` outcome vanished from every gate: a run whose calls were all in doubt met the SLA.
+    Now the in-doubt share is its own gate, per scenario and per stage; calls cut short by the stop are counted
+    apart and named in the gate's note."""
+    ops, final = clean_run()
+    ops += [op("p1", 4, "unknown", 1, 7, reason="connection-lost-during-commit", error_class="OperationalError"),
+            op("p1", 5, "unknown", 1, 3, reason="interrupted-during-commit", error_class="interrupted"),
+            op("p1", 6, "ok", 1, 1)]
+    final["credit_accounts"][0]["balance"] = 84
+    final["credit_ledger"].append(row(3, "p1-6", 1, 1, 85))
+    run = write_run(tmp_path / "run", ops, final)  # neither in-doubt call applied: the ledger says so
+    write_json(run / "stages.json", [{"stage": 1, "users": 2, "start": 1_700_000_000.5, "end": 1_700_000_003.5},
+                                     {"stage": 2, "users": 4, "start": 1_700_000_003.5, "end": 1_700_000_009.0}])
+    verdict = evaluate(run)
+    assert all(c["valid"] is True for c in verdict["checks"]), verdict["checks"]  # the data is right
+    assert verdict["exit_code"] == EXIT_SLA
+    fig = verdict["figures"]["credits"]
+    assert (fig["unknown"], fig["in_doubt"], fig["cut_short"]) == (2, 1, 1)
+    doubt = {g["scope"]: g for g in verdict["gates"] if g["gate"] == "in_doubt_rate"}
+    assert doubt["credits"]["figure"] == pytest.approx(1 / 4) and doubt["credits"]["met"] is False
+    assert "1 cut short by the stop" in doubt["credits"]["note"]
+    assert doubt["credits.stage1(2)"]["met"] is True and doubt["credits.stage2(4)"]["met"] is False
+    assert "credits.stage2(4).in_doubt_rate" in render(verdict)

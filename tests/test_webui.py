@@ -3,6 +3,7 @@ from the form, see the tab's numbers move, stop, see the verdict with evidence; 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -77,11 +78,18 @@ def test_consistency_tab_moves_during_a_run_and_shows_the_verdict(database_url: 
                 assert live is not None and "threshold 0.05" in live[1], live
                 page.get_by_role("button", name="Stop").click()
                 verdict = wait_until("the verdict row", lambda: _reload_row(page, base, "verdict"), 90)
-                assert verdict[0] in ("exit code 0", "exit code 4"), verdict
-                check = _row(page, "check credits.conservation")
-                assert check is not None and check[0] == "valid", check
-                gates = [name for name, _v in _names(page) if name.startswith("gate credits.")]
-                assert "gate credits.conflict_rate" in gates, gates
+                (run_dir,) = [d for d in tmp_path.iterdir() if (d / "checks.json").is_file()]
+                judged = json.loads((run_dir / "checks.json").read_text())
+                # the tab shows the run's verdict: its exit code, every check, every gate, as checks.json has them
+                assert verdict[0] == f"exit code {judged['exit_code']}" and judged["exit_code"] in (0, 4), verdict
+                shown = dict(_names(page))
+                for c in judged["checks"]:
+                    assert c["valid"] is True and shown.get(f"check {c['name']}") == "valid", (c, shown)
+                for g in judged["gates"]:
+                    assert shown.get(f"gate {g['scope']}.{g['gate']}") == ("met" if g["met"] else "MISSED"), (g, shown)
+                missed = [g for g in judged["gates"] if not g["met"]]
+                assert (judged["exit_code"] == 4) == bool(missed), judged["gates"]  # a 4 names its missed gates
+                assert {"gate credits.conflict_rate", "gate credits.in_doubt_rate"} <= set(shown), shown
                 page.screenshot(path=str(shot), full_page=True)
             finally:
                 browser.close()

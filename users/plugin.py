@@ -203,7 +203,6 @@ class Plugin:
                            "distributed": rt.role == "master"}}
         rt.verdict, rt.exit_code = None, None
         rt.counters.clear()
-        rt.clear_stages()  # Locust resets the shape's clock right after test_start; stage 1 is marked again
         try:
             self.run = Run.open(settings, rt.urls, run_id=run_id, meta=meta, process=rt.process, role=rt.role,
                                 records=rt.role == "local")
@@ -256,6 +255,7 @@ class Plugin:
         if rt.stages():
             rt.mark_stage(None, 0, time.time())
         self.run.close(stages=rt.stages())
+        rt.clear_stages()  # written; a later run (web UI) starts without them (a ramp marks its own afresh)
         notes: dict[str, Any] = {"counters": dict(sorted(rt.counters.items()))}
         if self.lost_workers:
             notes["lost_workers"] = self.lost_workers
