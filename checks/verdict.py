@@ -246,7 +246,8 @@ def render(verdict: dict[str, Any], *, evidence: int = 3) -> str:
     lines.append("")
     for scope, fig in verdict.get("figures", {}).items():
         lines.append(f"{scope}: {fig['calls']} calls, ok {fig['ok']}, failed {fig['failed']}, "
-                     f"rejected {fig['rejected']}, unknown {fig['unknown']}; attempts {fig['attempts']}, "
+                     f"rejected {fig['rejected']}, unknown {fig['unknown']} (in doubt {fig.get('in_doubt', '?')}, "
+                     f"cut short {fig.get('cut_short', '?')}); attempts {fig['attempts']}, "
                      f"retries {fig['conflicts']} {fig['retries_by_cause'] or ''}; "
                      f"p50 {_fmt(fig['p50_ms'])} ms, p95 {_fmt(fig['p95_ms'])} ms, max {_fmt(fig['max_ms'])} ms")
     lines.append("")
