@@ -28,7 +28,7 @@ from bench.phase import ROOT, BenchError, Context, Phase, Row, num, positive_int
 from checks import credits as credit_checks
 from checks import gates
 from checks.verdict import evaluate
-from toolclash.history import FAIL, OK, UNKNOWN, HistoryWriter, make_op, read_history
+from toolclash.history import FAIL, OK, UNKNOWN, HistoryWriter, Roster, make_op, read_history
 from toolclash.run import create_run_dir, read_json, write_json
 from toolclash.scenario import get as scenario
 from toolclash.settings import Settings
@@ -59,6 +59,9 @@ def generate(parent: Path, *, ops: int, accounts: int, seed: int, say: Say) -> P
     run = create_run_dir(parent, run_id, {"scenarios": ["credits"], "settings": settings.public(),
                                           "synthetic": {"ops": ops, "accounts": accounts, "seed": seed}})
     procs = [f"synth-{k + 1}" for k in range(PROCESSES)]
+    roster = Roster(run, run_id)  # the processes that took part, as a live run lists them
+    for p in procs:
+        roster.join(p, process=p, role="local")
     writers = [HistoryWriter(run / "history", run_id=run_id, process=p).start() for p in procs]
     balance = {a: RICH_BALANCE for a in range(1, accounts + 1)}
     balance[accounts] = POOR_BALANCE
@@ -122,7 +125,8 @@ def generate(parent: Path, *, ops: int, accounts: int, seed: int, say: Say) -> P
              "credit_ledger": ledger}
     write_json(run / "final" / "credits.json", final)
     write_json(run / "final" / "server.json", {"sessions": [], "prepared_xacts": [], "server_version": "synthetic",
-                                               "waited_s": 0.0})
+                                               "waited_s": 0.0, "servers": {"DATABASE_URL": {
+                                                   "prepared_xacts": [], "prepared_at_start": []}}})
     write_json(run / "synthetic.json", {"kinds": kinds, "ledger_rows": len(ledger)})
     return run
 

@@ -42,6 +42,8 @@ class CreditsView:
             self.ops[op["op_id"]] = op
         self.accounts = {int(a["id"]): a for a in final.get("credit_accounts", [])}
         self.has_accounts = "credit_accounts" in final
+        self.seeded: int | None = final.get("accounts_seeded")
+        """Accounts the reset seeded (ids 1..n); None when the final state does not say."""
         self.has_ledger = "credit_ledger" in final
         self._columns = {key: provided(final, key) for key in ("credit_accounts", "credit_ledger")}
         self.ledger: dict[str, Mapping[str, Any]] = {}
@@ -112,6 +114,11 @@ def conservation(v: CreditsView) -> CheckResult:
             applied_unknown[int(row["account_id"])] += int(row["amount"])
     ev = Evidence()
     explainable = 0
+    seeded = set(range(1, int(v.seeded) + 1)) if v.seeded is not None else set()
+    missing = sorted((seeded | set(ok_total) | set(applied_unknown) | set(unresolved)) - set(v.accounts))
+    for acct in missing:  # an account the reset seeded, or one charged, is gone from the final state
+        ev.add({"account": acct, "ok_deducted": ok_total.get(acct, 0), "seeded": acct in seeded,
+                "what": "absent from the final state: its balance cannot be accounted for"})
     for acct, row in sorted(v.accounts.items()):
         expected = int(row["initial_balance"]) - ok_total[acct] - applied_unknown[acct]
         final = int(row["balance"])
@@ -129,9 +136,11 @@ def conservation(v: CreditsView) -> CheckResult:
         ev.add({"account": acct, "initial": int(row["initial_balance"]), "ok_deducted": ok_total[acct],
                 "unknown_applied": applied_unknown[acct], "expected": expected, "final": final,
                 "difference": -diff, "what": what})
-    counts = {"accounts": len(v.accounts), "mismatched": ev.total - explainable, "explainable_by_unknown": explainable}
+    counts = {"accounts": len(v.accounts), "mismatched": ev.total - explainable, "explainable_by_unknown": explainable,
+              "missing_accounts": len(missing), "accounts_seeded": v.seeded}
     if ev.total > explainable:
-        return result(name, False, counts, ev, f"{ev.total - explainable} account(s) do not balance")
+        return result(name, False, counts, ev, f"{ev.total - explainable} account(s) do not balance"
+                      + (f" ({len(missing)} missing from the final state)" if missing else ""))
     if explainable:
         return result(name, UNKNOWN, counts, ev, "differences could be in-doubt operations")
     return result(name, True, counts, ev, "every account balances")

@@ -163,6 +163,10 @@ def credits_conserved(v: View) -> CheckResult:
     for r in v.refunds.values():
         refunded[r["agent"]] += int(r["cost"])
     ev = Evidence()
+    missing = sorted((set(v.final.get("accounts_seeded") or ()) | set(debited) | set(refunded)) - set(v.accounts))
+    for agent in missing:  # seeded at reset, or charged, and gone from the final state
+        ev.add({"agent": agent, "store": "main", "debited": debited.get(agent, 0), "refunded": refunded.get(agent, 0),
+                "what": "account absent from the final state: its balance cannot be accounted for"})
     for agent, a in sorted(v.accounts.items()):
         expected = int(a["initial_balance"]) - debited[agent] + refunded[agent]
         if expected != int(a["balance"]) or int(a["balance"]) < 0:
@@ -171,7 +175,7 @@ def credits_conserved(v: View) -> CheckResult:
                     "what": "balance does not match its debits and refunds" if expected != int(a["balance"])
                     else "balance below zero"})
     counts = {"accounts": len(v.accounts), "mismatched": ev.total, "debited": sum(debited.values()),
-              "refunded": sum(refunded.values())}
+              "refunded": sum(refunded.values()), "missing_accounts": len(missing)}
     if ev:
         return result(name, False, counts, ev, f"{ev.total} account(s) do not balance")
     return result(name, True, counts, ev, "every account balances")

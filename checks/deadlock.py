@@ -24,6 +24,7 @@ from typing import Any
 from checks import UNKNOWN, CheckResult, Checks, Evidence, result, run_checks
 from checks.gates import gate, percentile
 from checks.plotting import PlotInput, fmt, pyplot
+from checks.server import owner_process
 from toolclash.history import FAIL, OK
 
 TOOL = "lock_round"
@@ -205,16 +206,25 @@ def counters(v: DeadlockView) -> CheckResult:
 
 
 def no_open_transaction(v: DeadlockView) -> CheckResult:
-    """No session of the run is left inside a transaction (a victim that never rolled back, a leak)."""
+    """No session of the run is left inside a transaction (a victim that never rolled back, a leak); one of a
+    process whose history is incomplete (a lost worker keeps its sessions) makes it unknown."""
     name = "deadlock.no_open_transaction"
     if v.open_transactions is None:
         return result(name, UNKNOWN, {}, None, "final state has no session facts")
     ev = Evidence()
+    of_lost = 0
     for s in v.open_transactions:
+        if owner_process(str(s.get("application_name") or ""), v.incomplete) is not None:
+            of_lost += 1
+            continue
         ev.add(dict(s))
+    counts = {"open": ev.total, "of_processes_with_incomplete_history": of_lost}
     if ev:
-        return result(name, False, {"open": ev.total}, ev, f"{ev.total} transaction(s) left open")
-    return result(name, True, {"open": 0}, ev, "no transaction left open")
+        return result(name, False, counts, ev, f"{ev.total} transaction(s) left open")
+    if of_lost:
+        return result(name, UNKNOWN, counts, ev, f"{of_lost} transaction(s) left open by a process whose history "
+                      "is incomplete")
+    return result(name, True, counts, ev, "no transaction left open")
 
 
 def _member(op: Mapping[str, Any]) -> dict[str, Any]:
@@ -278,6 +288,9 @@ def server_deadlocks(v: DeadlockView) -> CheckResult:
     cut_short = sum(1 for op in v.ops.values() if op["outcome"] not in (OK, FAIL))
     counts = {"server_deadlocks": delta, "client_deadlocks": seen, "calls_cut_short": cut_short}
     ev = Evidence()
+    if v.incomplete:  # the victims of a process whose history is incomplete are not in the agents' count
+        return result(name, UNKNOWN, counts, ev, f"not compared: the server counted {delta} deadlock(s), the "
+                      f"agents' records {seen}, but a process's history is incomplete")
     if delta == seen:
         return result(name, True, counts, ev, f"server and agents both counted {seen} deadlock(s)")
     if seen < delta <= seen + cut_short:
@@ -321,6 +334,9 @@ def server_log(v: DeadlockView, log: Mapping[str, Any]) -> CheckResult:
     counts = {"deadlock_reports": log.get("deadlock_reports"), "lock_timeout_reports": log.get("lock_timeout_reports"),
               "lock_wait_lines": log.get("lock_wait_lines"), "missing_in_log": missing, "extra_in_log": extra,
               "calls_cut_short": cut_short}
+    if v.incomplete:  # a victim of a process whose history is incomplete is in the log but not in the records
+        return result(name, UNKNOWN, counts, ev, f"not compared: a process's history is incomplete ({missing} "
+                      f"missing, {extra} extra in the log)")
     if ev:
         return result(name, False, counts, ev, f"server log and agents disagree: {missing} missing, {extra} extra")
     return result(name, True, counts, ev, f"server log reports {log.get('deadlock_reports')} deadlock(s) and "

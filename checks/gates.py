@@ -8,6 +8,10 @@ Definitions (docs: reading a verdict):
   retries and backoff included;
 * success after retries = ok / (ok + fail), where business rejections (e.g. insufficient
   funds: a correct answer) and calls cut short by the stop are left out;
+* in-doubt share = in doubt / (ok + fail + in doubt): calls whose outcome is ``unknown`` (the client cannot
+  tell whether they took effect), except those cut short by the run's own stop (``cut_short``) and those an
+  ``--inject`` option put in doubt on purpose (``in_doubt_injected``), which are counted apart and named in
+  the gate's note; in-doubt calls count in P95 too (the caller waited that long), cut-short ones do not;
 * baseline: throughput (ok calls per second) may fall and P95 rise only within the tolerances.
 
 A gate without data to measure is not met (nothing was shown). A gate is a dict
@@ -28,8 +32,12 @@ from toolclash.settings import OPTIONS_BY_NAME, PROFILE_DEFAULTS, SMALL_STAGE
 BUSINESS_REJECTIONS = frozenset({"insufficient-funds"})
 """Fail reasons that are correct answers in every scenario (each scenario adds its own)."""
 
-COMMON = ("gate_conflict_rate", "gate_p95_ms", "gate_success_rate", "stage_gate_conflict_low",
+COMMON = ("gate_conflict_rate", "gate_p95_ms", "gate_success_rate", "gate_in_doubt_rate", "stage_gate_conflict_low",
           "stage_gate_conflict_high", "baseline_throughput_drop", "baseline_p95_rise")
+CUT_SHORT = "interrupted"
+"""``error_class`` of a call cut short by the run's stop (or Ctrl-C): in doubt because the run ended."""
+INJECTED = "injected"
+"""``error_class`` of a call an ``--inject`` option put in doubt on purpose (e.g. a crashed coordinator)."""
 
 
 def thresholds(settings: Mapping[str, Any], scenario_defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -62,7 +70,7 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
 
 def figures(ops: Iterable[Mapping[str, Any]], rejections: frozenset[str] = BUSINESS_REJECTIONS) -> dict[str, Any]:
     """The SLA figures of a set of operations; *rejections* are the reasons that are correct answers."""
-    attempts = conflicts = ok = failed = rejected = interrupted = unknown = 0
+    attempts = conflicts = ok = failed = rejected = interrupted = unknown = cut_short = injected = 0
     latencies: list[float] = []
     retries_by_cause: dict[str, int] = {}
     for op in ops:
@@ -83,16 +91,23 @@ def figures(ops: Iterable[Mapping[str, Any]], rejections: frozenset[str] = BUSIN
                 failed += 1
         else:
             unknown += 1
-            continue
+            if op.get("error_class") == CUT_SHORT:
+                cut_short += 1
+                continue
+            if op.get("error_class") == INJECTED:
+                injected += 1
         latencies.append((op["complete_ts"] - op["invoke_ts"]) * 1000.0)
     latencies.sort()
     decided = ok + failed
+    in_doubt = unknown - cut_short - injected
     return {
         "calls": ok + failed + rejected + interrupted + unknown, "ok": ok, "failed": failed,
-        "rejected": rejected, "unknown": unknown, "attempts": attempts, "conflicts": conflicts,
+        "rejected": rejected, "unknown": unknown, "in_doubt": in_doubt, "cut_short": cut_short,
+        "in_doubt_injected": injected, "attempts": attempts, "conflicts": conflicts,
         "retries_by_cause": retries_by_cause,
         "conflict_rate": conflicts / attempts if attempts else math.nan,
         "success_rate": ok / decided if decided else math.nan,
+        "in_doubt_rate": in_doubt / (decided + in_doubt) if decided + in_doubt else math.nan,
         "p50_ms": percentile(latencies, 50), "p95_ms": percentile(latencies, 95),
         "p99_ms": percentile(latencies, 99), "max_ms": latencies[-1] if latencies else math.nan,
     }
@@ -100,13 +115,20 @@ def figures(ops: Iterable[Mapping[str, Any]], rejections: frozenset[str] = BUSIN
 
 def sla_gates(fig: Mapping[str, Any], limits: Mapping[str, float], scope: str, *,
               conflict_rate: bool = True) -> list[dict[str, Any]]:
-    """The common gates of *scope*: conflict rate (unless a ramp gates it per stage), P95, success after retries."""
+    """The common gates of *scope*: conflict rate (unless a ramp gates it per stage), P95, success after retries,
+    and the share of calls left in doubt."""
     missing = "no completed calls to measure"
     out = []
     if conflict_rate:
         out.append(gate(scope, "conflict_rate", fig.get("conflict_rate"), "<", limits["gate_conflict_rate"], missing))
     out.append(gate(scope, "p95_ms", fig.get("p95_ms"), "<", limits["gate_p95_ms"], missing))
     out.append(gate(scope, "success_rate", fig.get("success_rate"), ">=", limits["gate_success_rate"], missing))
+    doubt = gate(scope, "in_doubt_rate", fig.get("in_doubt_rate"), "<=", limits["gate_in_doubt_rate"], missing)
+    apart = [f"{n} {what}" for n, what in ((fig.get("cut_short", 0), "cut short by the stop"),
+                                            (fig.get("in_doubt_injected", 0), "put in doubt by --inject")) if n]
+    if apart and doubt["figure"] is not None:
+        doubt["note"] = f"{fig.get('in_doubt', 0)} in doubt counted; not counted: {', '.join(apart)}"
+    out.append(doubt)
     return out
 
 

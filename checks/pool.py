@@ -18,6 +18,7 @@ from typing import Any
 from checks import UNKNOWN, CheckResult, Checks, Evidence, result, run_checks
 from checks.gates import gate, percentile
 from checks.plotting import PlotInput, bin_seconds, pyplot
+from checks.server import owner_process
 from toolclash.history import FAIL, OK
 from toolclash.tools.pool import CANCELLED, QUEUED_MS, TIMEOUT, TOOL
 
@@ -43,13 +44,16 @@ class PoolView:
         return cls([op for op in ops if op["tool"] == TOOL], final, incomplete)
 
 
-def accounted(calls: list[Mapping[str, Any]], final: Mapping[str, Any]) -> CheckResult:
-    """Every call ended ok, pool-timeout or cancelled (or was cut short by the stop); the client pools'
-    own timeout counts equal the pool-timeout calls."""
+def accounted(calls: list[Mapping[str, Any]], final: Mapping[str, Any],
+              incomplete: frozenset[str] = frozenset()) -> CheckResult:
+    """Every call ended ok, pool-timeout or cancelled (or was cut short by the stop); each process's client pool
+    counted as many acquire timeouts as its history holds pool-timeout calls. An in-doubt call, or a process
+    whose history is incomplete, makes it unknown, never false."""
     name = "pool.accounted"
     by_kind: Counter[str] = Counter()
     ev = Evidence()
     per_agent: dict[str, Counter[str]] = defaultdict(Counter)
+    in_doubt: list[str] = []
     for op in calls:
         if op["outcome"] == OK:
             kind = "ok"
@@ -57,24 +61,40 @@ def accounted(calls: list[Mapping[str, Any]], final: Mapping[str, Any]) -> Check
             kind = str(op["reason"])
         elif op.get("error_class") == "interrupted":
             kind = "interrupted"
+        elif op["outcome"] not in (OK, FAIL):
+            kind = "in_doubt"
+            in_doubt.append(op["op_id"])
         else:
             kind = "unaccounted"
             ev.add({"op_id": op["op_id"], "agent": op["agent"], "outcome": op["outcome"], "reason": op.get("reason"),
                     "error_class": op.get("error_class"), "message": (op.get("result") or {}).get("message")})
         by_kind[kind] += 1
         per_agent[op["agent"]][kind] += 1
-    states = [s.get("result", {}) for s in final.get("pool_states", []) if s.get("result", {}).get("kind") == "client"]
-    pool_timeouts = sum(int(s.get("counters", {}).get("pool_timeouts", 0)) for s in states)
-    timeout_calls = sum(1 for op in calls if op.get("reason") == TIMEOUT and op.get("error_class") == "PoolTimeout")
-    if states and pool_timeouts != timeout_calls:
-        ev.add({"what": "the client pools counted a different number of acquire timeouts than the history holds",
-                "pool_timeouts": pool_timeouts, "pool_timeout_calls": timeout_calls})
+    states = {s["process"]: s.get("result", {}) for s in final.get("pool_states", [])
+              if s.get("result", {}).get("kind") == "client"}
+    timeout_calls: Counter[str] = Counter(op["process"] for op in calls
+                                          if op.get("reason") == TIMEOUT and op.get("error_class") == "PoolTimeout")
+    pool_timeouts = 0
+    not_compared = sorted(p for p in states if p in incomplete)
+    for process, state in sorted(states.items()):
+        counted = int(state.get("counters", {}).get("pool_timeouts", 0))
+        pool_timeouts += counted
+        if process not in incomplete and counted != timeout_calls[process]:
+            ev.add({"process": process, "pool_timeouts": counted, "pool_timeout_calls": timeout_calls[process],
+                    "what": "the client pool counted a different number of acquire timeouts than the history holds"})
     counts = {"calls": len(calls), **{k: by_kind.get(k, 0) for k in ("ok", TIMEOUT, CANCELLED, "interrupted",
-                                                                      "unaccounted")},
-              "agents": len(per_agent), "pool_counted_timeouts": pool_timeouts if states else None}
+                                                                      "in_doubt", "unaccounted")},
+              "agents": len(per_agent), "pool_counted_timeouts": pool_timeouts if states else None,
+              "processes_not_compared": not_compared}
     if ev:
-        return result(name, False, counts, ev, f"{ev.total} call(s) not accounted for as ok / pool-timeout / "
-                      "cancelled")
+        return result(name, False, counts, ev, f"{ev.total} call(s) or pool count(s) not accounted for as ok / "
+                      "pool-timeout / cancelled")
+    if in_doubt or incomplete:
+        for op_id in in_doubt:
+            ev.add({"op_id": op_id, "what": "in doubt: the call's end is not known"})
+        why = (f"{len(in_doubt)} call(s) in doubt" if in_doubt else "") + \
+            ("; " if in_doubt and incomplete else "") + ("a process's history is incomplete" if incomplete else "")
+        return result(name, UNKNOWN, counts, ev, f"not every call can be accounted for: {why}")
     if not calls:
         return result(name, True, counts, ev, "no pool agent ran: no call to account for")
     return result(name, True, counts, ev, "every call is ok, pool-timeout or cancelled")
@@ -128,6 +148,11 @@ def client_idle(calls: list[Mapping[str, Any]], final: Mapping[str, Any],
             leaked_agents.add(leak["agent"])
             ev.add({"process": process, "pool": leak.get("pool"), "agent": leak["agent"], "op_id": leak.get("op_id"),
                     "held_s": leak.get("held_s"), "what": "held a connection longer than the leak threshold"})
+        if int(state.get("in_use", 0)) > len(state.get("holders", [])):
+            ev.add({"process": process, "pool": state.get("pool"), "in_use": state["in_use"],
+                    "holders_named": len(state.get("holders", [])),
+                    "what": "connections still checked out after every agent stopped (no holder named for "
+                            f"{int(state['in_use']) - len(state.get('holders', []))} of them)"})
         if int(state.get("waiting", 0)):
             ev.add({"process": process, "pool": state.get("pool"), "waiting": state["waiting"],
                     "what": "acquirers still queued after the run"})
@@ -144,7 +169,7 @@ def client_idle(calls: list[Mapping[str, Any]], final: Mapping[str, Any],
     return result(name, True, counts, ev, "every client pool ended idle: in use 0, waiting 0, no leak")
 
 
-def bouncer_idle(final: Mapping[str, Any]) -> CheckResult:
+def bouncer_idle(final: Mapping[str, Any], incomplete: frozenset[str] = frozenset()) -> CheckResult:
     """After the run PgBouncer has no waiting client and none of the run's clients is still connected
     (a client left behind holds a server connection: named by its application_name)."""
     name = "pool.bouncer_idle"
@@ -158,18 +183,24 @@ def bouncer_idle(final: Mapping[str, Any]) -> CheckResult:
         if int(pool.get("cl_waiting") or 0):
             ev.add({"database": pool["database"], "cl_waiting": pool["cl_waiting"], "cl_active": pool["cl_active"],
                     "sv_active": pool["sv_active"], "what": "clients still waiting for a server connection"})
+    of_lost = 0
     for client in bouncer.get("clients", []):
+        if owner_process(str(client.get("application_name") or ""), incomplete) is not None:
+            of_lost += 1  # a lost process keeps its clients: not judged
+            continue
         ev.add({"database": client.get("database"), "agent": _agent_of(str(client.get("application_name") or "")),
                 "state": client.get("state"), "connect_time": str(client.get("connect_time")),
                 "what": "a client of the run is still connected after every agent stopped: leaked"})
     counts = {"cl_waiting": sum(int(p.get("cl_waiting") or 0) for p in bouncer.get("pools", [])),
               "cl_active": sum(int(p.get("cl_active") or 0) for p in bouncer.get("pools", [])),
               "sv_active": sum(int(p.get("sv_active") or 0) for p in bouncer.get("pools", [])),
-              "clients_of_run": len(bouncer.get("clients", []))}
+              "clients_of_run": len(bouncer.get("clients", [])), "of_processes_with_incomplete_history": of_lost}
     if ev:
         agents = sorted({e["agent"] for e in ev.items if "agent" in e})
         return result(name, False, counts, ev, "PgBouncer not idle after the run"
                       + (f"; leaked by: {', '.join(agents)}" if agents else ""))
+    if of_lost:
+        return result(name, UNKNOWN, counts, ev, f"{of_lost} client(s) left by a process whose history is incomplete")
     return result(name, True, counts, ev, "PgBouncer idle: no waiting client, no client of the run left")
 
 
@@ -271,10 +302,10 @@ def plots(p: PlotInput) -> list[tuple[str, Any]]:
 
 SPEC = Checks(
     view=PoolView.of,
-    checks=(("pool.accounted", lambda v: accounted(v.calls, v.final)),
+    checks=(("pool.accounted", lambda v: accounted(v.calls, v.final, v.incomplete)),
             ("pool.aggregates", lambda v: aggregates(v.calls, v.final)),
             ("pool.client_idle", lambda v: client_idle(v.calls, v.final, v.incomplete)),
-            ("pool.bouncer_idle", lambda v: bouncer_idle(v.final))),
+            ("pool.bouncer_idle", lambda v: bouncer_idle(v.final, v.incomplete))),
     figures=figures,
     gates=gates,
     plots=plots,

@@ -29,14 +29,11 @@ from checks import UNKNOWN, CheckResult, Checks, Evidence, result, run_checks
 from checks.gates import gate, percentile
 from checks.plotting import PlotInput, pyplot
 from toolclash.history import FAIL, OK
-from toolclash.tools.queue import CONFIG_KEYS
 from toolclash.tools.queue import SCENARIO as QUEUE
 
 TOOLS = ("submit", "execute")
 PRIORITY_NAMES = ("critical", "normal", "bulk")
 BUSINESS_REJECTIONS = QUEUE.rejections
-DEFAULT_CONFIG = {o.name: o.default for o in QUEUE.options if o.name in CONFIG_KEYS}
-"""The declared defaults of the options the queue's metadata records (used where a run did not record one)."""
 # job record fields
 AGENT, PRIO, ADMITTED, CLAIMED, DONE, DELIVERIES, STATE = range(7)
 
@@ -59,7 +56,8 @@ class QueueView:
                 self.executes.append(op)
         meta = final.get("meta") or {}
         self.meta = meta
-        self.config = {**DEFAULT_CONFIG, **(meta.get("config") or {})}
+        self.config: dict[str, Any] = dict(meta.get("config") or {})
+        """The limits the run's reset recorded; a limit it did not record is never assumed (its check is unknown)."""
         self.effects: dict[str, list[list[Any]]] = defaultdict(list)
         for row in final.get("effects") or []:
             self.effects[row[2]].append(row)
@@ -108,6 +106,14 @@ class QueueView:
 
     def from_incomplete_process(self, op_id: str) -> bool:
         return op_id.rpartition("-")[0] in self.incomplete
+
+    def missing_limits(self, *keys: str) -> CheckResult | None:
+        """None when the reset recorded every limit in *keys*; else what the check cannot judge without them."""
+        missing = [k for k in keys if self.config.get(k) is None]
+        if not missing:
+            return None
+        return result("", UNKNOWN, {"missing_limits": missing}, None, "not checked: needs the limits the run's "
+                      f"reset recorded (queue metadata: {', '.join(missing)})")
 
 
 def check_all(ops: Iterable[Mapping[str, Any]], final: Mapping[str, Any],
@@ -179,13 +185,22 @@ def accounting(v: QueueView) -> CheckResult:
     if ev:
         return result(name, False, counts, ev, f"{c['lost']} lost, {c['phantom']} phantom, "
                       f"{c['done_without_effect']} done without effect")
+    if c["queued_after_drain"]:  # nobody executed them (a consumer that never executes would look just so)
+        drained = (v.redis or {}).get("drain") or {}
+        for job, op in v.submits.items():
+            if op["outcome"] == OK and job not in effects and job in jobs and v.still_queued(job, jobs[job]):
+                ev.add({"job": job, "agent": op["agent"], "record": jobs[job],
+                        "what": "acknowledged and never executed: still queued when the drain ended"})
+        how = "it gave up at its deadline" if drained.get("timed_out") else f"drain: {drained or 'none recorded'}"
+        return result(name, UNKNOWN, counts, ev, f"{c['queued_after_drain']} acknowledged job(s) never executed: "
+                      f"still queued after the drain ({how}); whether they ever will be is not known")
     if c["missing_after_restart"]:
         return result(name, UNKNOWN, counts, ev, f"{c['missing_after_restart']} acknowledged job(s) neither executed "
                       f"nor in Redis: {doubt}, so lost or never kept cannot be told")
     if doubtful:
         return result(name, UNKNOWN, counts, ev, f"{doubtful} job(s) from a process whose history is incomplete")
-    return result(name, True, counts, ev, f"{c['executed']} executed, {c['queued_after_drain']} still queued, "
-                  "none lost" + (f" (Redis restarted: {doubt})" if doubt else ""))
+    return result(name, True, counts, ev, f"{c['executed']} executed, none lost"
+                  + (f" (Redis restarted: {doubt})" if doubt else ""))
 
 
 # ------------------------------------------------------------------------------------------ duplicates
@@ -216,6 +231,8 @@ def capacity(v: QueueView) -> CheckResult:
     """Queued + in flight never exceeded the capacity: from each admission's reply, from the in-Redis
     high-water mark, and from the job records replayed in time order."""
     name = "queue.capacity"
+    if (missing := v.missing_limits("queue_capacity")) is not None:
+        return result(name, UNKNOWN, missing.counts, None, missing.summary)
     cap = int(v.config["queue_capacity"])
     ev = Evidence()
     over_replies = 0
@@ -266,6 +283,8 @@ def _replay_peak(starts: np.ndarray, ends: np.ndarray) -> tuple[int, int]:
 def priority(v: QueueView) -> CheckResult:
     """No job started while a more urgent one had been waiting longer than the tolerance."""
     name = "queue.priority"
+    if (missing := v.missing_limits("queue_inversion_tolerance_ms")) is not None:
+        return result(name, UNKNOWN, missing.counts, None, missing.summary)
     tol_us = round(float(v.config["queue_inversion_tolerance_ms"]) * 1000)
     if v.jobs is None:
         return result(name, UNKNOWN, {"tolerance_ms": tol_us / 1000}, None, v.redis_doubt or "no Redis state")
@@ -330,6 +349,8 @@ def _window_violations(order: np.ndarray, all_times: np.ndarray, all_groups: np.
 def rate_limit(v: QueueView) -> CheckResult:
     """No agent, and not all agents together, had more admissions than the limit in any sliding window."""
     name = "queue.rate_limit"
+    if (missing := v.missing_limits("queue_rate_window_s", "queue_rate_per_agent", "queue_rate_global")) is not None:
+        return result(name, UNKNOWN, missing.counts, None, missing.summary)
     window_us = round(float(v.config["queue_rate_window_s"]) * 1_000_000)
     per_agent, overall = int(v.config["queue_rate_per_agent"]), int(v.config["queue_rate_global"])
     admitted: dict[str, tuple[int, str]] = {}  # job -> (time, agent)

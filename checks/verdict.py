@@ -75,20 +75,25 @@ def _evaluate(run: Path) -> dict[str, Any]:
     progress.info("reading the history")
     history = read_history(run)
     progress.info(f"read {len(history.ops):,} operations from {len(history.processes)} process(es)")
-    results: list[CheckResult] = [_history_check(history)]
+    duplicates = duplicate_op_ids(history.ops)
+    # What the scenario checks may not blame on the backend: the effects of a process whose history is
+    # incomplete, and of an operation recorded more than once (its records are set aside, not picked from).
+    doubt = frozenset(history.incomplete) | {str(op["process"]) for recs in duplicates.values() for op in recs}
+    judged = [op for op in history.ops if op["op_id"] not in duplicates] if duplicates else history.ops
+    results: list[CheckResult] = [_history_check(history), _op_ids_check(duplicates, len(history.ops))]
     figures: dict[str, Any] = {}
     all_gates: list[dict[str, Any]] = []
     stages = _load(run / "stages.json") or []
     for name, (sc, spec) in specs.items():
         final = _load(run / "final" / f"{name}.json")
         tools = frozenset(sc.tools)
-        ops = [op for op in history.ops if op["tool"] in tools]
+        ops = [op for op in judged if op["tool"] in tools]
         progress.info(f"checking {name}: {len(ops):,} operations")
         limits = gates.thresholds(settings, {o.name: o.default for o in sc.options})
         if final is None:
             results.append(result(f"{name}.final_state", UNKNOWN, {}, None, "the final state was not captured"))
         else:
-            results.extend(run_checks(spec, ops, final, history.incomplete))
+            results.extend(run_checks(spec, ops, final, doubt))
         rejections = gates.BUSINESS_REJECTIONS | sc.rejections
         figures[name] = _figures(spec, ops, final, rejections)
         # a ramp gates the conflict rate per stage: the test plan's targets are per load level
@@ -102,7 +107,13 @@ def _evaluate(run: Path) -> dict[str, Any]:
             figures[scope] = _figures(spec, stage_ops, final, rejections)
             all_gates.extend(gates.sla_gates(figures[scope], {**limits, "gate_conflict_rate":
                                                                gates.stage_limit(stage, limits)}, scope))
-    results.append(server_checks.sessions_closed(_load(run / "final" / "server.json")))
+    server = _load(run / "final" / "server.json")
+    results.append(server_checks.sessions_closed(server, doubt))
+    results.append(server_checks.prepared_left(server))
+    if not history.attributable:
+        _undecided(results, "a process of the run is not known by name, so its effects cannot be told from the "
+                   "backend's" if history.roster is not None else "the run directory does not list the processes "
+                   "that took part (processes.json), so a lost process's effects cannot be told from the backend's")
     duration = _duration(history)
     summary = {"duration_s": duration, "scenarios": gates.summary(figures, duration)}
     baseline = _baseline(options, summary, settings)
@@ -112,7 +123,8 @@ def _evaluate(run: Path) -> dict[str, Any]:
             "checks": [r.to_dict() for r in results], "gates": all_gates, "figures": figures, "summary": summary,
             "baseline": baseline or None,
             "history": {"records": len(history.ops), "processes": history.processes,
-                        "incomplete": history.incomplete}}
+                        "incomplete": history.incomplete, "listed": history.roster,
+                        "duplicate_op_ids": sorted(duplicates)}}
 
 
 def _figures(spec: Checks, ops: list[Any], final: Mapping[str, Any] | None, rejections: frozenset[str]
@@ -152,14 +164,55 @@ def _load(path: Path) -> Any:
 
 
 def _history_check(history: History) -> CheckResult:
+    """Every process listed in ``processes.json`` delivered a complete history (else: unknown, naming each)."""
+    name = "history.complete"
     ev = Evidence()
     for process, why in sorted(history.incomplete.items()):
         ev.add({"process": process, "why": why})
-    counts = {"records": len(history.ops), "processes": len(history.processes)}
+    counts = {"records": len(history.ops), "processes": len(history.processes),
+              "listed": None if history.roster is None else len(history.roster)}
+    if history.roster is None:
+        ev.add({"file": "processes.json", "why": "missing: a process whose history never arrived would be "
+                                                 "invisible"})
+        return result(name, UNKNOWN, counts, ev, "not checked: needs processes.json, the list of the processes "
+                      "that took part")
     if ev:
-        return result("history.complete", UNKNOWN, counts, ev,
-                      f"{ev.total} process(es) did not deliver a complete history")
-    return result("history.complete", True, counts, ev, "every process delivered its history")
+        return result(name, UNKNOWN, counts, ev, f"{ev.total} process(es) did not deliver a complete history")
+    return result(name, True, counts, ev, "every process that took part delivered its whole history")
+
+
+def duplicate_op_ids(ops: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Op id → every record of it, for the op ids recorded more than once (op ids are unique in a run)."""
+    seen: dict[str, dict[str, Any]] = {}
+    dups: dict[str, list[dict[str, Any]]] = {}
+    for op in ops:
+        first = seen.setdefault(op["op_id"], op)
+        if first is not op:
+            dups.setdefault(op["op_id"], [first]).append(op)
+    return dups
+
+
+def _op_ids_check(duplicates: dict[str, list[dict[str, Any]]], records: int) -> CheckResult:
+    """Every op id is recorded once; an op recorded twice is a broken history: unknown, its records set aside."""
+    name = "history.op_ids"
+    ev = Evidence()
+    for op_id, recs in sorted(duplicates.items()):
+        ev.add({"op_id": op_id, "records": len(recs), "outcomes": [r.get("outcome") for r in recs],
+                "processes": sorted({str(r.get("process")) for r in recs})})
+    counts = {"records": records, "duplicated_op_ids": len(duplicates)}
+    if ev:
+        return result(name, UNKNOWN, counts, ev, f"{ev.total} op id(s) recorded more than once: the history is "
+                      "broken; their records are left out and their effects not judged")
+    return result(name, True, counts, ev, "every op id is recorded once")
+
+
+def _undecided(results: list[CheckResult], why: str) -> None:
+    """A false check becomes unknown when the history cannot say whose effects the evidence shows."""
+    for r in results:
+        if r.valid is False:
+            r.valid = UNKNOWN
+            r.counts["would_be_false"] = True
+            r.summary = f"not decided ({why}): {r.summary}"
 
 
 def write(run_dir: str | Path, verdict: dict[str, Any]) -> Path:
@@ -201,7 +254,8 @@ def render(verdict: dict[str, Any], *, evidence: int = 3) -> str:
     lines.append("")
     for scope, fig in verdict.get("figures", {}).items():
         lines.append(f"{scope}: {fig['calls']} calls, ok {fig['ok']}, failed {fig['failed']}, "
-                     f"rejected {fig['rejected']}, unknown {fig['unknown']}; attempts {fig['attempts']}, "
+                     f"rejected {fig['rejected']}, unknown {fig['unknown']} (in doubt {fig.get('in_doubt', '?')}, "
+                     f"cut short {fig.get('cut_short', '?')}); attempts {fig['attempts']}, "
                      f"retries {fig['conflicts']} {fig['retries_by_cause'] or ''}; "
                      f"p50 {_fmt(fig['p50_ms'])} ms, p95 {_fmt(fig['p95_ms'])} ms, max {_fmt(fig['max_ms'])} ms")
     lines.append("")

@@ -33,6 +33,14 @@ def test_write_skew_at_repeatable_read_names_the_two_spends(database_url: str, t
     assert not iso["counts"]["prohibited"]
 
 
+def test_write_skew_is_a_prohibited_cycle_when_serializable_is_expected(database_url: str, tmp_path: Path) -> None:
+    run = run_locust([*LOAD, "--strategy", "repeatable_read", "--expect-isolation", "serializable"],
+                     reports=tmp_path, database_url=database_url, locustfile=LOCUSTFILE)
+    assert run.code == 1, run.output()
+    iso = run.check("budget.isolation")
+    assert iso["valid"] is False and iso["counts"]["prohibited"].get("G2-item", 0) > 0, iso["counts"]
+
+
 @pytest.mark.parametrize("strategy", ["serializable", "lock_team", "materialize"])
 def test_correct_strategies_keep_every_team_within_its_limit(strategy: str, database_url: str,
                                                              tmp_path: Path) -> None:

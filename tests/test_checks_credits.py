@@ -166,7 +166,8 @@ def test_unresolvable_unknown_op_makes_conservation_unknown() -> None:
     res = by_name(cc.check_all(ops, state))
     conservation = res["credits.conservation"]
     assert conservation.valid == UNKNOWN
-    assert conservation.counts == {"accounts": 1, "mismatched": 0, "explainable_by_unknown": 1}
+    assert conservation.counts == {"accounts": 1, "mismatched": 0, "explainable_by_unknown": 1, "missing_accounts": 0,
+                                   "accounts_seeded": None}
     assert conservation.evidence[0]["explained_by_unknown_ops"] == ["p1-2"]
     assert conservation.evidence[0]["difference"] == 7
     assert res["credits.ledger"].valid == UNKNOWN
@@ -334,3 +335,13 @@ def test_worst_verdict_wins() -> None:
     assert worst([UNKNOWN, False, True]) is False
     assert worst([True, None]) == UNKNOWN  # anything not exactly True is not a pass
     assert worst([]) is True
+
+
+def test_an_account_seeded_at_reset_but_absent_from_the_final_state_is_an_anomaly() -> None:
+    """Before: conservation only looked at the accounts the final state holds, so a vanished account passed."""
+    ops = [op("p1", 1, "ok", 1, 10), op("p1", 2, "ok", 2, 5)]
+    state = {**final([account(1, 100, 90)], [row(1, "p1-1", 1, 10, 100)]), "accounts_seeded": 3}
+    conservation = cc.conservation(cc.CreditsView(ops, state))
+    assert conservation.valid is False
+    assert {e["account"] for e in conservation.evidence if "absent" in e.get("what", "")} == {2, 3}
+    assert conservation.counts["missing_accounts"] == 2

@@ -80,10 +80,13 @@ def test_acknowledged_job_neither_executed_nor_queued_is_lost() -> None:
     assert acc.evidence[0]["job"] == "p1-2" and "lost" in acc.evidence[0]["what"]
 
 
-def test_job_still_queued_after_the_drain_is_explained_not_lost() -> None:
+def test_job_still_queued_after_the_drain_is_not_lost_but_never_valid() -> None:
+    """Not lost (someone may still run it), but not shown executed either: a consumer that never executes would
+    leave exactly this, so the verdict is unknown, naming the job."""
     jobs = {"p1-1": job(claimed_ms=None, done_ms=None, deliveries=0, state="q")}
-    res = run([sub(1, "ok")], final(jobs, []))
-    assert res["queue.accounting"].valid is True and res["queue.accounting"].counts["queued_after_drain"] == 1
+    acc = run([sub(1, "ok")], final(jobs, []))["queue.accounting"]
+    assert acc.valid == UNKNOWN and acc.counts["queued_after_drain"] == 1 and acc.counts.get("lost", 0) == 0
+    assert acc.evidence[0]["job"] == "p1-1" and "never executed" in acc.evidence[0]["what"]
 
 
 def test_job_claimed_without_a_lease_and_never_executed_is_lost() -> None:
@@ -221,3 +224,15 @@ def test_figures_and_the_critical_wait_gate() -> None:
     assert fig["queue_peak_inflight"] == 2  # p1-1 in flight 10..1000 ms, p1-2 900..950 ms
     (gate,) = cq.gates(ops, state, {"gate_critical_wait_p95_ms": 5.0})
     assert gate["met"] is False and gate["figure"] == 10
+
+
+def test_missing_queue_metadata_is_never_replaced_by_the_declared_defaults() -> None:
+    """Without the limits the reset recorded, capacity, priority and rate limits cannot be judged: unknown, naming
+    what is missing (a default capacity assumed in their place could pass an overfilled queue)."""
+    jobs = {f"p1-{i}": job(claimed_ms=None, done_ms=None, deliveries=0, state="q") for i in range(1, 4)}
+    out = final(jobs, [], hwm=3)
+    out["meta"] = {**out["meta"], "config": {}}
+    res = run([sub(i, "ok") for i in range(1, 4)], out)
+    for name in ("queue.capacity", "queue.priority", "queue.rate_limit"):
+        assert res[name].valid == UNKNOWN and res[name].summary.startswith("not checked: needs"), res[name]
+        assert res[name].counts["missing_limits"], res[name]

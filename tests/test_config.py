@@ -111,6 +111,19 @@ def test_committed_but_reported_fail_is_caught(database_url: str, tmp_path: Path
     assert r.check("config.version")["valid"] is False
 
 
+def test_truncated_write_is_caught_by_the_final_document(database_url: str, tmp_path: Path) -> None:
+    """--fault truncated_write: the document keeps each value without its last character while the write log holds
+    what the agent asked for; the final document is not the fold of the acknowledged writes."""
+    r = run(["--strategy", "field_atomic", "--fault", "truncated_write"], database_url, tmp_path)
+    assert r.code == 1, r.output()
+    doc = r.check("config.final_document")
+    assert doc["valid"] is False and doc["counts"]["fields_wrong"], doc
+    ev = doc["evidence"][0]
+    assert ev["found"] == ev["expected"][:-1] and ev["expected_op"], ev
+    assert r.check("config.write_log")["valid"] is True  # the log holds what was asked: only the document is off
+    assert "config.final_document" in r.proc.stdout and "FALSE" in r.proc.stdout
+
+
 def test_bad_option_is_one_line_and_exit_2(tmp_path: Path) -> None:
     r = run_locust(["-u", "15", "-t", "1s", "--fields", "0"], reports=tmp_path, database_url=None,
                    locustfile=LOCUSTFILE)

@@ -237,6 +237,11 @@ def test_no_recovery_leaves_in_doubt_transactions_and_the_cli_resolves_them(xs: 
     first = left["evidence"][0]
     assert first["store"] in ("main", "auth") and first["gid"] == gid(first["op_id"], first["gid"][-1])
     assert "crossservice.prepared" in run.proc.stdout and "FALSE" in run.proc.stdout
+    left_anywhere = run.check("server.prepared")  # the run-wide check sees them too, on both servers' lists
+    assert left_anywhere["valid"] is False and left_anywhere["counts"]["left_prepared"] == (
+        left["counts"]["main"] + left["counts"]["auth"]), left_anywhere
+    ev = left_anywhere["evidence"][0]
+    assert ev["gid"].startswith("xs:") and ev["server"] in ("DATABASE_URL", "AUTH_DATABASE_URL"), ev
     assert sum(_prepared_counts(xs)) > 0
     env = {**os.environ, "DATABASE_URL": xs["DATABASE_URL"], "AUTH_DATABASE_URL": xs["AUTH_DATABASE_URL"]}
     cli = subprocess.run([sys.executable, "-m", "toolclash.recover"], cwd=ROOT, env=env, capture_output=True,
@@ -259,6 +264,19 @@ def test_skip_compensation_leaves_a_debit_and_is_caught(xs: dict[str, str], tmp_
     again = subprocess.run([sys.executable, "-m", "checks", "--run", str(run.run_dir)], cwd=ROOT,
                            capture_output=True, text=True, check=False, timeout=60)
     assert again.returncode == 1 and ev["op_id"] in again.stdout, again.stdout + again.stderr
+
+
+def test_double_charge_is_caught_by_the_credits_balance(xs: dict[str, str], tmp_path: Path) -> None:
+    """--fault double_charge: a share of debits update the balance twice with one debit row; every operation is
+    still all-or-nothing across the stores, but the balances no longer match the debits."""
+    run = run_locust([*LOAD, "-t", "3s", "--mode", "2pc", "--fault", "double_charge"],
+                     reports=tmp_path, database_url=None, services=xs, locustfile=LOCUSTFILE)
+    assert run.code == 1, run.output()
+    credits = run.check("crossservice.credits")
+    assert credits["valid"] is False and credits["counts"]["mismatched"] > 0, credits
+    ev = credits["evidence"][0]
+    assert ev["store"] == "main" and ev["final"] < ev["expected"], ev
+    assert run.check("crossservice.atomic")["valid"] is True
 
 
 def test_relay_without_dedup_double_counts_and_is_caught(xs: dict[str, str], tmp_path: Path) -> None:
@@ -340,3 +358,62 @@ def test_outage_starts_after_its_delay_lasts_its_length_and_stop_ends_it(xs: dic
     never = Outage(backend, "auth_restart", after_s=60.0, length_s=1.0, auth_server=server).start()
     never.stop()
     assert never.counts == {} and _answers(url)
+
+
+def _terminate(url: str, pid: int) -> None:
+    conn = psycopg2.connect(url)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            for _ in range(200):
+                cur.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (pid,))
+                if cur.fetchone()[0] == 0:
+                    return
+                time.sleep(0.01)
+    finally:
+        conn.close()
+
+
+def test_a_failure_is_labelled_injected_only_where_the_injector_caused_it(xs: dict[str, str]) -> None:
+    """Under --inject auth_restart, a lost connection is ``injected-fault`` (left out of the success rate) only
+    when it was the auth step's and the auth server is really down; a lost main connection, or an auth connection
+    lost while the server answers, is an ordinary failure. Before, any connection failure during the run was
+    labelled injected."""
+    backend = Backend(xs, "t-label")
+    ctx = _ctx(backend, xs_agents=3, xs_initial_credits=1000)
+    admin = backend.pg("admin")
+    opened: list[Any] = []
+
+    def connect(var: str) -> Any:
+        conn = backend.pg("agent", var)
+        opened.append(conn)
+        return conn
+
+    server = auth_server_control(backend)
+    try:
+        SCENARIO.reset(ctx, admin)
+        tool = CrossServiceTool(connect, mode="2pc", inject="auth_restart")
+        tool.ensure_connected()
+        _terminate(xs["DATABASE_URL"], tool.main.get_backend_pid())  # main's session dies: not the injector's doing
+        main_lost = tool.grant_tool_access(_call("op-main"), "agent-1", "web_search", 5)
+        assert main_lost.outcome == "fail" and main_lost.reason == "connection-lost", main_lost
+        tool.close()
+        tool.ensure_connected()
+        _terminate(xs["AUTH_DATABASE_URL"], tool.auth.get_backend_pid())  # auth's session dies, the server answers
+        auth_lost = tool.grant_tool_access(_call("op-auth"), "agent-2", "web_search", 5)
+        assert auth_lost.outcome == "fail" and auth_lost.reason == "connection-lost", auth_lost
+        tool.close()
+        tool.ensure_connected()
+        server.stop("immediate")  # what the injector does
+        _wait_for(xs["AUTH_DATABASE_URL"], up=False)
+        injected = tool.grant_tool_access(_call("op-down"), "agent-3", "web_search", 5)
+        assert injected.outcome == "fail" and injected.reason == "injected-fault", injected
+        tool.close()
+    finally:
+        if not _answers(xs["AUTH_DATABASE_URL"]):
+            server.start()
+            _wait_for(xs["AUTH_DATABASE_URL"], up=True)
+        admin.close()
+        for conn in opened:
+            conn.close()

@@ -208,3 +208,36 @@ def test_shipped_batches_are_written_by_the_receiver_and_a_short_delivery_stays_
     assert [op["i"] for op in history.ops if "i" in op] == [0, 1, 2, 3, 4]
     assert history.processes == {"w1": 5, "w2": 1}
     assert set(history.incomplete) == {"w2"}
+
+
+def test_a_listed_process_whose_history_never_arrived_is_incomplete(tmp_path: Path) -> None:
+    """Before processes.json, read_history only knew the files that exist: a worker lost before its first batch
+    left no trace at all."""
+    from toolclash.history import HistoryReceiver, Roster
+
+    roster = Roster(tmp_path, RUN_ID)
+    roster.join("master", process="m", role="master", history=False)  # records nothing: no history expected
+    roster.join("client-1", process="p1", role="worker")
+    roster.join("client-2", process=None, role="worker")  # its name never came
+    roster.join("client-3", process="p3", role="worker")  # recorded nothing: only its marker
+    roster.name("client-2", "p2")
+    roster.join("client-4", process=None, role="worker")
+    w = writer(tmp_path, "p1").start()
+    w.record(record(w, 0))
+    w.close()
+    assert HistoryReceiver(tmp_path / "history").done("p3", 0) is True
+    history = read_history(tmp_path)
+    assert history.processes == {"p1": 1, "p3": 0}
+    assert history.incomplete == {"p2": "took part in the run, but no history of it arrived",
+                                  "worker client-4": "took part in the run, but its process name never reached the "
+                                                     "master"}
+    assert history.unnamed == ["worker client-4"] and not history.attributable
+    assert [e["process"] for e in history.roster or []] == ["m", "p1", "p2", "p3", None]
+
+
+def test_without_processes_json_the_history_is_not_attributable(tmp_path: Path) -> None:
+    w = writer(tmp_path).start()
+    w.record(record(w, 0))
+    w.close()
+    history = read_history(tmp_path)
+    assert history.complete and history.roster is None and not history.attributable

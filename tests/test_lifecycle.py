@@ -269,19 +269,25 @@ def test_web_ui_runs_the_ramp_shape_live_and_serves_per_stage_gates(stack: dict[
                                          "stages": "2,5", "stage_seconds": "3", "stage_spawn_rate": "50",
                                          "strategy": "pessimistic", "wait_min": "0", "wait_max": "0.05"})
         assert started["success"] is True and "RampShape" in started["message"], started
-        seen = set()
+        seen: list[int] = []
 
         def ramped() -> bool:
-            seen.add(http(base + "/stats/requests")["user_count"])
+            seen.append(http(base + "/stats/requests")["user_count"])
             return 5 in seen
         wait_for(ramped, 30, "the ramp to reach its second stage")
-        assert 2 in seen or min(seen) < 5, seen  # the agents came in stages, not all at once
+        # the agents came in stages: stage 1's two ran (3 s, polled every 0.1 s) before any third one came
+        assert 2 in seen and max(seen[:seen.index(2) + 1]) == 2, str(seen)
         live = http(base + "/toolclash/verdict")
         assert live["active"] is True and live["counters"].get("commits", 0) > 0, live  # counters move live
         verdict = wait_for(lambda: http(base + "/toolclash/verdict")["verdict"], 30, "the shape to end the run")
         assert all(c["valid"] is True for c in verdict["checks"]), verdict["checks"]
         scopes = {g["scope"] for g in verdict["gates"]}
         assert {"credits.stage1(2)", "credits.stage2(5)"} <= scopes, scopes
+        runs = [d.name for d in tmp_path.iterdir() if d.is_dir()]
+        assert runs == [verdict["run_id"]], runs  # one run, opened once (no orphan directory of a first ramp tick)
+        stages = json.loads((tmp_path / verdict["run_id"] / "stages.json").read_text())
+        assert [(st["stage"], st["users"]) for st in stages] == [(1, 2), (2, 5)], stages
+        assert stages[1]["start"] - stages[0]["start"] >= 2.5, stages  # stage 1 lasted its --stage-seconds (3)
         assert verdict["counters"]["commits"] == verdict["figures"]["credits"]["ok"] > 0
     finally:
         proc.send_signal(signal.SIGINT)

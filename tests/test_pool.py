@@ -240,6 +240,35 @@ def test_leak_fault_is_caught_and_named(database_url: str, stack: dict[str, str]
     assert run.check("server.sessions")["valid"] is True  # the pool closed the leaked connection at stop
 
 
+def test_swallowed_pool_timeouts_are_caught_by_the_pools_own_count(database_url: str, stack: dict[str, str],
+                                                                   tmp_path: Path) -> None:
+    """--fault swallow_timeout: the tool hides each pool timeout by asking again; every call looks ok, but the
+    pool counted its timeouts, and pool.accounted compares the two."""
+    run = run_locust(["-u", "8", "-r", "8", "-t", "3s", "--profile", "stress", "--pool-size", "1",
+                      "--pool-acquire-timeout-s", "0.02", "--fault", "swallow_timeout", "--facts-rows", "200000",
+                      "--scan-rows", "100000"],
+                     reports=tmp_path, database_url=database_url, locustfile=LOCUSTFILE, services=stack)
+    assert run.code == 1, run.output()
+    accounted = run.check("pool.accounted")
+    assert accounted["valid"] is False, accounted
+    ev = next(e for e in accounted["evidence"] if "pool_timeouts" in e)  # a few calls may still time out at last
+    assert ev["pool_timeouts"] > ev["pool_timeout_calls"] and ev["process"], ev
+    assert "pool.accounted" in run.proc.stdout and "FALSE" in run.proc.stdout
+
+
+def test_off_by_one_window_is_caught_by_the_aggregates(database_url: str, stack: dict[str, str],
+                                                      tmp_path: Path) -> None:
+    """--fault off_by_one: every aggregate leaves out its window's first row."""
+    run = run_locust(["-u", "4", "-r", "4", "-t", "2s", "--profile", "stress", "--fault", "off_by_one", *SMALL],
+                     reports=tmp_path, database_url=database_url, locustfile=LOCUSTFILE, services=stack)
+    assert run.code == 1, run.output()
+    aggregates = run.check("pool.aggregates")
+    assert aggregates["valid"] is False and aggregates["counts"]["wrong"] == aggregates["counts"]["ok_calls"] > 0
+    ev = aggregates["evidence"][0]
+    assert ev["rows"] == ev["expected"] - 1 and ev["op_id"] and ev["window"], ev
+    assert run.check("pool.accounted")["valid"] is True  # every call ended ok: only the answer is wrong
+
+
 def test_pgbouncer_transaction_pool(database_url: str, stack: dict[str, str], tmp_path: Path) -> None:
     run = run_locust(["-u", "25", "-r", "25", "-t", "3s", "--pool", "pgbouncer", "--profile", "stress", *SMALL],
                      reports=tmp_path, database_url=database_url, locustfile=LOCUSTFILE, services=stack)

@@ -9,6 +9,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from checks.report import render
 
 T0 = 1_800_000_000.0
@@ -95,3 +97,47 @@ def test_queue_depth_replay_counts_ready_jobs(tmp_path: Path) -> None:
     last = df.groupby("priority")["depth"].last().to_dict()
     assert last == {"critical": 1, "bulk": 1}
     assert df[df["priority"] == "bulk"]["depth"].max() == 2
+
+
+def _plot_input(root: Path) -> Any:
+    from checks.plotting import PlotInput
+    from toolclash.history import read_history
+
+    ops = read_history(root).ops
+    return PlotInput(root, json.loads((root / "checks.json").read_text()), ops,
+                     json.loads((root / "options.json").read_text())["settings"], min(o["invoke_ts"] for o in ops))
+
+
+def test_each_scenario_plot_draws_the_runs_numbers(tmp_path: Path) -> None:
+    """Not just a PNG of some size: the drawn data is the run's data (bar heights, points, lines)."""
+    from checks import crossservice, deadlock, pool, queue
+    from checks.plotting import pyplot
+
+    p = _plot_input(_run_dir(tmp_path, scenarios=True))
+    figures = {title: fig for spec in (deadlock.SPEC, pool.SPEC, queue.SPEC, crossservice.SPEC)
+               for title, fig in (spec.plots(p) if spec.plots else [])}
+    try:
+        assert set(figures) == set(SCENARIO_TITLES), sorted(figures)
+        bars = figures["Deadlock detection time"].axes[0].patches  # one bar per histogram bin, as counted
+        histogram = p.figures("deadlock")["detection"]["histogram_ms"]
+        assert [b.get_height() for b in bars] == list(histogram.values())
+        assert "p99 320 ms" in figures["Deadlock detection time"].axes[0].get_title()
+
+        served, timed_out = figures["Pool acquire wait over time"].axes[0].collections[:2]  # scatter, then timeouts
+        assert len(served.get_offsets()) == 40 and len(timed_out.get_offsets()) == 1
+        assert sorted(y for _x, y in served.get_offsets()) == sorted(float(i % 7) for i in range(40))
+        assert timed_out.get_offsets()[0][1] == 250.0
+
+        lags = figures["Analytics lag over time"].axes[0].collections[0].get_offsets()  # the 15 relayed events
+        assert [float(y) for _x, y in lags] == pytest.approx([50.0 + 10.0 * i for i in range(15)], abs=1e-3)
+
+        depth = {line.get_label(): line for line in figures["Queue depth by priority"].axes[0].get_lines()}
+        jobs = p.final("queue")["redis"]["jobs"].values()
+        expected = queue.queue_depth(jobs).groupby("priority")["depth"].max().to_dict()
+        assert {name: max(depth[name].get_ydata()) for name in expected} == expected
+
+        wait_bars = figures["Queue wait by priority"].axes[0].patches  # p50 bars then p95 bars, critical and normal
+        assert [b.get_height() for b in wait_bars] == [4.0, 30.0, 9.0, 80.0]
+    finally:
+        for fig in figures.values():
+            pyplot().close(fig)

@@ -26,6 +26,14 @@ def test_read_skew_at_read_committed_names_the_transfer(database_url: str, tmp_p
     assert iso["valid"] is True and iso["counts"]["allowed"].get("G-single", 0) > 0, iso["counts"]
 
 
+def test_read_skew_is_a_prohibited_cycle_when_serializable_is_expected(database_url: str, tmp_path: Path) -> None:
+    run = run_locust([*LOAD, "--strategy", "read_committed", "--expect-isolation", "serializable"],
+                     reports=tmp_path, database_url=database_url, locustfile=LOCUSTFILE)
+    assert run.code == 1, run.output()
+    iso = run.check("transfers.isolation")
+    assert iso["valid"] is False and iso["counts"]["prohibited"].get("G-single", 0) > 0, iso["counts"]
+
+
 def test_repeatable_read_audits_see_the_constant_total(database_url: str, tmp_path: Path) -> None:
     run = run_locust([*LOAD, "--strategy", "repeatable_read"], reports=tmp_path, database_url=database_url,
                      locustfile=LOCUSTFILE)

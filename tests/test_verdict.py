@@ -74,13 +74,17 @@ def write_run(run: Path, ops: list[dict[str, Any]], final: dict[str, Any] | None
         by_process.setdefault(process, []).extend(records)
     hdir = run / "history"
     hdir.mkdir(parents=True)
+    write_json(run / "processes.json", {"run_id": RUN_ID, "processes": [
+        {"key": p, "process": p, "role": "local", "history": True} for p in by_process]})
     for process, records in by_process.items():
         (hdir / f"{process}.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
         if process not in undone:
             write_json(hdir / f"{process}.done.json", {"process": process, "records": len(records)})
     if final is not None:
         write_json(run / "final" / "credits.json", final)
-    write_json(run / "final" / "server.json", {"sessions": sessions or [], "prepared_xacts": [], "waited_s": 0.0})
+    write_json(run / "final" / "server.json", {"sessions": sessions or [], "prepared_xacts": [], "waited_s": 0.0,
+                                               "servers": {"DATABASE_URL": {"prepared_xacts": [],
+                                                                            "prepared_at_start": []}}})
     return run
 
 
@@ -105,11 +109,12 @@ def test_clean_run_exits_0(tmp_path: Path) -> None:
     assert verdict["exit_code"] == EXIT_OK
     assert verdict["run_id"] == RUN_ID
     assert {c["name"]: c["valid"] for c in verdict["checks"]} == {
-        "history.complete": True, "credits.conservation": True, "credits.no_negative": True,
-        "credits.ledger": True, "credits.lost_updates": True, "server.sessions": True}
+        "history.complete": True, "history.op_ids": True, "credits.conservation": True, "credits.no_negative": True,
+        "credits.ledger": True, "credits.lost_updates": True, "server.sessions": True, "server.prepared": True}
     assert [(g["gate"], g["met"]) for g in verdict["gates"]] == [
-        ("conflict_rate", True), ("p95_ms", True), ("success_rate", True)]
-    assert verdict["history"] == {"records": 3, "processes": {"p1": 3}, "incomplete": {}}
+        ("conflict_rate", True), ("p95_ms", True), ("success_rate", True), ("in_doubt_rate", True)]
+    assert verdict["history"] == {"records": 3, "processes": {"p1": 3}, "incomplete": {}, "duplicate_op_ids": [],
+                                  "listed": [{"key": "p1", "process": "p1", "role": "local", "history": True}]}
     assert verdict["figures"]["credits"]["rejected"] == 1
 
 
@@ -272,7 +277,8 @@ def test_cli_run_of_an_unregistered_scenario_exits_2_with_one_line(tmp_path: Pat
 
 # --- SLA figures and gates -------------------------------------------------------------------
 
-THRESHOLDS = {"gate_conflict_rate": 0.05, "gate_p95_ms": 2000.0, "gate_success_rate": 0.999}
+THRESHOLDS = {"gate_conflict_rate": 0.05, "gate_p95_ms": 2000.0, "gate_success_rate": 0.999,
+              "gate_in_doubt_rate": 0.001}
 
 
 def test_conflict_rate_is_retries_over_attempts() -> None:
@@ -324,20 +330,45 @@ def test_p95_is_nearest_rank() -> None:
 
 
 def test_gates_against_thresholds_at_the_boundaries() -> None:
-    fig = {"conflict_rate": 0.05, "p95_ms": 1999.0, "success_rate": 0.999}
+    fig = {"conflict_rate": 0.05, "p95_ms": 1999.0, "success_rate": 0.999, "in_doubt_rate": 0.001}
     met = {g["gate"]: g["met"] for g in gates.sla_gates(fig, THRESHOLDS, "credits")}
-    # conflict rate and P95 must be strictly below; success rate at least the threshold
-    assert met == {"conflict_rate": False, "p95_ms": True, "success_rate": True}
-    fig = {"conflict_rate": 0.0499, "p95_ms": 2000.0, "success_rate": 0.998}
+    # conflict rate and P95 must be strictly below; success rate at least the threshold; in doubt at most
+    assert met == {"conflict_rate": False, "p95_ms": True, "success_rate": True, "in_doubt_rate": True}
+    fig = {"conflict_rate": 0.0499, "p95_ms": 2000.0, "success_rate": 0.998, "in_doubt_rate": 0.0011}
     met = {g["gate"]: g["met"] for g in gates.sla_gates(fig, THRESHOLDS, "credits")}
-    assert met == {"conflict_rate": True, "p95_ms": False, "success_rate": False}
+    assert met == {"conflict_rate": True, "p95_ms": False, "success_rate": False, "in_doubt_rate": False}
 
 
 def test_no_data_means_no_gate_is_met() -> None:
     out = gates.sla_gates(gates.figures([]), THRESHOLDS, "credits")
-    assert [g["gate"] for g in out] == ["conflict_rate", "p95_ms", "success_rate"]
+    assert [g["gate"] for g in out] == ["conflict_rate", "p95_ms", "success_rate", "in_doubt_rate"]
     for g in out:
         assert g["met"] is False
         assert g["figure"] is None
         assert g["note"] == "no completed calls to measure"
         assert g["scope"] == "credits"
+
+
+def test_in_doubt_calls_are_gated_per_scope_and_per_stage_never_dropped(tmp_path: Path) -> None:
+    """Before, an ``unknown`` outcome vanished from every gate: a run whose calls were all in doubt met the SLA.
+    Now the in-doubt share is its own gate, per scenario and per stage; calls cut short by the stop are counted
+    apart and named in the gate's note."""
+    ops, final = clean_run()
+    ops += [op("p1", 4, "unknown", 1, 7, reason="connection-lost-during-commit", error_class="OperationalError"),
+            op("p1", 5, "unknown", 1, 3, reason="interrupted-during-commit", error_class="interrupted"),
+            op("p1", 6, "ok", 1, 1)]
+    final["credit_accounts"][0]["balance"] = 84
+    final["credit_ledger"].append(row(3, "p1-6", 1, 1, 85))
+    run = write_run(tmp_path / "run", ops, final)  # neither in-doubt call applied: the ledger says so
+    write_json(run / "stages.json", [{"stage": 1, "users": 2, "start": 1_700_000_000.5, "end": 1_700_000_003.5},
+                                     {"stage": 2, "users": 4, "start": 1_700_000_003.5, "end": 1_700_000_009.0}])
+    verdict = evaluate(run)
+    assert all(c["valid"] is True for c in verdict["checks"]), verdict["checks"]  # the data is right
+    assert verdict["exit_code"] == EXIT_SLA
+    fig = verdict["figures"]["credits"]
+    assert (fig["unknown"], fig["in_doubt"], fig["cut_short"]) == (2, 1, 1)
+    doubt = {g["scope"]: g for g in verdict["gates"] if g["gate"] == "in_doubt_rate"}
+    assert doubt["credits"]["figure"] == pytest.approx(1 / 4) and doubt["credits"]["met"] is False
+    assert "1 cut short by the stop" in doubt["credits"]["note"]
+    assert doubt["credits.stage1(2)"]["met"] is True and doubt["credits.stage2(4)"]["met"] is False
+    assert "credits.stage2(4).in_doubt_rate" in render(verdict)

@@ -5,6 +5,7 @@ screenshot is saved."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -111,6 +112,16 @@ def test_consistency_tab_moves_during_a_run_and_shows_the_verdict(database_url: 
                 assert ("3 SLA gates", "credits.conflict_rate") in _names(page)
                 banner = page.wait_for_selector("#toolclash-banner[data-verdict='ANOMALY']", timeout=10_000)
                 assert banner is not None and "ANOMALY" in banner.inner_text()
+                (run_dir,) = [d for d in tmp_path.iterdir() if (d / "checks.json").is_file()]
+                judged = json.loads((run_dir / "checks.json").read_text())
+                # the tab shows the run's verdict as checks.json has it: every check's state, every gate
+                for c in judged["checks"]:
+                    row = _row(page, c["name"])
+                    want = {True: "valid", False: "INVALID"}.get(c["valid"], "UNKNOWN")
+                    assert row is not None and row[0] == want, (c["name"], c["valid"], row)
+                for g in judged["gates"]:
+                    row = _row(page, f"{g['scope']}.{g['gate']}")
+                    assert row is not None and row[0].startswith("met" if g["met"] else "MISSED"), (g, row)
                 page.screenshot(path=str(shot), full_page=True)
                 page.click("#toolclash-banner a[href='/toolclash/evidence/credits.lost_updates']")
                 page.wait_for_selector("h1")

@@ -7,7 +7,9 @@ doubt). ``outcome`` is ``ok`` (the effect happened), ``fail`` (it definitely did
 
 Each process writes ``history/<process>.jsonl`` and, when it closes cleanly, a
 ``history/<process>.done.json`` holding its record count; :func:`read_history` uses those
-to tell a complete history from one cut short by a crashed process.
+to tell a complete history from one cut short by a crashed process. The process that judges the run
+lists every process that took part in ``processes.json`` (:class:`Roster`) as it joins, so that a process
+whose history never arrived at all is not invisible: :func:`read_history` reports it as incomplete too.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import itertools
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -200,19 +203,83 @@ class HistoryReceiver:
         self._files.clear()
 
 
+ROSTER = "processes.json"
+"""The run directory's list of every process that took part (see :class:`Roster`)."""
+
+
+class Roster:
+    """Every process that took part in a run, in ``<run_dir>/processes.json``, written as each one joins.
+
+    The process that judges the run keeps it: a single process lists itself; a Locust master lists itself
+    (it records no operations: ``history`` false) and each worker as it connects, by its Locust client id,
+    with its process name once the worker told it. :func:`read_history` then expects a complete history
+    of every listed process that records operations, whether or not any file of it arrived.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike[str], run_id: str) -> None:
+        self.path = Path(run_dir) / ROSTER
+        self.run_id = run_id
+        self.entries: dict[str, dict[str, Any]] = {}
+
+    def join(self, key: str, *, process: str | None, role: str, history: bool = True) -> None:
+        """List a process (*key*: its Locust client id, or its process name); rewrites the file."""
+        known = self.entries.get(key)
+        if known is not None:
+            if process and not known.get("process"):
+                self.name(key, process)
+            return
+        self.entries[key] = {"key": key, "process": process or None, "role": role, "history": history,
+                             "joined_at": time.time()}
+        self.write()
+
+    def name(self, key: str, process: str) -> None:
+        """The process name of *key* arrived (a worker learns its own at its start and says it)."""
+        entry = self.entries.get(key)
+        if entry is not None and entry.get("process") != process:
+            entry["process"] = process
+            self.write()
+
+    def write(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_bytes(orjson.dumps({"run_id": self.run_id, "processes": list(self.entries.values())},
+                                     option=orjson.OPT_INDENT_2))
+        os.replace(tmp, self.path)
+
+
+def read_roster(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]] | None:
+    """The processes listed in ``<run_dir>/processes.json``; None when the file is missing or unreadable."""
+    path = Path(run_dir) / ROSTER
+    try:
+        data = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    entries = data.get("processes") if isinstance(data, dict) else None
+    return [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else None
+
+
 @dataclass
 class History:
-    """All operation records of a run, with what is known about the completeness of each file."""
+    """All operation records of a run, with what is known about the completeness of each process's history."""
 
     ops: list[dict[str, Any]]
     processes: dict[str, int] = field(default_factory=dict)
     """Records read per process."""
     incomplete: dict[str, str] = field(default_factory=dict)
-    """Processes whose history is not known to be complete, with the reason."""
+    """Processes whose history is not known to be complete, with the reason (an unnamed one by ``worker <id>``)."""
+    roster: list[dict[str, Any]] | None = None
+    """The processes ``processes.json`` lists (None: the run directory does not say which processes took part)."""
+    unnamed: list[str] = field(default_factory=list)
+    """Listed processes whose name never arrived: their operations cannot be told from anyone else's."""
 
     @property
     def complete(self) -> bool:
         return not self.incomplete
+
+    @property
+    def attributable(self) -> bool:
+        """Every process that took part is known by name, so every effect can be traced to its process."""
+        return self.roster is not None and not self.unnamed
 
 
 def iter_records(path: Path) -> Iterator[dict[str, Any]]:
@@ -224,9 +291,17 @@ def iter_records(path: Path) -> Iterator[dict[str, Any]]:
             yield orjson.loads(line)
 
 
+def _marker_count(marker: Path) -> Any:
+    try:
+        return orjson.loads(marker.read_bytes()).get("records")
+    except (OSError, orjson.JSONDecodeError, AttributeError):
+        return None
+
+
 def read_history(run_dir: str | os.PathLike[str]) -> History:
     """Read ``<run_dir>/history/*.jsonl``; a file without its ``.done.json`` marker, or whose count
-    differs from the marker's, is reported in :attr:`History.incomplete`."""
+    differs from the marker's, is reported in :attr:`History.incomplete`, and so is every process that
+    ``processes.json`` lists with no history at all (its file never arrived, or was lost)."""
     hdir = Path(run_dir) / "history"
     ops: list[dict[str, Any]] = []
     processes: dict[str, int] = {}
@@ -240,7 +315,26 @@ def read_history(run_dir: str | os.PathLike[str]) -> History:
         if not marker.exists():
             incomplete[name] = "history not closed (process stopped before flushing)"
         else:
-            expected = orjson.loads(marker.read_bytes()).get("records")
+            expected = _marker_count(marker)
             if expected != processes[name]:
                 incomplete[name] = f"{processes[name]} records read, {expected} written"
-    return History(ops=ops, processes=processes, incomplete=incomplete)
+    for marker in sorted(hdir.glob("*.done.json")):  # a process that recorded nothing leaves only its marker
+        name = marker.name[: -len(".done.json")]
+        if name not in processes:
+            processes[name] = 0
+            expected = _marker_count(marker)
+            if expected != 0:
+                incomplete[name] = f"0 records read, {expected} written (its history file is missing)"
+    roster = read_roster(run_dir)
+    unnamed: list[str] = []
+    for entry in roster or []:
+        if not entry.get("history", True):
+            continue
+        listed = entry.get("process")
+        if not listed:
+            key = f"worker {entry.get('key')}"
+            unnamed.append(key)
+            incomplete[key] = "took part in the run, but its process name never reached the master"
+        elif str(listed) not in processes:
+            incomplete[str(listed)] = "took part in the run, but no history of it arrived"
+    return History(ops=ops, processes=processes, incomplete=incomplete, roster=roster, unnamed=unnamed)

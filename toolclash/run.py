@@ -5,6 +5,7 @@ The Locust plugin, the tests and the benchmark drive a run the same way::
     urls, stack = provide_services(settings)       # the embedded stack starts what was not given by URL
     preflight(settings, urls)                      # every server answers, each scenario's own preflight
     run = Run.open(settings, urls, process=…)      # run id, reports/<run-id>/options.json, reset, start hooks
+    run.roster.join(…)                             # a master lists each worker that takes part (processes.json)
     …                                              # agents call tools; histories land in run.dir/history
     run.close()                                    # finish hooks, then final/<scenario>.json and final/server.json
 
@@ -27,6 +28,7 @@ import orjson
 
 from toolclash import db
 from toolclash.backend import Backend, application_name
+from toolclash.history import Roster
 from toolclash.option import mask_url
 from toolclash.scenario import Context, Scenario, get
 from toolclash.settings import Settings
@@ -168,6 +170,10 @@ class Run:
         self.contexts = {name: self.scenarios[name].context(self.backend(), settings.options_of(name),
                                                  strategy=settings.strategy, fault=settings.fault, run_dir=run_dir)
                          for name in settings.scenarios}
+        self.roster = Roster(run_dir, run_id)
+        """Every process that takes part (``processes.json``): the verdict expects a history of each."""
+        self.prepared_at_start: dict[str, list[dict[str, Any]]] = {}
+        """Prepared transactions each PostgreSQL server held before the reset (not this run's)."""
         self.closed = False
 
     def backend(self) -> Backend:
@@ -178,9 +184,13 @@ class Run:
 
     @classmethod
     def open(cls, settings: Settings, urls: dict[str, str], *, run_id: str | None = None,
-             meta: dict[str, Any] | None = None) -> Run:
+             meta: dict[str, Any] | None = None, process: str | None = None, role: str = "local",
+             records: bool = True) -> Run:
         """Create ``reports/<run-id>/`` (``options.json``: the settings with secrets masked, plus *meta*),
-        reset every scenario, start their helpers. On failure nothing is left behind (:class:`RunError`)."""
+        reset every scenario, start their helpers. On failure nothing is left behind (:class:`RunError`).
+
+        *process* (this process's name; *role*, and whether it *records* operations) is listed first in
+        ``processes.json``, before any scenario hook runs."""
         run_id = run_id or settings.run_id or new_run_id()
         if (Path(settings.reports_dir) / run_id).exists():
             raise RunError(f"run directory {Path(settings.reports_dir) / run_id} exists already; choose another "
@@ -190,6 +200,9 @@ class Run:
             info["baseline"] = str(Path(settings.baseline).resolve())
         run_dir = create_run_dir(settings.reports_dir, run_id, info)
         run = cls(settings, urls, run_id, run_dir)
+        if process:
+            run.roster.join(process, process=process, role=role, history=records)
+        run.prepared_at_start = {var: facts.get("prepared_xacts", []) for var, facts in prepared_by_server(run).items()}
         try:
             run._reset_and_start()
         except Exception as exc:  # noqa: BLE001 - could not run: one line, no half report
@@ -265,9 +278,41 @@ def capture_final(run: Run) -> None:
         server = server_facts(conn, run.run_id)
         for name in run.settings.scenarios:
             write_json(run.dir / "final" / f"{name}.json", run.scenarios[name].snapshot(run.contexts[name], conn))
+        server["servers"] = {var: {**facts, "prepared_at_start": run.prepared_at_start.get(var)}
+                             for var, facts in prepared_by_server(run).items()}
         write_json(run.dir / "final" / "server.json", server)
     finally:
         db.close_quietly(conn)
+
+
+def postgres_servers(urls: dict[str, str]) -> dict[str, str]:
+    """The run's PostgreSQL servers by environment variable (not PgBouncer: it fronts one of them)."""
+    bouncer = service_var("pgbouncer")
+    return {var: url for var, url in sorted(urls.items())
+            if var != bouncer and url.startswith(("postgresql://", "postgres://"))}
+
+
+def prepared_by_server(run: Run) -> dict[str, dict[str, Any]]:
+    """Every prepared transaction (``pg_prepared_xacts``: all databases of the server) of each of the run's
+    PostgreSQL servers; a server that cannot be asked gets ``{"error": …}``."""
+    out: dict[str, dict[str, Any]] = {}
+    for var in postgres_servers(run.urls):
+        try:
+            conn = run.backend().pg("capture", var)
+        except Exception as exc:  # noqa: BLE001 - the check says what could not be read
+            out[var] = {"error": first_line(exc)}
+            continue
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT gid, prepared, owner, database FROM pg_prepared_xacts ORDER BY gid")
+                out[var] = {"prepared_xacts": [dict(zip(("gid", "prepared", "owner", "database"), r, strict=True))
+                                               for r in cur.fetchall()]}
+            conn.rollback()
+        except Exception as exc:  # noqa: BLE001
+            out[var] = {"error": first_line(exc)}
+        finally:
+            db.close_quietly(conn)
+    return out
 
 
 def server_facts(conn: Any, run_id: str, *, wait_s: float = 5.0) -> dict[str, Any]:

@@ -89,6 +89,10 @@ class Settings:
                              group="gates")
     gate_success_rate: float = opt(0.999, "SLA gate: least share of calls that succeed after retries", min=0,
                                    max=1, group="gates")
+    gate_in_doubt_rate: float = opt(0.001, "SLA gate: most share of calls left in doubt (no answer whether they "
+                                    "took effect), of ok + failed + in-doubt calls; calls cut short by the run's own "
+                                    "stop and those an --inject option put in doubt are counted apart", min=0, max=1,
+                                    group="gates")
     # --- ramp (locustfiles/mixed.py)
     stages: str = opt("5,10,25,50,100", "ramp shape: agents at each stage, comma-separated", group="ramp")
     stage_seconds: float = opt(30.0, "ramp shape: length of each stage in seconds", min=1e-9, group="ramp")

@@ -60,6 +60,8 @@ class _Cycles:
 
 
 _cycles = _Cycles()
+_left_open: list[Any] = []
+"""Sessions a victim left inside a transaction on purpose (``--fault victim_left_open``): the checks must see them."""
 
 
 class DeadlockAgent(Agent):
@@ -76,6 +78,7 @@ class DeadlockAgent(Agent):
         self.cascades = 0
         self.t0: float | None = None
         self.aborted = False
+        self.left_open = False
 
     def wait_time(self) -> float:
         think = self.rng.uniform(self.settings.wait_min, self.settings.wait_max)
@@ -180,6 +183,22 @@ class DeadlockAgent(Agent):
         if call.reason and call.reason.startswith("connection"):
             db.close_quietly(self.conn)
             self.conn = None
+        elif self.fault == "victim_left_open" and not self.left_open and self.conn is not None \
+                and any(t.get("sqlstate") in dl.VICTIM_STATES for t in call.result.get("tries") or []):
+            self._leave_open()
+
+    def _leave_open(self) -> None:
+        """The planted fault: a victim abandons its session inside a transaction it never ends (once per agent);
+        the session outlives the runtime's clean-up, as a leaked one would."""
+        try:
+            with self.conn.cursor() as cur:
+                cur.execute("SELECT 1")  # opens a transaction; nobody ever commits or rolls it back
+        except db.psycopg2.Error:
+            return
+        self.left_open = True
+        _left_open.append(self.conn)
+        self.rt.forget(self.conn)
+        self.conn = None  # the next round connects anew
 
     def _record(self, call: Call, cycle: str | None) -> None:
         """Live metrics of one call from its attempts' times: the wait for the second lock of every attempt

@@ -13,6 +13,8 @@ locustfiles before it forks). The process's role is chosen once, at Locust's ``i
   workers inside the parsed options that Locust forwards with every spawn message. ``test_stop``: collect
   the histories (a master from its workers, see ``users/handoff.py``), close the run (helpers finished,
   final state captured) and call the judge. ``quitting``: the exit code.
+  A master lists itself and every worker that takes part in ``processes.json`` (as each connects; the worker
+  says its process name, ``tc_process``): a worker whose history never arrives makes the verdict unknown.
 * **worker** — ``test_start``: take the run from the forwarded options, write the history to the master.
   ``test_stop`` (or the master's ``tc_stop``): deliver the rest and the final count.
 """
@@ -72,6 +74,8 @@ class Plugin:
         self.collector: handoff.Collector | None = None
         self.lost_workers: list[str] = []
         self.progress: ProgressPrinter | None = None
+        self.worker_names: dict[str, str] = {}
+        """Locust client id → the worker's process name (each worker says it: ``tc_process``)."""
 
     # --- every process
 
@@ -104,6 +108,7 @@ class Plugin:
             rt.role, rt.process = "worker", process_name(runner.worker_index)
             runner.register_message("tc_stop", self._worker_on_stop, concurrent=True)
             runner.register_message("tc_barrier_release", self._worker_on_release)
+            runner.send_message("tc_process", {"process": rt.process})  # the master lists it by this name
             return
         rt.role, rt.process = ("master" if isinstance(runner, MasterRunner) else "local"), process_name()
         try:
@@ -128,6 +133,8 @@ class Plugin:
             runner.register_message("tc_history_batch", self._master_on_batch)
             runner.register_message("tc_history_done", self._master_on_done)
             runner.register_message("tc_barrier", self._master_on_barrier)
+            runner.register_message("tc_process", self._master_on_process)
+            environment.events.worker_connect.add_listener(self._master_on_connect)
         if web_ui is not None:
             web_ui.app.add_url_rule("/toolclash/verdict", "toolclash_verdict", self._serve_verdict)
             from users.webui import install as install_tab
@@ -207,15 +214,18 @@ class Plugin:
                            "distributed": rt.role == "master"}}
         rt.verdict, rt.exit_code = None, None
         rt.counters.clear()
-        rt.clear_stages()  # Locust resets the shape's clock right after test_start; stage 1 is marked again
         try:
-            self.run = Run.open(settings, rt.urls, run_id=run_id, meta=meta)
+            self.run = Run.open(settings, rt.urls, run_id=run_id, meta=meta, process=rt.process, role=rt.role,
+                                records=rt.role == "local")
         except RunError as exc:
             self._abort(environment, str(exc))
             return
         rt.run_id, rt.run_dir = self.run.run_id, self.run.dir
         runner = environment.runner
         assert runner is not None
+        if isinstance(runner, MasterRunner):  # every connected worker takes part (a lost one: verdict unknown)
+            for client in list(runner.clients.all):
+                self.run.roster.join(client.id, process=self.worker_names.get(client.id), role="worker")
         rt.barriers = Barrier(parties=self._parties, broadcast_release=(
             (lambda name: runner.send_message("tc_barrier_release", {"run_id": rt.run_id, "name": name}))
             if rt.role == "master" else None))
@@ -268,6 +278,7 @@ class Plugin:
         if rt.stages():
             rt.mark_stage(None, 0, time.time())
         self.run.close(stages=rt.stages())
+        rt.clear_stages()  # written; a later run (web UI) starts without them (a ramp marks its own afresh)
         notes: dict[str, Any] = {"counters": dict(sorted(rt.counters.items()))}
         if self.lost_workers:
             notes["lost_workers"] = self.lost_workers
@@ -281,9 +292,20 @@ class Plugin:
             rt.exit_code = int(rt.verdict["exit_code"])
             self.observer.on_verdict(rt.verdict, rt.run_dir)
 
+    def _master_on_connect(self, client_id: str, **_: Any) -> None:
+        if self.rt.run_active and self.run is not None:  # joins the run under way
+            self.run.roster.join(client_id, process=self.worker_names.get(client_id), role="worker")
+
+    def _master_on_process(self, environment: Environment, msg: Any, **_: Any) -> None:
+        self.worker_names[msg.node_id] = str(msg.data["process"])
+        if self.run is not None:
+            self.run.roster.name(msg.node_id, str(msg.data["process"]))
+
     def _master_on_batch(self, environment: Environment, msg: Any, **_: Any) -> None:
         if self.collector is not None:
             self.collector.on_batch(msg)
+            if self.run is not None and msg.data.get("run_id") == self.run.run_id:
+                self.run.roster.name(msg.node_id, str(msg.data["process"]))
 
     def _master_on_done(self, environment: Environment, msg: Any, **_: Any) -> None:
         if self.collector is not None:
@@ -317,6 +339,7 @@ class Plugin:
         rt.run_dir = Path(opts["tc_run_dir"])  # the master's; a worker never writes there
         runner = environment.runner
         assert runner is not None
+        runner.send_message("tc_process", {"process": rt.process})  # again: the master may have missed the first
         rt.barriers = Barrier(parties=lambda: 0, send_arrival=lambda name: runner.send_message(
             "tc_barrier", {"run_id": rt.run_id, "name": name}))
         rt.history = handoff.worker_writer(runner, rt.run_id, rt.process)

@@ -60,7 +60,7 @@ class _Shared:
         self.label = pool_label(opts)
         if opts.pool == "client":
             self.pool = db.Pool(
-                "client", lambda: rt.connect("pool"), size=opts.pool_size,
+                "client", lambda: rt.connect(f"{rt.process}-pool"), size=opts.pool_size,  # named after its process
                 acquire_timeout_s=opts.pool_acquire_timeout_s, max_lifetime_s=opts.pool_max_lifetime_s,
                 leak_after_s=opts.pool_leak_after_s, on_event=rt.bump)
             rt.track(self.pool)  # closed at stop whatever happens to the agents

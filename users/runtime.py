@@ -143,9 +143,6 @@ class Runtime:
             self._stages.append({"stage": index + 1, "users": users, "start": at, "end": None})
             log.info("ramp stage %d: %d agents", index + 1, users)
 
-    def stages_marked(self) -> int:
-        return len(self._stages)
-
     def current_stage(self) -> dict[str, Any] | None:
         """The ramp stage under way (``{"stage", "users", "start", "end"}``), None outside a ramp."""
         return self._stages[-1] if self._stages and self._stages[-1]["end"] is None else None

@@ -12,6 +12,8 @@ import time
 
 from locust import LoadTestShape
 
+from toolclash.option import SettingsError
+from toolclash.settings import Settings
 from users.runtime import runtime
 
 
@@ -25,8 +27,19 @@ class RampShape(LoadTestShape):
         self._last_stage: int | None = None
 
     def reset_time(self) -> None:
+        """A new run of the shape (Locust calls this from ``start_shape``, before the first tick and before the run's
+        ``test_start``): its stages are marked afresh, from the options as they are now — the web UI's form may
+        have changed them since init, and the first tick must not ramp to the command line's stages."""
         super().reset_time()
-        self._last_stage = None  # a new run: stage 1 is marked again on the next tick
+        self._last_stage = None
+        rt = runtime()
+        rt.clear_stages()
+        options = getattr(rt.environment, "parsed_options", None)
+        if options is not None:
+            try:
+                rt.settings = Settings.from_mapping(vars(options), rt.scenarios)
+            except SettingsError:
+                pass  # the run's start says what is wrong (one line) and does not start
 
     def tick(self) -> tuple[int, float] | None:
         rt = runtime()
@@ -36,7 +49,7 @@ class RampShape(LoadTestShape):
         if index >= len(users):
             rt.mark_stage(None, 0, time.time())
             return None
-        if index != self._last_stage or not rt.stages_marked():  # test_start clears the marks
+        if index != self._last_stage:
             self._last_stage = index
             rt.mark_stage(index, users[index], time.time())
         return users[index], settings.stage_spawn_rate

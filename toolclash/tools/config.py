@@ -42,9 +42,11 @@ TOOL = "update_config"
 STRATEGIES = ("versioned", "field_atomic", "last_writer_wins", "timestamp_ordered")
 """``last_writer_wins`` is the known-bad baseline."""
 DEFAULT_STRATEGY = "versioned"
-FAULTS = ("ack_before_commit", "ambiguous_as_fail", "timestamp_unchecked")
-"""Planted faults (README): each must make a check fail. ``timestamp_unchecked`` applies to
-``timestamp_ordered`` only: it stamps writes but no longer compares the timestamps."""
+FAULTS = ("ack_before_commit", "ambiguous_as_fail", "timestamp_unchecked", "truncated_write")
+"""Planted faults (docs/planted-faults.md): each must make a check fail. ``timestamp_unchecked`` applies to
+``timestamp_ordered`` only: it stamps writes but no longer compares the timestamps. ``truncated_write`` stores
+every value in the document without its last character (a too-narrow buffer) while the write log records the
+value the agent asked for."""
 FAULT_RATE = 0.05
 """Share of calls ``ack_before_commit`` / ``ambiguous_as_fail`` affect."""
 
@@ -142,10 +144,14 @@ class ConfigTool:
             out["ts"] = ts
         return out
 
+    def _stored(self, value: str) -> str:
+        """What goes into the document: the value, or (``--fault truncated_write``) the value cut by one character."""
+        return value[:-1] if self.fault == "truncated_write" else value
+
     def _whole_document(self, cur: Any, call: Call, record: int, value: str, *, check_version: bool) -> dict[str, Any]:
         doc, version, _ = self._read(cur, record)
         think(self.think_ms)
-        doc[self.field] = value
+        doc[self.field] = self._stored(value)
         if check_version:
             cur.execute("UPDATE toolclash.config_records SET doc = %s, version = version + 1 "
                         "WHERE id = %s AND version = %s RETURNING version", (Json(doc), record, version))
@@ -165,7 +171,8 @@ class ConfigTool:
 
     def _field_atomic(self, cur: Any, call: Call, record: int, value: str) -> dict[str, Any]:
         cur.execute("UPDATE toolclash.config_records SET doc = jsonb_set(doc, ARRAY[%s], to_jsonb(%s::text)), "
-                    "version = version + 1 WHERE id = %s RETURNING version, doc", (self.field, value, record))
+                    "version = version + 1 WHERE id = %s RETURNING version, doc", (self.field, self._stored(value),
+                                                                                  record))
         row = cur.fetchone()
         if row is None:
             raise Reject("no-such-record")
@@ -183,7 +190,7 @@ class ConfigTool:
                     "field_ts = jsonb_set(field_ts, ARRAY[%(field)s], to_jsonb(%(ts)s::bigint)), "
                     "clock = GREATEST(clock, %(ts)s), version = version + 1 "
                     "WHERE id = %(record)s" + guard + " RETURNING version, doc",
-                    {"field": self.field, "value": value, "ts": ts, "record": record})
+                    {"field": self.field, "value": self._stored(value), "ts": ts, "record": record})
         row = cur.fetchone()
         if row is None:  # detected at the write: a newer timestamp holds the field
             raise Reject(STALE_TIMESTAMP, field=self.field, ts=ts)

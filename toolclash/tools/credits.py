@@ -180,9 +180,10 @@ def reset(conn: Any, *, accounts: int, initial_balance: int, **_: Any) -> None:
     conn.commit()
 
 
-def snapshot(conn: Any, backend: Any = None) -> dict[str, list[dict[str, Any]]]:
-    """The final state the credits checks need: every account and every ledger row."""
-    out: dict[str, list[dict[str, Any]]] = {}
+def snapshot(conn: Any, backend: Any = None, *, seeded: int | None = None) -> dict[str, Any]:
+    """The final state the credits checks need: every account and every ledger row, and how many accounts the
+    reset seeded (ids 1..*seeded*), so that an account missing at the end is seen."""
+    out: dict[str, Any] = {} if seeded is None else {"accounts_seeded": seeded}
     with conn.cursor() as cur:
         cur.execute("SELECT id, balance, initial_balance, version FROM toolclash.credit_accounts ORDER BY id")
         out["credit_accounts"] = [dict(zip(("id", "balance", "initial_balance", "version"), r, strict=True))
@@ -227,7 +228,7 @@ SCENARIO = Scenario(
     rejections=frozenset({"insufficient-funds"}),
     validate=validate,
     reset=lambda ctx, conn: reset(conn, **vars(ctx.opts)),
-    snapshot=lambda ctx, conn: snapshot(conn),
+    snapshot=lambda ctx, conn: snapshot(conn, seeded=ctx.opts.accounts),
     checks="checks.credits",
     target=TARGET,
 )

@@ -22,7 +22,12 @@ Victims retry with full-jitter exponential backoff (:mod:`toolclash.retry`). Pla
 
 * ``no_retry`` — a victim gives up at once (outcome ``fail``): the success-rate gate misses;
 * ``commit_after_deadlock`` — the second update runs under a savepoint, and a deadlock error is
-  rolled back to it and ignored: the first write commits alone, a partial round.
+  rolled back to it and ignored: the first write commits alone, a partial round;
+* ``victim_left_open`` — a victim abandons its session inside a transaction it never ends (once per agent,
+  ``users/deadlock.py``): the session is still open at the end;
+* ``hidden_deadlock`` — a victim's deadlock error is swallowed: the tool rolls back and runs the round again
+  inside the same attempt, and its record shows one clean attempt; the server counted (and logged) a deadlock
+  no agent reported.
 """
 
 from __future__ import annotations
@@ -48,11 +53,12 @@ TOOL = "lock_round"
 STRATEGIES = ("retry",)
 """One strategy: victims roll back and retry. The victim-selection mechanism is ``--priority``."""
 DEFAULT_STRATEGY = "retry"
-FAULTS = ("no_retry", "commit_after_deadlock")
+FAULTS = ("no_retry", "commit_after_deadlock", "victim_left_open", "hidden_deadlock")
 MODES = ("cycle", "cascade")
 PRIORITIES = ("role_timeout", "lock_timeout", "none")
 VICTIM_STATES = ("40P01", "55P03")
 """SQLSTATEs that end a cycle member's wait: deadlock detected, lock_timeout fired."""
+DEADLOCK = "40P01"
 ROLE_PREFIX = "tc_deadlock_p"
 
 OPTIONS: tuple[Option, ...] = (
@@ -203,14 +209,33 @@ class DeadlockTool:
         seconds.
         """
         tries: list[dict[str, Any]] = call.result.setdefault("tries", [])
+        met = [between is None]  # the cycle's barrier is met once, on the first attempt
 
         def body(cur: Any) -> dict[str, Any]:
+            if self.fault == "hidden_deadlock":
+                return hidden(cur)
+            return attempt(cur)
+
+        def hidden(cur: Any) -> dict[str, Any]:
+            """The planted fault: roll a deadlock back and go again, keeping only the clean attempt's record."""
+            for _ in range(20):
+                try:
+                    return attempt(cur)
+                except psycopg2.Error as exc:
+                    if exc.pgcode != DEADLOCK:
+                        raise
+                    tries.pop()  # the deadlock leaves no trace in the call's record
+                    cur.connection.rollback()
+            return attempt(cur)
+
+        def attempt(cur: Any) -> dict[str, Any]:
             t: dict[str, Any] = {}
             tries.append(t)
             try:
                 self._write(cur, call.op_id, first)
                 t["t_first"] = time.time()
-                if between is not None and call.attempts.count == 1:
+                if between is not None and not met[0]:
+                    met[0] = True
                     between()
                 if self.fault == "commit_after_deadlock":
                     cur.execute("SAVEPOINT second_lock")
@@ -376,10 +401,11 @@ def snapshot(conn: Any, backend: Any = None) -> dict[str, Any]:
         cur.execute("SELECT pid, usename, application_name, state, EXTRACT(EPOCH FROM now() - xact_start)::float8 "
                     "FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND xact_start IS NOT NULL "
                     "AND application_name LIKE %s", (prefix.replace("_", r"\_") + "%",))
-        out["server_log"] = (read_server_log(cur, meta["log_path"], int(meta["log_offset"]))
-                             if "log_path" in meta else None)
+        # fetched before the log is read on the same cursor (read afterwards, they were the log query's rows)
         out["open_transactions"] = [dict(zip(("pid", "user", "application_name", "state", "xact_age_s"), r,
                                              strict=True)) for r in cur.fetchall()]
+        out["server_log"] = (read_server_log(cur, meta["log_path"], int(meta["log_offset"]))
+                             if "log_path" in meta else None)
     conn.rollback()
     return out
 

@@ -18,8 +18,10 @@ which pool, how long it waited and how many were waiting) or ``cancelled`` (5701
 result holds ``wait_ms`` (the acquire wait: measured by the client pool, or for PgBouncer the round
 trip of the transaction's first statement, which waits for a server connection).
 
-Planted fault ``leak``: a tool path that forgets to commit and to return its connection (at most
-once per agent, on a share of calls); the checks must catch it and name the agent.
+Planted faults: ``leak``, a tool path that forgets to commit and to return its connection (at most
+once per agent, on a share of calls), which the checks must catch naming the agent; ``off_by_one``, the
+aggregate's window leaves out its first row (``id > lo`` for ``id >= lo``); ``swallow_timeout``, a pool
+timeout is hidden from the caller: the tool quietly asks the pool again until it gets a connection.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from toolclash.tools import COMMIT, STATEMENT, Call
 NAME = "pool"
 STRATEGIES = ("aggregate",)
 DEFAULT_STRATEGY = "aggregate"
-FAULTS = ("leak",)
+FAULTS = ("leak", "off_by_one", "swallow_timeout")
 FAULT_RATE = 0.2
 """Share of an agent's calls that may take the leaking path (at most one leak per agent)."""
 TOOL = "analyze"
@@ -100,6 +102,10 @@ def validate(opts: Any) -> None:
 
 QUERY = ("SELECT tenant %% 64 AS bucket, count(*), sum(amount), avg(amount), stddev_samp(amount), max(amount) "
          "FROM toolclash.pool_facts WHERE id BETWEEN %s AND %s GROUP BY 1")
+OFF_BY_ONE_QUERY = QUERY.replace("id BETWEEN %s AND %s", "id > %s AND id <= %s")
+"""``--fault off_by_one``: the window's first row is left out."""
+SWALLOWED_TRIES = 50
+"""``--fault swallow_timeout``: how often the tool asks the pool again before it lets a timeout through."""
 _SETUP = "SET LOCAL statement_timeout = %s; SET LOCAL max_parallel_workers_per_gather = 0"
 
 
@@ -219,7 +225,7 @@ class AnalyticsTool:
         call.attempts.next()
         source = self.source
         try:
-            lease = source.acquire(self.agent, call.op_id)
+            lease = self._acquire(call)
         except db.PoolTimeout as exc:
             return call.finish(FAIL, TIMEOUT, "PoolTimeout", pool=source.label, wait_ms=round(exc.waited_s * 1000, 3),
                                waiting=exc.waiting, message=str(exc))
@@ -240,7 +246,7 @@ class AnalyticsTool:
                 query_started = time.monotonic()
                 if source.kind == "pgbouncer":
                     wait_s += query_started - started
-                cur.execute(QUERY, (lo, hi))
+                cur.execute(OFF_BY_ONE_QUERY if self.fault == "off_by_one" else QUERY, (lo, hi))
                 groups = cur.fetchall()
             leak = self.fault == "leak" and self.leaks == 0 and self.rng.random() < FAULT_RATE
             if leak:  # planted: forget to commit and to give the connection back
@@ -264,6 +270,16 @@ class AnalyticsTool:
         return call.finish(OK, rows=sum(int(g[1]) for g in groups), groups=len(groups),
                            wait_ms=round(wait_s * 1000, 3),
                            query_ms=round((time.monotonic() - query_started) * 1000, 3))
+
+    def _acquire(self, call: Call) -> db.Lease:
+        if self.fault != "swallow_timeout":
+            return self.source.acquire(self.agent, call.op_id)
+        for _ in range(SWALLOWED_TRIES - 1):  # the planted fault: the caller never hears of a pool timeout
+            try:
+                return self.source.acquire(self.agent, call.op_id)
+            except db.PoolTimeout:
+                continue
+        return self.source.acquire(self.agent, call.op_id)
 
     def _failed(self, call: Call, exc: psycopg2.Error, wait_s: float, query_ms: float, *, in_queue: bool) -> Call:
         kind = db.classify(exc)

@@ -28,7 +28,8 @@ first PREPARE and the last COMMIT PREPARED (the call is ``unknown``; recovery re
 
 Planted faults: ``no_recovery`` (recovery never runs during or after the run: in-doubt transactions
 stay), ``skip_compensation`` (a failed saga marks itself failed and refunds nothing),
-``relay_without_dedup`` (the relay gives every delivery a fresh key: redeliveries count twice).
+``relay_without_dedup`` (the relay gives every delivery a fresh key: redeliveries count twice), ``double_charge``
+(a debit updates the balance twice, one debit row).
 
 Modules: :mod:`.coordinator` (the tool and its SQL), :mod:`.relay` (outbox → ClickHouse, mid-run 2PC
 recovery), :mod:`.inject` (outages beside the relay), :mod:`.recovery`, :mod:`.scenario` (options, hooks,

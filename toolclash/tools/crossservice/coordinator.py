@@ -11,8 +11,9 @@ Injections the tool applies itself (``--inject``): ``coordinator_crash`` drops b
 random point between the first PREPARE and the last COMMIT PREPARED (the call is ``unknown``; recovery
 resolves it); ``participant_terminate`` has the auth backend terminated (``pg_terminate_backend``)
 between steps. Planted faults it applies: ``no_recovery`` (an aborting coordinator leaves its branches
-to a recovery that never comes) and ``skip_compensation`` (a failed saga marks itself failed and
-refunds nothing).
+to a recovery that never comes), ``skip_compensation`` (a failed saga marks itself failed and
+refunds nothing) and ``double_charge`` (on a share of calls the debit's balance update runs twice, as a
+client that resent a statement whose reply it lost would, while one debit row is written).
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ GID_PREFIX = "xs:"
 CRASH_POINTS = ("after_main_prepare", "after_both_prepared", "after_decision", "after_main_commit")
 LOCK_TIMEOUT_S = 3.0
 """Agents' lock_timeout: a row lock held by a prepared transaction nobody resolves ends in a definite fail."""
+DOUBLE_CHARGE_RATE = 0.2
+"""Share of calls ``--fault double_charge`` charges twice."""
 INJECTED = "injected-fault"
 """Fail reason of a call that an injection made fail (an expected answer: left out of the success rate)."""
 
@@ -218,6 +221,12 @@ class CrossServiceTool:
     def _bump(self, key: str) -> None:
         self.counters[key] = self.counters.get(key, 0) + 1
 
+    def _charge_again(self, cur: Any, agent: str, cost: int) -> None:
+        """``--fault double_charge``: the balance update runs a second time (the debit row is written once)."""
+        if self.fault == "double_charge" and self.rng.random() < DOUBLE_CHARGE_RATE:
+            cur.execute(_DEBIT, (cost, agent, cost))
+            self._bump("double_charges")
+
     # --- injections ---
 
     def _roll(self, injection: str) -> bool:
@@ -265,6 +274,7 @@ class CrossServiceTool:
         gm, ga = gid(op, "m"), gid(op, "a")
         crash = self.rng.choice(CRASH_POINTS) if self._roll("coordinator_crash") else None
         terminate = self._roll("participant_terminate")
+        terminated = False
         prepared: list[tuple[str, str]] = []
         call.attempts.next()
         main, auth = self.main, self.auth
@@ -280,6 +290,7 @@ class CrossServiceTool:
                         cur.execute("ROLLBACK")
                         return call.finish(FAIL, rej.reason, **rej.result)
                     after = int(row[0])
+                    self._charge_again(cur, agent, cost)
                     cur.execute(_DEBIT_ROW, (op, agent, tool, cost, "2pc"))
                     cur.execute(_OUTBOX, (f"{op}:usage", op, "usage", agent, tool, cost))
                     cur.execute("PREPARE TRANSACTION %s", (gm,))
@@ -292,7 +303,7 @@ class CrossServiceTool:
             if crash == "after_main_prepare":
                 return self._crash(call, crash)
             if terminate:
-                self._terminate_auth()
+                terminated = self._terminate_auth()
             call.phase = "prepare-auth"
             with auth.cursor() as cur:
                 cur.execute("BEGIN")
@@ -329,15 +340,27 @@ class CrossServiceTool:
             if call.phase == "decide":  # the decision may or may not be durable
                 return call.finish(UNKNOWN, f"{kind.kind}-during-decision", kind.error_class)
             self._abort(op, prepared)  # no commit decision was written: this operation never commits
-            reason = self._why(terminate, kind.kind)
+            reason = self._why(terminated, kind.kind, on_auth=call.phase == "prepare-auth")
             return call.finish(FAIL, reason, kind.error_class, failed_in=call.phase)
 
-    def _why(self, terminated: bool, kind: str) -> str:
-        """Fail reason: ``injected-fault`` when an injection caused it (a participant terminated, or a lost
-        connection while ``--inject auth_restart`` stops servers), else what the error was."""
-        if terminated or (kind == "connection" and self.inject == "auth_restart"):
+    def _why(self, terminated: bool, kind: str, *, on_auth: bool) -> str:
+        """Fail reason: ``injected-fault`` only where the injector caused it — the step on auth failed after this
+        agent's auth backend was terminated (``participant_terminate``), or the auth connection was lost while
+        the auth server refuses connections (``auth_restart`` has it stopped); else what the error was."""
+        if on_auth and terminated:
+            return INJECTED
+        if on_auth and kind == "connection" and self.inject == "auth_restart" and self._auth_down():
             return INJECTED
         return "connection-lost" if kind == "connection" else kind
+
+    def _auth_down(self) -> bool:
+        """Does the auth server refuse a new connection right now (stopped or starting)?"""
+        try:
+            probe = self._connect("AUTH_DATABASE_URL")
+        except (ConnectError, psycopg2.Error):
+            return True
+        close_quietly(probe)
+        return False
 
     def _lost(self, exc: BaseException) -> None:
         """Forget connections an error left unusable."""
@@ -381,6 +404,7 @@ class CrossServiceTool:
             row = cur.fetchone()
             if row is None:
                 raise _no_funds(cur, agent)
+            self._charge_again(cur, agent, cost)
             cur.execute(_DEBIT_ROW, (op, agent, tool, cost, "saga"))
             cur.execute(_OUTBOX, (f"{op}:usage", op, "usage", agent, tool, cost))
             cur.execute("INSERT INTO toolclash.xs_sagas (op_id, agent, tool, cost, state) "
@@ -394,9 +418,10 @@ class CrossServiceTool:
             return call
         call.phase = "grant"
         terminate = self._roll("participant_terminate")
+        terminated = False
         try:
             if terminate:
-                self._terminate_auth()
+                terminated = self._terminate_auth()
             with self.auth.cursor() as cur:
                 cur.execute(_GRANT.replace("clock_timestamp())", "clock_timestamp()) ON CONFLICT (op_id) DO NOTHING"),
                             (op, agent, tool))
@@ -409,7 +434,7 @@ class CrossServiceTool:
             else:
                 with contextlib.suppress(psycopg2.Error):
                     self.auth.rollback()
-            why = self._why(terminate, kind.kind)
+            why = self._why(terminated, kind.kind, on_auth=True)
             return self._compensate(call, why, kind.error_class)
         call.phase = "saga-done"
         try:

@@ -21,14 +21,14 @@ from toolclash.backend import Backend
 from toolclash.db import close_quietly
 from toolclash.option import Option, SettingsError, mask_url
 from toolclash.scenario import Context, Scenario
-from toolclash.tools.crossservice.coordinator import INJECTED, NAME, STRATEGIES, TOOL, ensure_schemas
+from toolclash.tools.crossservice.coordinator import INJECTED, NAME, STRATEGIES, TOOL, business_agent, ensure_schemas
 from toolclash.tools.crossservice.inject import Outage
 from toolclash.tools.crossservice.recovery import recover
 from toolclash.tools.crossservice.relay import CH_TABLE, Relay, clickhouse_client
 
 SERVICES = ("postgres", "auth_postgres", "clickhouse")
 DEFAULT_STRATEGY = "2pc"
-FAULTS = ("no_recovery", "skip_compensation", "relay_without_dedup")
+FAULTS = ("no_recovery", "skip_compensation", "relay_without_dedup", "double_charge")
 INJECTIONS = ("none", "coordinator_crash", "participant_terminate", "clickhouse_outage", "auth_restart")
 REJECTIONS = frozenset({"insufficient-funds", INJECTED})
 """Correct answers left out of the success rate: no funds, and failures an ``--inject`` option caused."""
@@ -205,6 +205,7 @@ def snapshot(ctx: Context, conn: Any) -> dict[str, Any]:
     """Main tables, the relay's counts, auth grants, prepared transactions of both servers, and ClickHouse's
     deduplicated events."""
     out = snapshot_main(conn)
+    out["accounts_seeded"] = [business_agent(i) for i in range(1, ctx.opts.xs_agents + 1)]
     out["relay"] = ctx.facts.get("relay")
     auth = ctx.backend.pg("capture", "AUTH_DATABASE_URL")
     try:
