@@ -64,6 +64,8 @@ def prepared_left(server: Mapping[str, Any] | None) -> CheckResult:
     PostgreSQL servers and was left there: one holds its locks until somebody commits or rolls it back.
     Those already there before the run began are counted, not blamed on it."""
     name = "server.prepared"
+    if server is not None and "no_database" in server:  # a target reached over HTTP or a client of its own
+        return result(name, True, {"left": 0}, None, str(server["no_database"]))
     servers = (server or {}).get("servers")
     if not servers:
         return result(name, UNKNOWN, {}, None, "not checked: needs the prepared transactions of each server "

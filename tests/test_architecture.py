@@ -153,3 +153,23 @@ def test_nothing_connects_or_starts_at_import() -> None:
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
                           check=False)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stdout[-2000:] + proc.stderr[-3000:]
+
+
+def test_no_test_imports_locust_into_the_pytest_process() -> None:
+    """Importing Locust monkey-patches the whole process with gevent: a test module that imports it (or a project
+    module that imports it) changes how every later test's threads, pipes and sockets behave."""
+    mods = modules()
+    edges = graph()
+    with_locust = {name for name, path in mods.items() if "locust" in external_imports(path)}
+    changed = True
+    while changed:  # every module that reaches Locust through project imports
+        grown = with_locust | {name for name, deps in edges.items() if deps & with_locust}
+        changed, with_locust = grown != with_locust, grown
+    known = set(mods)
+    bad = []
+    for path in sorted((ROOT / "tests").glob("*.py")):
+        if "locust" in external_imports(path):
+            bad.append(f"{path.name} imports locust")
+        for dep in imports(path, f"tests.{path.stem}", known) & with_locust:
+            bad.append(f"{path.name} imports {dep}, which imports locust")
+    assert not bad, bad

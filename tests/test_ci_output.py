@@ -14,7 +14,7 @@ from junitparser import Error, Failure, JUnitXml
 
 from checks.ci import junit_xml, summary_md
 from tests.conftest import ROOT, run_locust
-from users.plugin import exit_code
+from toolclash.run import process_exit_code
 
 
 def _cases(path: Path) -> dict[str, Any]:
@@ -71,18 +71,10 @@ def test_valid_run_with_rejections_exit_code_on_error_and_progress(database_url:
 
 
 def test_exit_code_on_error_applies_only_to_a_valid_verdict() -> None:
-    class Runner:
-        def __init__(self, errors: int) -> None:
-            self.errors = {i: None for i in range(errors)}
-            self.exceptions: dict[int, Any] = {}
-
-    class Options:
-        exit_code_on_error = 5
-
-    assert exit_code(0, Runner(3), Options()) == 5
-    assert exit_code(0, Runner(0), Options()) == 0
-    assert all(exit_code(code, Runner(3), Options()) == code for code in (1, 2, 3, 4))
-    assert exit_code(0, Runner(3), type("Default", (), {"exit_code_on_error": 0})()) == 0
+    assert process_exit_code(0, on_error=5, failed_requests=True) == 5
+    assert process_exit_code(0, on_error=5, failed_requests=False) == 0
+    assert all(process_exit_code(code, on_error=5, failed_requests=True) == code for code in (1, 2, 3, 4))
+    assert process_exit_code(0, on_error=0, failed_requests=True) == 0
 
 
 def test_unknown_checks_are_errors_and_missed_gates_failures() -> None:

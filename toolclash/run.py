@@ -142,6 +142,14 @@ def preflight(settings: Settings, urls: dict[str, str]) -> None:
             raise RunError(first_line(exc)) from None
 
 
+def process_exit_code(verdict_code: int, *, on_error: int, failed_requests: bool) -> int:
+    """The process's exit code: the verdict's (0 valid, 1 anomaly, 2 could not run, 3 unknown, 4 SLA missed);
+    only when that is 0 and Locust counted failed requests does Locust's ``--exit-code-on-error N`` apply (its
+    default is 0 under toolclash: failed requests are judged by the success-rate gate, business rejections are
+    correct answers)."""
+    return on_error if verdict_code == 0 and on_error and failed_requests else verdict_code
+
+
 def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__

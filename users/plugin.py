@@ -40,7 +40,7 @@ from toolclash import db
 from toolclash.history import HistoryWriter, process_name
 from toolclash.metrics import MetricsSetupError
 from toolclash.option import SettingsError, mask_url
-from toolclash.run import Run, RunError, new_run_id, preflight, provide_services
+from toolclash.run import Run, RunError, new_run_id, preflight, process_exit_code, provide_services
 from toolclash.scenario import get
 from toolclash.settings import OPTIONS, Settings
 from users import handoff
@@ -367,13 +367,10 @@ class Plugin:
 
 
 def exit_code(verdict_code: int, runner: Any, options: Any) -> int:
-    """The process's exit code: the verdict's (0 valid, 1 anomaly, 2 could not run, 3 unknown, 4 SLA missed);
-    only when that is 0 and Locust counted failed requests does Locust's ``--exit-code-on-error N`` apply (its
-    default is 0 under toolclash: failed requests are judged by the success-rate gate, business rejections are
-    correct answers)."""
-    on_error = int(getattr(options, "exit_code_on_error", 0) or 0)
+    """The process's exit code (see :func:`toolclash.run.process_exit_code`)."""
     failed = runner is not None and bool(getattr(runner, "errors", None) or getattr(runner, "exceptions", None))
-    return on_error if verdict_code == 0 and on_error and failed else verdict_code
+    return process_exit_code(verdict_code, on_error=int(getattr(options, "exit_code_on_error", 0) or 0),
+                             failed_requests=failed)
 
 
 def set_agent_host(urls: dict[str, str]) -> None:

@@ -155,8 +155,6 @@ def transact(conn: Any, call: Call, body: Callable[[Any], dict[str, Any]], *, is
             if not conn.autocommit:
                 conn.autocommit = True
             return _attempt_loop(conn, call, body, retry_lock_not_available, fault, give_up, _BEGIN[isolation])
-        if conn.autocommit:
-            conn.autocommit = False
         if isolation is not None and conn.isolation_level != isolation:
             conn.set_session(isolation_level=isolation)
         return _attempt_loop(conn, call, body, retry_lock_not_available, fault, give_up)
