@@ -28,6 +28,7 @@ from checks import (
     result,
     run_checks,
 )
+from checks import faults as fault_checks
 from checks import server as server_checks
 from toolclash import scenario
 from toolclash.history import History, read_history
@@ -95,6 +96,13 @@ def _evaluate(run: Path) -> dict[str, Any]:
             all_gates.extend(gates.sla_gates(figures[scope], {**limits, "gate_conflict_rate":
                                                                gates.stage_limit(stage, limits)}, scope))
     results.append(server_checks.sessions_closed(_load(run / "final" / "server.json")))
+    faults = fault_checks.windows(run, history.ops)
+    if faults:
+        results.append(fault_checks.healed(faults))
+        all_gates.extend(gates.recovery_gates(faults, gates.thresholds(settings)))
+    aborted = fault_checks.aborted(run)
+    if aborted:
+        all_gates.append(gates.abort_gate(aborted))
     duration = _duration(history)
     summary = {"duration_s": duration, "scenarios": gates.summary(figures, duration)}
     baseline = _baseline(options, summary, settings)
@@ -102,7 +110,8 @@ def _evaluate(run: Path) -> dict[str, Any]:
     code = exit_code(results, all_gates)
     return {"run_id": options.get("run_id"), "exit_code": code, "meaning": EXIT_MEANING[code],
             "checks": [r.to_dict() for r in results], "gates": all_gates, "figures": figures, "summary": summary,
-            "baseline": baseline or None,
+            "baseline": baseline or None, "faults": faults, "aborted": aborted,
+            "started_at": options.get("started_at"),
             "history": {"records": len(history.ops), "processes": history.processes,
                         "incomplete": history.incomplete}}
 
@@ -191,6 +200,7 @@ def render(verdict: dict[str, Any], *, evidence: int = 3) -> str:
         lines.append(f"{g['scope'] + '.' + g['gate']:<40} {fig:>10}   {g['op'] + ' ' + _fmt(g['threshold']):<12} "
                      f"{met}{note}")
     lines.append("")
+    lines.extend(fault_checks.render(verdict.get("faults") or [], verdict.get("aborted"), verdict.get("started_at")))
     for scope, fig in verdict.get("figures", {}).items():
         lines.append(f"{scope}: {fig['calls']} calls, ok {fig['ok']}, failed {fig['failed']}, "
                      f"rejected {fig['rejected']}, unknown {fig['unknown']}; attempts {fig['attempts']}, "

@@ -65,6 +65,14 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("toolclash_queue_events_total", "counter", "Queue counters (admitted, rejected, redelivered…)",
            ("event",)),
     Metric("toolclash_barrier_events_total", "counter", "Barrier waits and timeouts (--sync)", ("event",)),
+    Metric("toolclash_breaker_events_total", "counter", "Circuit breakers of the agents: opened, half_open, closed, "
+           "skipped (tasks not run while open), failures (connection failures seen)", ("event",)),
+    Metric("toolclash_breaker_agents", "gauge", "Agents whose circuit breaker is in each state", ("state",)),
+    # the nemesis (--nemesis), on the master: what Grafana annotates
+    Metric("toolclash_fault_active", "gauge", "1 while a fault of this kind and target is in effect",
+           ("kind", "target")),
+    Metric("toolclash_fault_windows_total", "counter", "Fault windows opened so far", ("kind", "target")),
+    Metric("toolclash_run_aborted", "gauge", "1 once the run was stopped by --abort-on or the stop-now button"),
     # recorded by the scenarios that have them (deadlock, pool, queue); the alerts and dashboards use these names
     Metric("toolclash_deadlock_detection_seconds", "histogram", "Time from a deadlock forming to its detection",
            ("tool",)),
@@ -96,6 +104,8 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("toolclash_verdict_exit_code", "gauge", "Exit code of the last verdict (0 ok, 1 anomaly, 3 unknown, 4 SLA)"),
     Metric("toolclash_prepared_xacts_left", "gauge", "Prepared transactions left on the server after the run"),
     Metric("toolclash_sessions_left", "gauge", "Sessions of the run still open on the server after the run"),
+    Metric("toolclash_fault_recovery_seconds", "gauge", "Seconds from a fault's end until throughput was back at "
+           "0.9 of the minute before it (the longest over windows of the same kind and target)", ("kind", "target")),
 )}
 
 PREFIXES: tuple[tuple[str, str], ...] = (
@@ -104,6 +114,7 @@ PREFIXES: tuple[tuple[str, str], ...] = (
     ("pool_", "toolclash_pool_events_total"),
     ("queue_", "toolclash_queue_events_total"),
     ("barrier_", "toolclash_barrier_events_total"),
+    ("breaker_", "toolclash_breaker_events_total"),
 )
 """Runtime counters by name prefix → labelled metric (``event`` = the rest of the name)."""
 
@@ -364,6 +375,13 @@ def verdict_gauges(verdict: Mapping[str, Any] | None, server: Mapping[str, Any] 
         out.append(("toolclash_gate_met", (("scope", str(gate["scope"])), ("gate", str(gate["gate"]))),
                     1.0 if gate.get("met") else 0.0))
     out.append(("toolclash_verdict_exit_code", (), float(verdict.get("exit_code", -1))))
+    recovery: dict[Labels, float] = {}
+    for fault in verdict.get("faults") or ():
+        back = (fault.get("recovery") or {}).get("throughput_s")
+        if back is not None:
+            labels = (("kind", str(fault["kind"])), ("target", str(fault["target"])))
+            recovery[labels] = max(recovery.get(labels, 0.0), float(back))
+    out.extend(("toolclash_fault_recovery_seconds", labels, seconds) for labels, seconds in recovery.items())
     if server is not None:
         out.append(("toolclash_prepared_xacts_left", (), float(len(server.get("prepared_xacts") or ()))))
         out.append(("toolclash_sessions_left", (), float(len(server.get("sessions") or ()))))

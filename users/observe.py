@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,8 @@ class Observer:
         self._proc: Any = None
         self._servers: dict[str, Any] | None = None
         self.server_exporters = ServerExporters()
+        self.sources: list[Callable[[], list[tuple[str, Labels, float]]]] = []
+        """More point-in-time gauges of the master (the nemesis's faults, the emergency stop)."""
         _observer = self
 
     # -- every process -----------------------------------------------------------------------------
@@ -86,12 +89,19 @@ class Observer:
         proc = (("process", label),)
         self.registry.set("toolclash_process_cpu_seconds_total", proc, cpu, label)
         self.registry.set("toolclash_process_resident_memory_bytes", proc, rss, label)
+        self.update_breakers()
         data["toolclash_metrics"] = self.registry.take_delta(label)
 
     def on_worker_report(self, data: dict[str, Any]) -> None:
         delta = data.get("toolclash_metrics")
         if delta:
             self.registry.merge(delta)
+
+    def update_breakers(self) -> None:
+        """This process's agents by circuit-breaker state, as gauges (the master sums the processes)."""
+        label = self.process_label()
+        for state, n in self.rt.breaker_states().items():
+            self.registry.set("toolclash_breaker_agents", (("state", state),), float(n), label)
 
     def on_test_start(self) -> None:
         self.registry.reset()
@@ -160,6 +170,9 @@ class Observer:
         gauges.append(("toolclash_process_resident_memory_bytes", proc, rss))
         gauges.extend(self._server_usage())
         gauges.extend(self._verdict_gauges)
+        for source in self.sources:
+            gauges.extend(source())
+        self.update_breakers()
         return dict(rt.counters.items()), gauges
 
     def _server_usage(self) -> list[tuple[str, Labels, float]]:

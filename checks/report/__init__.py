@@ -39,6 +39,10 @@ def _fmt(value: Any) -> str:
     return html.escape(str(value))
 
 
+def _opt(value: Any) -> Any:
+    return "n/a" if value is None else value
+
+
 def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], raw: Sequence[int] = ()) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{cell if i in raw else _fmt(cell)}</td>" for i, cell in enumerate(row))
@@ -62,9 +66,21 @@ def render(run_dir: Path) -> str:
              f"</title><style>{CSS}</style></head><body>",
              f"<h1>toolclash run {_fmt(verdict.get('run_id'))}</h1>",
              f"<p class='verdict'>exit code <b>{verdict['exit_code']}</b>: {_fmt(verdict['meaning'])}</p>"]
+    if verdict.get("aborted"):
+        parts.append(f"<p class='verdict false'>stopped early: {_fmt(verdict['aborted'].get('reason'))}</p>")
     parts.append("<h2>Plots</h2>")
     for title, png in plots(run_dir, verdict):
         parts.append(f"<h3>{html.escape(title)}</h3><img alt='{html.escape(title)}' src='data:image/png;base64,{png}'>")
+    if verdict.get("faults"):
+        parts.append("<h2>Faults</h2>")
+        base = verdict.get("started_at") or verdict["faults"][0]["start"]
+        parts.append(_table(("fault", "kind", "target", "from (s)", "to (s)", "healed", "first ok (s)",
+                             "throughput back (s)", "what happened"),
+                            [(f["fault_id"], f["kind"], f["target"], round(f["start"] - base, 2),
+                              "open" if f["end"] is None else round(f["end"] - base, 2), f["healed"],
+                              _opt(f["recovery"].get("first_ok_s")), _opt(f["recovery"].get("throughput_s")),
+                              f["detail"] + (f" ({f['recovery']['note']})" if f["recovery"].get("note") else ""))
+                             for f in verdict["faults"]]))
     parts.append("<h2>Checks</h2>")
     rows = []
     for c in verdict["checks"]:

@@ -8,9 +8,10 @@ import io
 from pathlib import Path
 from typing import Any
 
-from checks.plotting import PlotInput, bin_seconds, pyplot
+from checks.plotting import PlotInput, bin_seconds, pyplot, shade_faults
 from checks.verdict import spec_of
 from toolclash.history import read_history
+from toolclash.nemesis.record import read_faults
 from toolclash.run import read_json
 
 
@@ -44,6 +45,7 @@ def plots(run_dir: Path, verdict: dict[str, Any]) -> list[tuple[str, str]]:
     settings = options.get("settings", {})
     out: list[tuple[str, str]] = []
     stages = read_json(run_dir / "stages.json") if (run_dir / "stages.json").is_file() else []
+    faults = read_faults(run_dir)
     if len(df):
         t0 = float(df["invoke_ts"].min())
         span = float(df["complete_ts"].max()) - t0
@@ -63,6 +65,7 @@ def plots(run_dir: Path, verdict: dict[str, Any]) -> list[tuple[str, str]]:
         ax2.set_ylabel("agents active")
         ax2.legend(loc="upper right")
         ax.legend(loc="upper left", title="outcome")
+        shade_faults(ax, faults, t0)
         ax.set_title("Throughput by outcome and agents active")
         out.append(("Throughput and agents over time", png(fig)))
 
@@ -78,6 +81,7 @@ def plots(run_dir: Path, verdict: dict[str, Any]) -> list[tuple[str, str]]:
             ax.set_xlabel(f"seconds since start ({step:g} s bins)")
             ax.set_ylabel("latency incl. retries (ms)")
             ax.legend(loc="upper left")
+            shade_faults(ax, faults, t0)
             ax.set_title("Latency percentiles over time")
             out.append(("Latency percentiles over time", png(fig)))
 
@@ -99,7 +103,8 @@ def plots(run_dir: Path, verdict: dict[str, Any]) -> list[tuple[str, str]]:
         ax.legend()
         plt.setp(ax.get_xticklabels(), rotation=20, ha="right")
         out.append(("Conflict rate per stage", png(fig)))
-    inputs = PlotInput(run_dir, verdict, ops, settings, float(df["invoke_ts"].min()) if len(df) else None)
+    inputs = PlotInput(run_dir, verdict, ops, settings, float(df["invoke_ts"].min()) if len(df) else None,
+                       faults=faults)
     for name in options.get("scenarios", []):
         spec = spec_of(name)[1]
         if spec.plots is not None:
