@@ -7,9 +7,10 @@ Recovery of one fault, from the history alone:
 * **first ok**: seconds from the fault's end (when its healing was observed) to the first call that completed
   ``ok`` after it;
 * **throughput back**: seconds from the fault's end to the first ok call *t* after it from which the ``ok``
-  calls of the next *w* seconds reach 0.9 of the rate of the minute before the fault began (or of what the run had before
-  it, at least 1 s and 3 calls); *w* holds about 10 calls at that rate, between 1 and 5 s. Not measured when
-  there is no throughput before the fault to compare with, or when the run ended before it came back.
+  calls of the next *w* seconds reach 0.9 of the rate of the minute before the fault began (or of what the run
+  had before it, at least 0.5 s and 3 calls); *w* holds about 10 calls at that rate, between 1 and 5 s. Not
+  measured when there is no throughput before the fault to compare with, or when the run ended before it came
+  back.
 
 The gate ``recovery_s`` (``--gate-recovery-s``, 2 s by default; :func:`checks.gates.recovery_gates`) is per
 fault, on the throughput figure.
@@ -51,7 +52,7 @@ def recovery(fault: Mapping[str, Any], ok_done: Sequence[float], first_ts: float
     b0 = max(first_ts, start - BASELINE_S)
     span = start - b0
     before = bisect_left(ok_done, start) - bisect_left(ok_done, b0)
-    if span < 1.0 or before < 3:
+    if span < 0.5 or before < 3:
         out["note"] = (f"no throughput before the fault to compare with ({before} ok calls in the {span:.1f} s "
                        "before it)")
         return out

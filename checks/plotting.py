@@ -11,9 +11,10 @@ from typing import Any
 from toolclash.nemesis.record import applied
 from toolclash.run import read_json
 
-FAULT_COLOR = "#ff7f0e"
-FAULT_ALPHA = 0.2
-"""A fault band: this colour at this opacity (tests find its pixels in the report's PNGs)."""
+FAULT_COLOR = "#ffd700"
+FAULT_ALPHA = 0.3
+"""A fault band: gold (no line of matplotlib's default cycle blends into it) at this opacity; tests find its
+pixels in the report's PNGs."""
 
 
 @dataclass
@@ -63,7 +64,7 @@ def shade_faults(ax: Any, faults: list[Any], t0: float) -> int:
         end = float(f["end"]) - t0 if f.get("end") is not None else max(right, start)
         ax.axvspan(start, max(end, start + 0.05), facecolor=FAULT_COLOR, alpha=FAULT_ALPHA, linewidth=0, zorder=0)
         ax.text(start, 1.0, f" {f['fault_id']} {f['kind']} {f['target']}", transform=ax.get_xaxis_transform(),
-                fontsize=7, color="#a04000", va="top", ha="left", rotation=90, clip_on=True)
+                fontsize=7, color="#806000", va="top", ha="left", rotation=90, clip_on=True)
         n += 1
     if n:
         ax.set_xlim(right=max(right, ax.get_xlim()[1]))

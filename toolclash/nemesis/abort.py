@@ -2,9 +2,10 @@
 
 ``--abort-on`` is a list of conditions separated by ``;`` (or ``,``); the first that holds stops the run:
 
-* ``error-rate>0.5 for 5s`` (or ``>50%``): over the last 5 s, more than half of the calls failed or ended in
-  doubt, connect failures included and correct business answers (e.g. insufficient funds) left out; at
-  least 5 calls in that window, and the run at least that old;
+* ``error-rate>0.5 for 5s`` (or ``>50%``): for the last 5 s, more than half of the calls failed or ended in
+  doubt (connect failures included, correct business answers such as insufficient funds left out): in every
+  second of those 5 that saw calls, and at least half of them did, with at least 5 calls in all (a worker's
+  counters reach the master every 3 s: a short window may see none, and then it does not hold);
 * ``unreachable postgres for 10s`` (or ``unreachable for 10s``: any service of the run): the service has not
   answered a probe (a connect and a trivial query, 1 s timeout, every 0.5 s) for that long;
 * ``invariant``: a scenario's live invariant is broken (e.g. a negative credit balance), polled every second
@@ -204,17 +205,32 @@ class AbortMonitor:
                 return reason
         return None
 
+    def _at(self, t: float) -> tuple[float, int, int]:
+        """The last sample taken at or before *t* (the first one if none was)."""
+        return next((s for s in reversed(self.samples) if s[0] <= t), self.samples[0])
+
+    def _error_rate(self, cond: Condition, now: float) -> str | None:
+        if now - self.started < cond.for_s:
+            return None
+        parts = max(1, int(cond.for_s))
+        step = cond.for_s / parts
+        seen = errors = calls = 0
+        for i in range(parts):
+            a, b = self._at(now - cond.for_s + i * step), self._at(now - cond.for_s + (i + 1) * step)
+            d_err, d_calls = b[1] - a[1], b[2] - a[2]
+            if d_calls <= 0:
+                continue
+            if d_err / d_calls <= cond.threshold:
+                return None
+            seen, errors, calls = seen + 1, errors + d_err, calls + d_calls
+        if calls < MIN_CALLS or 2 * seen < parts:
+            return None
+        return (f"--abort-on {cond.text}: {errors} of {calls} calls failed or ended in doubt in the last "
+                f"{cond.for_s:g} s ({errors / calls:.0%})")
+
     def _holds(self, cond: Condition, now: float) -> str | None:
         if cond.kind == "error_rate":
-            if now - self.started < cond.for_s:
-                return None
-            old = next((s for s in reversed(self.samples) if s[0] <= now - cond.for_s), self.samples[0])
-            _, errors, calls = self.samples[-1]
-            d_err, d_calls = errors - old[1], calls - old[2]
-            if d_calls >= MIN_CALLS and d_err / d_calls > cond.threshold:
-                return (f"--abort-on {cond.text}: {d_err} of {d_calls} calls failed or ended in doubt in the last "
-                        f"{cond.for_s:g} s ({d_err / d_calls:.0%})")
-            return None
+            return self._error_rate(cond, now)
         if cond.kind == "unreachable":
             for name in self.probes:
                 if cond.service in ("", name) and now - self.last_ok[name] >= cond.for_s:

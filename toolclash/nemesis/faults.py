@@ -29,6 +29,9 @@ class Fault(Protocol):
 
     def heal(self) -> str: ...
 
+    def undo(self) -> None:
+        """After an :meth:`apply` that failed: put back whatever it did (nothing when it did nothing)."""
+
 
 class WorkerKiller(Protocol):
     """What the Locust glue provides for worker kills (the core does not know Locust's workers)."""
@@ -43,17 +46,32 @@ class WorkerKiller(Protocol):
 
 
 class ServerFault:
-    """crash, restart, stop or pause of one server."""
+    """crash, restart, stop or pause of one server. Every operation holds *lock*: the servers of one stack share
+    its state dir's lock (an ``flock``), which two greenlets of one process must never wait for at once."""
 
-    def __init__(self, spec: FaultSpec, control: Any, note: str = "") -> None:
-        self.spec, self.ctl, self.note = spec, control, note
+    def __init__(self, spec: FaultSpec, control: Any, lock: Any, note: str = "") -> None:
+        self.spec, self.ctl, self.lock, self.note = spec, control, lock, note
         self.pid: int | None = None
+        self.acted = False
 
     def apply(self) -> str:
+        with self.lock:
+            return self._apply()
+
+    def heal(self) -> str:
+        with self.lock:
+            return self._heal()
+
+    def undo(self) -> None:
+        if self.acted:
+            self.heal()
+
+    def _apply(self) -> str:
         kind, ctl = self.spec.kind, self.ctl
         self.pid = ctl.pid()
         if self.pid is None:
             raise RuntimeError(f"{ctl.name} is not running")
+        self.acted = True
         if kind == "pause":
             ctl.pause()
             if not ctl.is_paused():
@@ -71,7 +89,7 @@ class ServerFault:
             raise RuntimeError(f"{ctl.name} still runs after the {kind}")
         return self._with_note(what)
 
-    def heal(self) -> str:
+    def _heal(self) -> str:
         ctl = self.ctl
         if self.spec.kind == "pause":
             ctl.resume()
@@ -121,6 +139,9 @@ class ProxyFault:
                     "bandwidth in all")
         return f"cleared; {int(d['resets'])} connection(s) to {self.link} were reset in all"
 
+    def undo(self) -> None:
+        self.heal()
+
 
 class NetFault:
     """loss or partition: DROP rules in the namespaces of the hosts at either end."""
@@ -142,6 +163,10 @@ class NetFault:
             netfilter.heal(netns, self.fault_id)
         return f"rules removed; they had dropped {dropped} packet(s)"
 
+    def undo(self) -> None:
+        for netns, _peer in self.rules:
+            netfilter.heal(netns, self.fault_id)
+
 
 class WorkerKill:
     """SIGKILL of a Locust worker; 'healed' once the master counts it missing (nothing brings it back)."""
@@ -157,3 +182,6 @@ class WorkerKill:
     def heal(self) -> str:
         return self.killer.gone(self.spec.target, self.GONE_TIMEOUT_S) + "; the worker does not come back: its " \
             "in-flight calls and unsent history are lost"
+
+    def undo(self) -> None:
+        """Nothing to put back."""

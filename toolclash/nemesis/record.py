@@ -3,8 +3,10 @@ window opens or closes, so that a reader (or a crash) never sees half a record.
 
 Each record: ``{"fault_id": str, "kind": str, "target": str, "start": float (unix s, when the fault was observed
 in effect), "end": float | null (unix s, when it was healed), "spec": {…}, "healed": bool, "detail": str}``.
-A window still open has ``end`` null and ``healed`` false. A fault that could not be applied is recorded with
-``spec["applied"]`` false, ``start`` = ``end`` = the time of the attempt and the reason in ``detail``.
+A window still open has ``end`` null and ``healed`` false; ``spec["lag_s"]`` is how long after its
+scheduled time the fault was observed in effect (applying takes time, and a server's fault waits until the
+last one on that server is healed). A fault that could not be applied is recorded with ``spec["applied"]``
+false, ``start`` = ``end`` = the time of the attempt and the reason in ``detail``.
 """
 
 from __future__ import annotations

@@ -89,6 +89,10 @@ class Nemesis:
         self._active: dict[str, _Window] = {}
         self._opened: dict[tuple[str, str], int] = {}
         self._lock = threading.Lock()
+        self._servers = threading.Lock()
+        self._busy: dict[str, threading.Lock] = {}
+        """Held by every server operation (see :class:`ServerFault`)."""
+        self._stopping = threading.Lock()
         self.started = False
 
     # -- preparing ----------------------------------------------------------------------------------
@@ -217,7 +221,7 @@ class Nemesis:
 
     def _make(self, spec: FaultSpec, fault_id: str) -> Fault:
         if spec.kind in SERVER_KINDS:
-            return ServerFault(spec, self.controls[spec.target], self.notes.get(spec.target, ""))
+            return ServerFault(spec, self.controls[spec.target], self._servers, self.notes.get(spec.target, ""))
         if spec.kind in PROXY_KINDS:
             assert self.proxy is not None
             return ProxyFault(spec, self.proxy, self.links[spec.target])
@@ -227,36 +231,53 @@ class Nemesis:
         return WorkerKill(spec, self.killer)
 
     def _run(self, spec: FaultSpec) -> None:
+        # one fault of a server at a time: a window that starts while the last one on the same server is not
+        # healed yet waits for it (the record's ``lag_s`` says how late it came)
+        busy = self._busy.setdefault(spec.target, threading.Lock()) if spec.kind in SERVER_KINDS else None
         for k, at_s in spec.starts():
-            if self._stop.wait(max(0.0, self.t0 + at_s - time.time())):
+            asked = self.t0 + at_s
+            if self._stop.wait(max(0.0, asked - time.time())):
                 return
-            fault_id = spec.fault_id(k)
-            record = spec.record(k)
-            fault = self._make(spec, fault_id)
+            if busy is not None:
+                while not busy.acquire(timeout=0.2):
+                    if self._stop.is_set():
+                        return
             try:
-                detail = fault.apply()
-            except Exception as exc:  # noqa: BLE001 - recorded; whatever it did is undone
-                log.warning("nemesis: %s %r could not be applied: %s", fault_id, spec.text, first_line(exc))
-                self.log.not_applied(fault_id, spec.kind, spec.target, time.time(), record, first_line(exc))
-                self._undo(fault)
-                continue
-            window = _Window(fault_id, spec, fault, time.time())
-            with self._lock:
-                self._active[fault_id] = window
-                key = (spec.kind, spec.target)
-                self._opened[key] = self._opened.get(key, 0) + 1
-            self.log.opened(fault_id, spec.kind, spec.target, window.start, record, detail)
-            log.info("nemesis: %s %s %s in effect: %s", fault_id, spec.kind, spec.target, detail)
-            self._stop.wait(spec.for_s)
-            self._heal(window)
+                self._window(spec, k, asked)
+            finally:
+                if busy is not None:
+                    busy.release()
             if self._stop.is_set():
                 return
 
+    def _window(self, spec: FaultSpec, k: int, asked: float) -> None:
+        fault_id = spec.fault_id(k)
+        record = spec.record(k)
+        fault = self._make(spec, fault_id)
+        try:
+            detail = fault.apply()
+        except Exception as exc:  # noqa: BLE001 - recorded; whatever it did is undone
+            log.warning("nemesis: %s %r could not be applied: %s", fault_id, spec.text, first_line(exc))
+            self.log.not_applied(fault_id, spec.kind, spec.target, time.time(), record, first_line(exc))
+            self._undo(fault)
+            return
+        window = _Window(fault_id, spec, fault, time.time())
+        with self._lock:
+            self._active[fault_id] = window
+            key = (spec.kind, spec.target)
+            self._opened[key] = self._opened.get(key, 0) + 1
+        record["lag_s"] = round(window.start - asked, 3)
+        self.log.opened(fault_id, spec.kind, spec.target, window.start, record, detail)
+        log.info("nemesis: %s %s %s in effect (%.2f s after it was due): %s", fault_id, spec.kind, spec.target,
+                 window.start - asked, detail)
+        self._stop.wait(spec.for_s)
+        self._heal(window)
+
     def _undo(self, fault: Fault) -> None:
         try:
-            fault.heal()
-        except Exception:  # noqa: BLE001 - nothing was in effect, or it is gone anyway
-            pass
+            fault.undo()
+        except Exception as exc:  # noqa: BLE001 - logged; the end of the run cleans up what it can
+            log.error("nemesis: could not undo a fault that failed half-way: %s", first_line(exc))
 
     def _heal(self, window: _Window, deadline_s: float = HEAL_DEADLINE_S) -> None:
         """Heal *window*'s fault (once, whichever thread comes first), retried until *deadline_s*; recorded."""
@@ -291,10 +312,13 @@ class Nemesis:
 
     def stop(self, timeout: float = HEAL_DEADLINE_S + 10.0) -> None:
         """Heal every active fault now and apply no more; returns once all are healed (or recorded as not)."""
-        if not self.started:
-            return
-        self._stop.set()
-        deadline = time.monotonic() + timeout
+        with self._stopping:  # a second caller returns once the first has healed everything
+            if not self.started:
+                return
+            self._stop.set()
+            self._join_and_heal(time.monotonic() + timeout)
+
+    def _join_and_heal(self, deadline: float) -> None:
         for thread in self._threads:
             if thread is not threading.current_thread():
                 thread.join(max(0.0, deadline - time.monotonic()))
