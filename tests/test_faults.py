@@ -24,6 +24,9 @@ from toolclash.nemesis import read_faults
 from toolclash.stack.core import Stack
 
 STRESS = ["--profile", "stress", "--strategy", "pessimistic", "--accounts", "5"]
+STEADY = ["--wait-min", "0.005", "--wait-max", "0.01", "--strategy", "pessimistic", "--accounts", "100"]
+"""A load that stays level (with no think time, a few hot rows slow down as their dead versions pile up, and the
+throughput after a fault would be compared with a faster start)."""
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +68,8 @@ def distributed(workers: int = 2) -> list[str]:
 
 def test_stop_pause_and_restart_of_postgres_are_seen_healed_plotted_and_recovered(database_url: str,
                                                                                    tmp_path: Path) -> None:
-    run = run_locust(["-u", "8", "-r", "8", "-t", "8s", *STRESS, "--nemesis",
-                      "stop postgres at 1.5s for 1s; pause postgres at 3.5s for 1s; restart postgres at 5.5s"],
+    run = run_locust(["-u", "8", "-r", "8", "-t", "7s", *STEADY, "--nemesis",
+                      "stop postgres at 1.2s for 0.8s; pause postgres at 2.8s for 0.8s; restart postgres at 4.3s"],
                      reports=tmp_path, database_url=database_url)
     assert run.code in (0, 3, 4), run.output()
     verdict = run.verdict
@@ -110,10 +113,10 @@ def test_a_crashed_server_is_not_hammered_and_calls_resume_within_the_gate(durab
 
 def test_a_known_bad_strategy_is_caught_under_every_server_and_proxy_fault(durable: dict[str, str],
                                                                            tmp_path: Path) -> None:
-    schedule = ("stop postgres at 1s for 0.7s; pause postgres at 2.2s for 0.7s; latency postgres 20ms±5ms at 3.4s "
-                "for 0.8s; reset postgres at 4.6s for 0.5s; bandwidth postgres 100kbit at 5.6s for 0.5s; "
-                "restart postgres at 6.6s; crash postgres at 7.6s for 0.5s")
-    run = run_locust(["-u", "16", "-r", "16", "-t", "10s", "--profile", "stress", "--accounts", "1", "--strategy",
+    schedule = ("stop postgres at 1s for 0.5s; pause postgres at 2s for 0.5s; latency postgres 20ms±5ms at 3s "
+                "for 0.5s; reset postgres at 3.8s for 0.4s; bandwidth postgres 100kbit at 4.5s for 0.4s; "
+                "restart postgres at 5.2s; crash postgres at 6s for 0.4s")
+    run = run_locust(["-u", "16", "-r", "16", "-t", "8s", "--profile", "stress", "--accounts", "1", "--strategy",
                       "naive", "--nemesis", schedule], reports=tmp_path, database_url=clean(durable["DATABASE_URL"]))
     assert run.code == 1, run.output()
     assert run.check("credits.lost_updates")["valid"] is False
@@ -126,10 +129,10 @@ def test_a_known_bad_strategy_is_caught_under_every_server_and_proxy_fault(durab
 def test_latency_resets_bandwidth_and_a_pause_of_redis_keep_the_queue_truthful(stack: dict[str, str],
                                                                                database_url: str,
                                                                                tmp_path: Path) -> None:
-    run = run_locust(["-u", "10", "-r", "10", "-t", "9s", "--profile", "stress", "--queue-consumers", "3",
+    run = run_locust(["-u", "10", "-r", "10", "-t", "7s", "--profile", "stress", "--queue-consumers", "3",
                       "--queue-rate-per-agent", "5", "--queue-capacity", "200", "--nemesis",
-                      "latency redis 30ms±10ms at 1.5s for 1.5s; reset redis at 3.5s for 1s; bandwidth redis 64kbit "
-                      "at 5s for 1s; pause redis at 6.5s for 1s"],
+                      "latency redis 30ms±10ms at 1.2s for 1s; reset redis at 2.7s for 0.8s; bandwidth redis 64kbit "
+                      "at 4s for 0.8s; pause redis at 5.2s for 0.8s"],
                      reports=tmp_path, database_url=database_url, services=stack, locustfile="locustfiles/jobqueue.py")
     assert run.code in (0, 3, 4), run.output()
     verdict = run.verdict
@@ -137,7 +140,7 @@ def test_latency_resets_bandwidth_and_a_pause_of_redis_keep_the_queue_truthful(s
     latency = assert_fault_seen(run.run_dir, verdict, "latency", "redis")
     chunks = int(latency["detail"].split("cleared; ")[1].split(" chunk")[0])
     mean_ms = float(latency["detail"].split("delayed, ")[1].split(" ms")[0])
-    assert chunks > 20 and 20.0 <= mean_ms <= 40.0, latency["detail"]
+    assert chunks > 10 and 20.0 <= mean_ms <= 40.0, latency["detail"]
     reset = assert_fault_seen(run.run_dir, verdict, "reset", "redis")
     assert int(reset["detail"].split("cleared; ")[1].split(" connection")[0]) > 0, reset["detail"]
     bandwidth = assert_fault_seen(run.run_dir, verdict, "bandwidth", "redis")
@@ -147,15 +150,17 @@ def test_latency_resets_bandwidth_and_a_pause_of_redis_keep_the_queue_truthful(s
     assert verdict["figures"]["queue"]["ok"] > 100
 
 
-def _worker_kill(tmp_path: Path, database_url: str, strategy: str) -> LocustRun:
-    return run_locust(["-u", "8", "-r", "8", "-t", "7s", "--profile", "stress", "--accounts", "1", "--strategy",
-                       strategy, *distributed(2), "--enable-rebalancing", "--nemesis", "worker_kill worker2 at 2s"],
+def _worker_kill(tmp_path: Path, database_url: str, strategy: str, seconds: int) -> LocustRun:
+    # the master counts a killed worker missing after about 3 s of silent heartbeats; then the others go on
+    return run_locust(["-u", "8", "-r", "8", "-t", f"{seconds}s", "--profile", "stress", "--accounts", "1",
+                       "--strategy",
+                       strategy, *distributed(2), "--enable-rebalancing", "--nemesis", "worker_kill worker2 at 1.5s"],
                       reports=tmp_path, database_url=database_url)
 
 
 def test_a_killed_worker_is_seen_gone_and_its_lost_history_makes_the_verdict_unknown(database_url: str,
                                                                                     tmp_path: Path) -> None:
-    run = _worker_kill(tmp_path, database_url, "pessimistic")
+    run = _worker_kill(tmp_path, database_url, "pessimistic", 7)
     assert run.code == 3, run.output()
     verdict = run.verdict
     no_false_check(verdict)
@@ -166,7 +171,7 @@ def test_a_killed_worker_is_seen_gone_and_its_lost_history_makes_the_verdict_unk
 
 
 def test_a_killed_worker_does_not_hide_a_known_bad_strategy(database_url: str, tmp_path: Path) -> None:
-    run = _worker_kill(tmp_path, database_url, "naive")
+    run = _worker_kill(tmp_path, database_url, "naive", 5)
     assert run.code == 1, run.output()
     assert run.check("credits.lost_updates")["valid"] is False
     assert window(run.run_dir, "worker_kill")["healed"] is True
