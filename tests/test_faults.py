@@ -207,3 +207,67 @@ def test_abort_on_a_broken_invariant_stops_the_run_and_the_checks_show_it(databa
     abort = json.loads((run.run_dir / "abort.json").read_text())
     assert "negative balance: account 1" in abort["reason"], abort
     assert run.check("credits.no_negative")["valid"] is False
+
+
+def test_the_web_uis_stop_now_button_stops_the_run_heals_the_fault_and_judges(database_url: str,
+                                                                             tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+
+    from playwright.sync_api import sync_playwright
+
+    from tests.conftest import LOCUST, ROOT
+    from tests.test_webui import _reload_row, wait_until
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOCUST_", "TOOLCLASH_"))}
+    env.pop("PROMETHEUS_URL", None)
+    env["DATABASE_URL"] = database_url
+    proc = subprocess.Popen([LOCUST, "-f", "locustfiles/credits.py", "--web-host", "127.0.0.1", "--web-port", port,
+                             "--reports-dir", str(tmp_path), "--metrics-port", "0", "--loglevel", "WARNING",
+                             "--nemesis", "pause postgres at 1.5s for 120s"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 900})
+
+                def loaded() -> bool:
+                    try:
+                        page.goto(base + "/")
+                        return page.locator("#toolclash-stop-now").count() == 1
+                    except Exception:  # noqa: BLE001 - the server is still starting
+                        return False
+
+                wait_until("the web UI with its stop button", loaded)
+                page.fill("input[name=userCount]", "6")
+                page.fill("input[name=spawnRate]", "6")
+                page.get_by_role("button", name="Start").click()
+                run_dir = wait_until("the run directory", lambda: next(iter(tmp_path.iterdir()), None))
+                wait_until("the pause in effect", lambda: any(f["end"] is None for f in read_faults(run_dir)))
+                page.locator("#toolclash-stop-now").click()
+                wait_until("the button's answer", lambda: "judging" in page.locator("#toolclash-stop-now")
+                           .inner_text(), 10)
+                verdict_row = wait_until("the verdict row", lambda: _reload_row(page, base, "verdict"), 90)
+                stop_row = wait_until("the emergency stop row", lambda: _reload_row(page, base, "emergency stop"))
+            finally:
+                browser.close()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+    assert verdict_row[0] == "exit code 4", verdict_row  # valid data, but the run did not run its course
+    assert stop_row[0] == "STOPPED EARLY", stop_row
+    abort = json.loads((run_dir / "abort.json").read_text())
+    assert abort["by"] == "stop-now" and "web UI" in abort["reason"] and abort["stopped_s"] < 2.0, abort
+    pause = window(run_dir, "pause")
+    assert pause["healed"] and pause["end"] < pause["start"] + 60 and "SIGCONT" in pause["detail"], pause
+    verdict = json.loads((run_dir / "checks.json").read_text())
+    no_false_check(verdict)
+    assert verdict["aborted"]["reason"] == abort["reason"]
