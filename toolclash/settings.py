@@ -89,8 +89,9 @@ class Settings:
                              group="gates")
     gate_success_rate: float = opt(0.999, "SLA gate: least share of calls that succeed after retries", min=0,
                                    max=1, group="gates")
-    gate_recovery_s: float = opt(2.0, "SLA gate, per fault of --nemesis: most seconds from the fault's end until "
-                                 "throughput is back at 0.9 of its rate in the minute before it", min=0, group="gates")
+    gate_recovery_s: float = opt(2.0, "SLA gate: most seconds until throughput is back at 0.9 of its rate before a "
+                                 "disturbance: from the end of each fault of --nemesis, and from the start of each "
+                                 "deadlock cascade", min=1e-9, group="gates")
     # --- faults on a schedule, circuit breakers, emergency stop (docs/faults.md)
     nemesis: str = opt("", "faults on a schedule, e.g. 'stop postgres at 5s for 3s; latency redis 100ms±20ms from 10s "
                        "to 25s' (kinds: crash, restart, stop, pause, latency, bandwidth, reset, loss, partition, "
