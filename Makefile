@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 APT_PACKAGES := postgresql postgresql-contrib pgbouncer redis-server clickhouse-server prometheus \
   prometheus-postgres-exporter prometheus-redis-exporter prometheus-pgbouncer-exporter chromium chromium-driver \
-  docker-compose iproute2
+  docker-compose iproute2 iptables
 # `make run`: every agent kind through a one-minute ramp 5 -> 10 -> 25 -> 50 -> 100 agents
 # (override: make run STAGE_SECONDS=30 ARGS="--strategy serializable").
 STAGES ?= 5,10,25,50,100
@@ -15,7 +15,7 @@ WORKERS ?= 4
 ARGS ?=
 LOCUSTFILE ?= locustfiles/mixed.py
 
-.PHONY: help setup apt venv run observe distributed ui test bench lint clean
+.PHONY: help setup apt venv run observe distributed ui test bench chaos lint clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -63,6 +63,9 @@ test: setup ## run the whole test suite against real servers
 
 bench: setup ## speed figures as ratios against pgbench in the same run (not part of test)
 	$(PY) -m bench $(ARGS)
+
+chaos: setup ## the long fault matrix: every fault kind x scenario x correct/known-bad (minutes; not in test or CI)
+	$(PY) -m pytest -q chaos $(PYTEST_ARGS)
 
 lint: setup ## ruff and mypy
 	$(VENV)/bin/ruff check .
