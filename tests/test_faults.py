@@ -11,12 +11,15 @@ from __future__ import annotations
 import json
 import shutil
 import socket
+import subprocess
+import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import LocustRun, run_locust
+from tests.conftest import ROOT, LocustRun, run_locust
 from tests.faultkit import assert_fault_seen, no_false_check, window
 from tests.test_stack import private_dir
 from toolclash.history import read_history
@@ -86,6 +89,11 @@ def test_stop_pause_and_restart_of_postgres_are_seen_healed_plotted_and_recovere
                 and op["invoke_ts"] > paused["start"]]
     assert "f1 stop postgres" in run.proc.stdout and "fault.f1(stop postgres).recovery_s" in run.proc.stdout
     assert run.verdict["figures"]["credits"]["ok"] > 100
+    # the run directory alone gives the same verdict, recovery figures included
+    again = subprocess.run([sys.executable, "-m", "checks", "--run", str(run.run_dir)], cwd=ROOT,
+                           capture_output=True, text=True, check=False, timeout=120)
+    assert again.returncode == run.code, again.stdout + again.stderr
+    assert f"{stop['recovery']['first_ok_s']:.2f} s" in again.stdout and "f2 pause postgres" in again.stdout
 
 
 def test_a_crashed_server_is_not_hammered_and_calls_resume_within_the_gate(durable: dict[str, str],
@@ -213,19 +221,18 @@ def test_the_web_uis_stop_now_button_stops_the_run_heals_the_fault_and_judges(da
                                                                              tmp_path: Path) -> None:
     import os
     import signal
-    import subprocess
 
     from playwright.sync_api import sync_playwright
 
-    from tests.conftest import LOCUST, ROOT
-    from tests.test_webui import _reload_row, wait_until
+    from tests.conftest import LOCUST
+    from tests.test_webui import _reload_row, _row, wait_until
 
-    port = free_port()
+    port, metrics = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LOCUST_", "TOOLCLASH_"))}
     env.pop("PROMETHEUS_URL", None)
     env["DATABASE_URL"] = database_url
     proc = subprocess.Popen([LOCUST, "-f", "locustfiles/credits.py", "--web-host", "127.0.0.1", "--web-port", port,
-                             "--reports-dir", str(tmp_path), "--metrics-port", "0", "--loglevel", "WARNING",
+                             "--reports-dir", str(tmp_path), "--metrics-port", metrics, "--loglevel", "WARNING",
                              "--nemesis", "pause postgres at 1.5s for 120s"],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
@@ -246,8 +253,17 @@ def test_the_web_uis_stop_now_button_stops_the_run_heals_the_fault_and_judges(da
                 page.fill("input[name=userCount]", "6")
                 page.fill("input[name=spawnRate]", "6")
                 page.get_by_role("button", name="Start").click()
+                page.get_by_role("tab", name="Consistency").click()
                 run_dir = wait_until("the run directory", lambda: next(iter(tmp_path.iterdir()), None))
                 wait_until("the pause in effect", lambda: any(f["end"] is None for f in read_faults(run_dir)))
+                # Prometheus sees the fault, and the agents' breakers (a paused server fails no connection)
+                active = 'toolclash_fault_active{kind="pause",target="postgres"} 1.0'
+                scraped = wait_until("the fault on /metrics", lambda: next((t for t in [_scrape(metrics)]
+                                                                            if active in t), None))
+                assert 'toolclash_breaker_agents{state="closed"} 6.0' in scraped, scraped[-3000:]
+                wait_until("the tab's faults row", lambda: _row(page, "faults active") == ("1", "pause postgres"))
+                breakers = _row(page, "circuit breakers")
+                assert breakers is not None and "closed 6" in breakers[1], breakers
                 page.locator("#toolclash-stop-now").click()
                 wait_until("the button's answer", lambda: "judging" in page.locator("#toolclash-stop-now")
                            .inner_text(), 10)
@@ -271,3 +287,8 @@ def test_the_web_uis_stop_now_button_stops_the_run_heals_the_fault_and_judges(da
     verdict = json.loads((run_dir / "checks.json").read_text())
     no_false_check(verdict)
     assert verdict["aborted"]["reason"] == abort["reason"]
+
+
+def _scrape(port: str) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        return resp.read().decode()
