@@ -220,15 +220,3 @@ def test_a_partition_between_a_worker_and_the_master_is_seen_healed_recorded_and
     part = assert_fault_seen(tmp_path / "part", verdict, "partition", "worker1-master")
     assert _dropped(part) > 0, part["detail"]  # heartbeats and reports between them were dropped
     assert len(verdict["history"]["processes"]) == 2  # both histories arrived once the partition healed
-
-
-def test_a_known_bad_strategy_is_caught_under_loss_and_a_partition(lab: Lab, remote_database: str,
-                                                                  tmp_path: Path) -> None:
-    code, out, err = _faulty_run(lab, remote_database, tmp_path, "bad", "loss worker1-postgres 20% at 1s for 1.5s; "
-                                 "partition worker2-master at 3s for 1.5s", strategy="naive",
-                                 load=("--profile", "stress"))
-    assert code == 1, f"{code}\n{out[-3000:]}\n{err[-3000:]}"
-    verdict = json.loads((tmp_path / "bad" / "checks.json").read_text())
-    assert next(c for c in verdict["checks"] if c["name"] == "credits.lost_updates")["valid"] is False
-    assert sorted(f["kind"] for f in verdict["faults"]) == ["loss", "partition"]
-    assert all(f["healed"] for f in verdict["faults"])

@@ -61,11 +61,10 @@ def test_a_bad_schedule_says_what_in_one_line(spec: str, says: str) -> None:
 
 
 def test_a_bad_schedule_or_target_exits_2_with_one_line_before_any_agent(tmp_path: Path) -> None:
-    missing = tmp_path / "nope.txt"
-    for args, says in (([ "--nemesis", "stop postgres at 1s"], "needs a duration"),
-                       (["--nemesis-file", str(missing)], "cannot read it"),
-                       (["--nemesis", "stop redis at 1s for 1s"], "does not use redis"),
-                       (["--abort-on", "errors>5"], "--abort-on")):
+    schedule = tmp_path / "faults.txt"
+    schedule.write_text("# a fault per line\nstop postgres at 1s for 1s\nlatency redis 10ms at 2s for 1s\n")
+    for args, says in ((["--nemesis", "stop postgres at 1s", "--abort-on", "invariant"], "needs a duration"),
+                       (["--nemesis-file", str(schedule)], "does not use redis")):
         proc = subprocess.run([LOCUST, "-f", "locustfiles/credits.py", "--headless", "-u", "1", "-t", "2s",
                                "--reports-dir", str(tmp_path), "--metrics-port", "0", *args], cwd=ROOT,
                               capture_output=True, text=True, timeout=120, check=False)
@@ -73,7 +72,18 @@ def test_a_bad_schedule_or_target_exits_2_with_one_line_before_any_agent(tmp_pat
         assert proc.returncode == 2, proc.stderr[-2000:]
         assert len(lines) == 1 and says in lines[0], proc.stderr[-2000:]
         assert "Traceback" not in proc.stderr
-    assert not list(tmp_path.iterdir())  # no run directory was made
+    assert [p.name for p in tmp_path.iterdir()] == ["faults.txt"]  # no run directory was made
+
+
+def test_settings_refuse_a_bad_abort_condition_and_an_unreadable_schedule(tmp_path: Path) -> None:
+    from toolclash.nemesis import load
+    from toolclash.option import SettingsError
+    from toolclash.settings import Settings
+
+    with pytest.raises(SettingsError, match="--abort-on 'errors>5': expected"):
+        Settings.from_mapping({"abort_on": "errors>5"})
+    with pytest.raises(NemesisError, match=r"--nemesis-file .*nope\.txt: cannot read it"):
+        load("", str(tmp_path / "nope.txt"))
 
 
 def test_the_record_is_rewritten_whole_and_read_back_in_order(tmp_path: Path) -> None:

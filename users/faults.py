@@ -217,15 +217,18 @@ class Faults:
     def _stop_now(self) -> None:
         env = self.rt.environment
         runner = env.runner
-        env.stop_timeout = 0  # users are killed at once, not allowed to finish their task
+        stop_timeout, env.stop_timeout = env.stop_timeout, 0  # users are killed at once, not given time to finish
         if isinstance(runner, MasterRunner):
             runner.send_message("tc_abort", {"run_id": self.rt.run_id})
         healing = gevent.spawn(self.heal)
-        if getattr(env.parsed_options, "headless", False):
-            runner.quit()
-        else:
-            runner.stop()
-        healing.join()
+        try:
+            if getattr(env.parsed_options, "headless", False):
+                runner.quit()
+            else:
+                runner.stop()
+            healing.join()
+        finally:
+            env.stop_timeout = stop_timeout  # the web UI's next run gets the usual --stop-timeout
 
     def stopped(self) -> None:
         """Every worker's history arrived (or was given up): how long the stop took goes to ``abort.json``."""
