@@ -70,10 +70,12 @@ def distributed(workers: int = 2) -> list[str]:
             "--master-port", port]
 
 
-def test_stop_pause_and_restart_of_postgres_are_seen_healed_plotted_and_recovered(database_url: str,
-                                                                                   tmp_path: Path) -> None:
-    run = run_locust(["-u", "8", "-r", "8", "-t", "7s", *STEADY, "--nemesis",
-                      "stop postgres at 1.2s for 0.8s; pause postgres at 2.8s for 0.8s; restart postgres at 4.3s"],
+def test_stop_pause_restart_latency_reset_and_bandwidth_are_seen_healed_plotted_and_recovered(
+        database_url: str, tmp_path: Path) -> None:
+    run = run_locust(["-u", "8", "-r", "8", "-t", "10s", *STEADY, "--nemesis",
+                      "stop postgres at 1.2s for 0.8s; pause postgres at 2.8s for 0.8s; restart postgres at 4.3s; "
+                      "latency postgres 20ms±5ms at 5.6s for 0.8s; reset postgres at 6.9s for 0.5s; "
+                      "bandwidth postgres 50kbit at 8s for 0.5s"],
                      reports=tmp_path, database_url=database_url)
     assert run.code in (0, 3, 4), run.output()
     verdict = run.verdict
@@ -83,6 +85,12 @@ def test_stop_pause_and_restart_of_postgres_are_seen_healed_plotted_and_recovere
     pause = assert_fault_seen(run.run_dir, verdict, "pause", "postgres")
     assert "SIGSTOP" in pause["detail"] and "SIGCONT" in pause["detail"]
     assert assert_fault_seen(run.run_dir, verdict, "restart", "postgres")["healed"]
+    latency = assert_fault_seen(run.run_dir, verdict, "latency", "postgres")
+    assert 15.0 <= float(latency["detail"].split("delayed, ")[1].split(" ms")[0]) <= 25.0, latency["detail"]
+    reset = assert_fault_seen(run.run_dir, verdict, "reset", "postgres")
+    assert int(reset["detail"].split("cleared; ")[1].split(" connection")[0]) >= 8, reset["detail"]  # every agent's
+    bandwidth = assert_fault_seen(run.run_dir, verdict, "bandwidth", "postgres")
+    assert float(bandwidth["detail"].split("waited ")[1].split(" s")[0]) > 0, bandwidth["detail"]
     # a paused server answers nothing: no call completed while it was stopped
     ops = read_history(run.run_dir).ops
     paused = window(run.run_dir, "pause")
@@ -146,16 +154,17 @@ def test_latency_resets_bandwidth_and_a_pause_of_redis_keep_the_queue_truthful(s
     assert run.code in (0, 3, 4), run.output()
     verdict = run.verdict
     no_false_check(verdict)
-    latency = assert_fault_seen(run.run_dir, verdict, "latency", "redis")
-    chunks = int(latency["detail"].split("cleared; ")[1].split(" chunk")[0])
-    mean_ms = float(latency["detail"].split("delayed, ")[1].split(" ms")[0])
-    assert chunks > 10 and 20.0 <= mean_ms <= 40.0, latency["detail"]
-    reset = assert_fault_seen(run.run_dir, verdict, "reset", "redis")
-    assert int(reset["detail"].split("cleared; ")[1].split(" connection")[0]) > 0, reset["detail"]
-    bandwidth = assert_fault_seen(run.run_dir, verdict, "bandwidth", "redis")
-    assert float(bandwidth["detail"].split("waited ")[1].split(" s")[0]) > 0, bandwidth["detail"]
-    assert "SIGSTOP" in assert_fault_seen(run.run_dir, verdict, "pause", "redis")["detail"]
-    # the agents' calls went through the proxy the whole run: the run's Redis URL is not the server's own port
+    # the queue's own throughput is not level (rate limits, a filling queue): its recovery may not be measurable,
+    # the first ok call after each fault always is (the gates say when throughput was not back)
+    seen = {kind: assert_fault_seen(run.run_dir, verdict, kind, "redis", recovered=False)
+            for kind in ("latency", "reset", "bandwidth", "pause")}
+    assert all(f["recovery"]["first_ok_s"] is not None for f in seen.values()), seen
+    chunks = int(seen["latency"]["detail"].split("cleared; ")[1].split(" chunk")[0])
+    mean_ms = float(seen["latency"]["detail"].split("delayed, ")[1].split(" ms")[0])
+    assert chunks > 10 and 20.0 <= mean_ms <= 40.0, seen["latency"]["detail"]
+    assert int(seen["reset"]["detail"].split("cleared; ")[1].split(" connection")[0]) > 0, seen["reset"]["detail"]
+    assert float(seen["bandwidth"]["detail"].split("waited ")[1].split(" s")[0]) > 0, seen["bandwidth"]["detail"]
+    assert "SIGSTOP" in seen["pause"]["detail"]
     assert verdict["figures"]["queue"]["ok"] > 100
 
 
