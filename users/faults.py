@@ -25,7 +25,6 @@ from typing import Any
 import gevent
 from locust.runners import STATE_MISSING, STATE_STOPPED, MasterRunner, WorkerRunner
 
-from toolclash.breaker import STATES
 from toolclash.nemesis.abort import AbortMonitor, parse_abort
 from toolclash.nemesis.scheduler import Nemesis
 from toolclash.nemesis.spec import NemesisError, Plan, load
@@ -125,7 +124,7 @@ class Faults:
     # -- master or single process -----------------------------------------------------------------------
 
     def on_init(self, environment: Any, runner: Any, web_ui: Any) -> None:
-        """Register the messages and the web UI's button; raises :class:`NemesisError` when the schedule is bad."""
+        """Register the messages (worker kills, the emergency stop) and the web UI's stop-now button."""
         if isinstance(runner, WorkerRunner):
             runner.register_message("tc_abort", self._worker_on_abort)
             runner.register_message("tc_die", self._worker_on_die)
@@ -159,6 +158,8 @@ class Faults:
     def start(self, run: Run) -> None:
         """The run is open: faults from now on, and the ``--abort-on`` watch."""
         self.aborted = None
+        if self.killer is not None:
+            self.killer.killed.clear()
         if self.nemesis is not None:
             self.nemesis.start(run.dir)
         settings = run.settings
@@ -271,4 +272,4 @@ class Faults:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-__all__ = ["ABORT_FILE", "STATES", "Faults", "NemesisError", "WorkerKiller"]
+__all__ = ["ABORT_FILE", "Faults", "NemesisError", "WorkerKiller", "plan_of"]
