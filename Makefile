@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 APT_RUN := postgresql postgresql-contrib pgbouncer redis-server clickhouse-server prometheus \
   prometheus-postgres-exporter prometheus-redis-exporter prometheus-pgbouncer-exporter
-APT_TEST := chromium chromium-driver docker-compose iproute2
+APT_TEST := chromium chromium-driver docker-compose iproute2 iptables
 # `make run`: every agent kind through a one-minute ramp 5 -> 10 -> 25 -> 50 -> 100 agents
 # (override: make run STAGE_SECONDS=30 ARGS="--strategy serializable").
 STAGES ?= 5,10,25,50,100
@@ -19,8 +19,8 @@ LOCUSTFILE ?= locustfiles/mixed.py
 NOW = date +%s.%N
 SINCE = awk -v a="$$t0" -v b="$$($(NOW))" 'BEGIN{printf "%.1f s", b-a}'
 
-.PHONY: help setup setup-run apt-run apt-test venv-run venv run observe distributed ui test docs bench isolation lint \
-  clean
+.PHONY: help setup setup-run apt-run apt-test venv-run venv run observe distributed ui test docs bench isolation chaos \
+  lint clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -95,6 +95,9 @@ bench: setup ## speed figures as ratios against pgbench in the same run (not par
 
 isolation: setup ## the Hermitage matrix under load: 3 workloads x 3 levels; table to reports/ and docs/isolation.md
 	TOOLCLASH_ISOLATION_MATRIX=full $(PY) -m pytest -q -s tests/test_isolation.py $(PYTEST_ARGS)
+
+chaos: setup ## the long fault matrix: every fault kind x scenario x correct/known-bad (minutes; not in test or CI)
+	$(PY) -m pytest -q chaos $(PYTEST_ARGS)
 
 lint: setup ## ruff and mypy
 	$(VENV)/bin/ruff check .

@@ -32,6 +32,7 @@ from bench import config as config_phase
 from bench import crossservice as crossservice_phase
 from bench import deadlock as deadlock_phase
 from bench import distributed as distributed_phase
+from bench import faults as faults_phase
 from bench import http as http_phase
 from bench import isolation as isolation_phase
 from bench import observability as observability_phase
@@ -46,7 +47,7 @@ from toolclash.run import write_json
 PHASES: tuple[Phase, ...] = (throughput_phase.PHASE, distributed_phase.PHASE, checker_phase.PHASE,
                              isolation_phase.PHASE, config_phase.PHASE, deadlock_phase.PHASE,
                              crossservice_phase.PHASE, queue_phase.PHASE, pool_phase.PHASE, workspace_phase.PHASE,
-                             http_phase.PHASE, observability_phase.PHASE)
+                             http_phase.PHASE, faults_phase.PHASE, observability_phase.PHASE)
 """Every phase, in the order they run."""
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130

@@ -254,6 +254,7 @@ def plots(p: PlotInput) -> list[tuple[str, Any]]:
     ax.scatter([r[0] - base for r in rows], [r[1] for r in rows], s=6, color="teal")
     ax.set_xlabel("seconds since start (outbox event created)")
     ax.set_ylabel("lag to ClickHouse (ms)")
+    p.shade(ax, base)
     ax.set_title(f"Analytics lag over time (outbox → ClickHouse, {len(rows)} events)")
     return [("Analytics lag over time", fig)]
 

@@ -12,7 +12,10 @@ Definitions (docs: reading a verdict):
   tell whether they took effect), except those cut short by the run's own stop (``cut_short``) and those an
   ``--inject`` option put in doubt on purpose (``in_doubt_injected``), which are counted apart and named in
   the gate's note; in-doubt calls count in P95 too (the caller waited that long), cut-short ones do not;
-* baseline: throughput (ok calls per second) may fall and P95 rise only within the tolerances.
+* baseline: throughput (ok calls per second) may fall and P95 rise only within the tolerances;
+* recovery, per fault of ``--nemesis``: seconds from its end until throughput is back at 0.9 of the minute
+  before it (:mod:`checks.faults`) within ``--gate-recovery-s``; a run stopped early (``--abort-on``, the stop
+  button) misses the gate ``run.completed``.
 
 A gate without data to measure is not met (nothing was shown). A gate is a dict
 ``{scope, gate, figure, op, threshold, met, note}``.
@@ -27,13 +30,14 @@ from pathlib import Path
 from typing import Any
 
 from toolclash.history import FAIL, OK
+from toolclash.nemesis.record import applied
 from toolclash.settings import OPTIONS_BY_NAME, PROFILE_DEFAULTS, SMALL_STAGE
 
 BUSINESS_REJECTIONS = frozenset({"insufficient-funds"})
 """Fail reasons that are correct answers in every scenario (each scenario adds its own)."""
 
 COMMON = ("gate_conflict_rate", "gate_p95_ms", "gate_success_rate", "gate_in_doubt_rate", "stage_gate_conflict_low",
-          "stage_gate_conflict_high", "baseline_throughput_drop", "baseline_p95_rise")
+          "stage_gate_conflict_high", "baseline_throughput_drop", "baseline_p95_rise", "gate_recovery_s")
 CUT_SHORT = "interrupted"
 """``error_class`` of a call cut short by the run's stop (or Ctrl-C): in doubt because the run ended."""
 INJECTED = "injected"
@@ -194,3 +198,31 @@ def missing_baseline(baseline: str) -> dict[str, Any]:
     """The gate of a run whose ``--baseline`` cannot be read any more (not met: nothing was compared)."""
     return {"scope": "run", "gate": "baseline", "figure": None, "op": "exists", "threshold": Path(baseline).name,
             "met": False, "note": f"baseline run {baseline} has no checks.json to compare with"}
+
+
+# ------------------------------------------------------------------------------------------ faults
+
+
+def scope(fault: Mapping[str, Any]) -> str:
+    return f"fault.{fault['fault_id']}({fault['kind']} {fault['target']})"
+
+
+def recovery_gates(faults: Sequence[Mapping[str, Any]], limits: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Per fault: ``recovery_s`` (throughput back) within ``--gate-recovery-s``; a fault that could not be applied
+    is a gate not met (the run was not the one asked for)."""
+    out = []
+    for f in faults:
+        if not applied(f):
+            out.append({"scope": scope(f), "gate": "applied", "figure": None, "op": "is", "threshold": "applied",
+                        "met": False, "note": f["detail"]})
+            continue
+        rec = f["recovery"]
+        out.append(gate(scope(f), "recovery_s", rec["throughput_s"], "<=", float(limits["gate_recovery_s"]),
+                        rec["note"] or "not measured"))
+    return out
+
+
+def abort_gate(abort: Mapping[str, Any]) -> dict[str, Any]:
+    """A run stopped early did not run its course: a gate not met, with the reason."""
+    return {"scope": "run", "gate": "completed", "figure": None, "op": "is", "threshold": "not stopped early",
+            "met": False, "note": f"stopped early: {abort.get('reason')}"}

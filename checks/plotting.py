@@ -8,7 +8,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from toolclash.nemesis.record import applied
 from toolclash.run import read_json
+
+FAULT_COLOR = "#ffd700"
+FAULT_ALPHA = 0.3
+"""A fault band: gold (no line of matplotlib's default cycle blends into it) at this opacity; tests find its
+pixels in the report's PNGs."""
 
 
 @dataclass
@@ -21,7 +27,14 @@ class PlotInput:
     settings: Mapping[str, Any]
     t0: float | None
     """Unix seconds of the first call (None: no call)."""
+    faults: list[Any] = field(default_factory=list)
+    """The run's fault windows (``faults.jsonl``): each scenario's time plots shade them with :meth:`shade`."""
     _finals: dict[str, Any] = field(default_factory=dict)
+
+    def shade(self, ax: Any, t0: float | None = None) -> int:
+        """Shade the fault windows on *ax*, whose x axis is seconds since *t0* (default: the first call)."""
+        base = self.t0 if t0 is None else t0
+        return shade_faults(ax, self.faults, base) if base is not None else 0
 
     def final(self, scenario: str) -> dict[str, Any]:
         """``final/<scenario>.json`` ({} when it was not captured)."""
@@ -36,6 +49,30 @@ class PlotInput:
 
     def figures(self, scope: str) -> Mapping[str, Any]:
         return (self.verdict.get("figures") or {}).get(scope) or {}
+
+
+def shade_faults(ax: Any, faults: list[Any], t0: float) -> int:
+    """Shade each fault window of *faults* (records of ``faults.jsonl``) on *ax*, whose x axis is seconds since
+    *t0*, as a band labelled with its id, kind and target; a window still open runs to the axis's end. Returns
+    how many bands it drew (faults that were not applied are not drawn)."""
+    n = 0
+    right = ax.get_xlim()[1]
+    kinds: set[str] = set()
+    for f in faults:
+        if not applied(f):
+            continue
+        start = float(f["start"]) - t0
+        end = float(f["end"]) - t0 if f.get("end") is not None else max(right, start)
+        label = None if f["kind"] in kinds else f"fault: {f['kind']}"  # one legend entry per kind
+        kinds.add(f["kind"])
+        ax.axvspan(start, max(end, start + 0.05), facecolor=FAULT_COLOR, alpha=FAULT_ALPHA, linewidth=0, zorder=0,
+                   label=label)
+        ax.text(start, 1.0, f" {f['fault_id']} {f['kind']} {f['target']}", transform=ax.get_xaxis_transform(),
+                fontsize=7, color="#806000", va="top", ha="left", rotation=90, clip_on=True)
+        n += 1
+    if n:
+        ax.set_xlim(right=max(right, ax.get_xlim()[1]))
+    return n
 
 
 def bin_seconds(span: float) -> float:
@@ -58,16 +95,3 @@ def pyplot() -> Any:
 
     return plt
 
-
-def shade_faults(ax: Any, windows: list[Mapping[str, Any]], t0: float) -> None:
-    """Shade each fault window (``faults.jsonl``) on *ax*, whose x axis is seconds since *t0*; a window still open
-    (``end`` null) reaches the right edge. Labelled once per kind for the legend."""
-    right = ax.get_xlim()[1]
-    seen: set[str] = set()
-    for w in windows:
-        start, end = float(w["start"]) - t0, w.get("end")
-        stop = float(end) - t0 if isinstance(end, int | float) else right
-        kind = str(w.get("kind") or "fault")
-        ax.axvspan(start, stop, color="#f1948a", alpha=0.25, zorder=0,
-                   label=None if kind in seen else f"fault: {kind}")
-        seen.add(kind)

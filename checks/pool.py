@@ -296,6 +296,7 @@ def plots(p: PlotInput) -> list[tuple[str, Any]]:
     ax.set_xlabel("seconds since start (call invoked)")
     ax.set_ylabel("acquire wait (ms)")
     ax.legend(loc="upper left")
+    p.shade(ax)
     ax.set_title("Pool acquire wait over time (analytical calls)")
     return [("Pool acquire wait over time", fig)]
 

@@ -477,7 +477,8 @@ def _depth_plot(p: PlotInput) -> Any:
     if not len(df):
         return None
     plt = pyplot()
-    df["t"] -= p.t0 if p.t0 is not None else float(df["t"].min())
+    base = p.t0 if p.t0 is not None else float(df["t"].min())
+    df["t"] -= base
     fig, ax = plt.subplots(figsize=(9, 3.2))
     for name in PRIORITY_NAMES:
         part = df[df["priority"] == name]
@@ -492,6 +493,7 @@ def _depth_plot(p: PlotInput) -> Any:
     ax.set_xlabel("seconds since start")
     ax.set_ylabel("ready jobs (admitted, not claimed)")
     ax.legend(loc="best", title="priority")
+    p.shade(ax, base)
     ax.set_title(f"Queue depth by priority (replayed from the job records{note})")
     return fig
 

@@ -29,6 +29,7 @@ from checks import (
     result,
     run_checks,
 )
+from checks import faults as fault_checks
 from checks import server as server_checks
 from toolclash import scenario
 from toolclash.history import History, read_history
@@ -110,6 +111,13 @@ def _evaluate(run: Path) -> dict[str, Any]:
     server = _load(run / "final" / "server.json")
     results.append(server_checks.sessions_closed(server, doubt))
     results.append(server_checks.prepared_left(server))
+    faults = fault_checks.windows(run, history.ops)
+    if faults:
+        results.append(fault_checks.healed(faults))
+        all_gates.extend(gates.recovery_gates(faults, gates.thresholds(settings)))
+    aborted = fault_checks.aborted(run)
+    if aborted:
+        all_gates.append(gates.abort_gate(aborted))
     if not history.attributable:
         _undecided(results, "a process of the run is not known by name, so its effects cannot be told from the "
                    "backend's" if history.roster is not None else "the run directory does not list the processes "
@@ -121,7 +129,8 @@ def _evaluate(run: Path) -> dict[str, Any]:
     code = exit_code(results, all_gates)
     return {"run_id": options.get("run_id"), "exit_code": code, "meaning": EXIT_MEANING[code],
             "checks": [r.to_dict() for r in results], "gates": all_gates, "figures": figures, "summary": summary,
-            "baseline": baseline or None,
+            "baseline": baseline or None, "faults": faults, "aborted": aborted,
+            "started_at": options.get("started_at"),
             "history": {"records": len(history.ops), "processes": history.processes,
                         "incomplete": history.incomplete, "listed": history.roster,
                         "duplicate_op_ids": sorted(duplicates)}}
@@ -252,6 +261,7 @@ def render(verdict: dict[str, Any], *, evidence: int = 3) -> str:
         lines.append(f"{g['scope'] + '.' + g['gate']:<40} {fig:>10}   {g['op'] + ' ' + _fmt(g['threshold']):<12} "
                      f"{met}{note}")
     lines.append("")
+    lines.extend(fault_checks.render(verdict.get("faults") or [], verdict.get("aborted"), verdict.get("started_at")))
     for scope, fig in verdict.get("figures", {}).items():
         lines.append(f"{scope}: {fig['calls']} calls, ok {fig['ok']}, failed {fig['failed']}, "
                      f"rejected {fig['rejected']}, unknown {fig['unknown']} (in doubt {fig.get('in_doubt', '?')}, "

@@ -97,14 +97,15 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def _distributed_run(lab: Lab, database_url: str, reports: Path, run_id: str, *, stage_seconds: str,
-                     kill_worker: bool = False) -> tuple[int, str, str, list[subprocess.Popen[str]]]:
+                     kill_worker: bool = False, strategy: str = "pessimistic", extra: tuple[str, ...] = (),
+                     stages: str = "2,6") -> tuple[int, str, str, list[subprocess.Popen[str]]]:
     master_addr = lab.hosts["master"][1]
     master = lab.run("master", [
         LOCUST, "-f", RAMP, "--master", "--master-bind-host", master_addr,
         "--master-bind-port", str(MASTER_PORT), "--expect-workers", "2", "--headless",
-        "--stages", "2,6", "--stage-seconds", stage_seconds, "--stage-spawn-rate", "20", "--stop-timeout", "3",
-        "--strategy", "pessimistic", "--accounts", "3", "--reports-dir", str(reports), "--run-id", run_id,
-        "--loglevel", "WARNING"], _env(DATABASE_URL=database_url))
+        "--stages", stages, "--stage-seconds", stage_seconds, "--stage-spawn-rate", "20", "--stop-timeout", "3",
+        "--strategy", strategy, "--accounts", "3", "--reports-dir", str(reports), "--run-id", run_id,
+        "--loglevel", "WARNING", *extra], _env(DATABASE_URL=database_url))
     workers = [lab.run(host, [LOCUST, "-f", RAMP, "--worker", "--master-host", master_addr,
                               "--master-port", str(MASTER_PORT), "--loglevel", "WARNING"], _env())
                for host in ("worker1", "worker2")]
@@ -164,3 +165,58 @@ def test_a_worker_killed_on_its_host_is_named_and_makes_the_verdict_unknown(lab:
     assert verdict.get("lost_workers"), verdict.keys()
     assert not any(c["valid"] is False for c in verdict["checks"])  # a lost worker is doubt, never an anomaly
     assert lost[0] in out
+
+
+# ------------------------------------------------------------------------- loss and partitions (--nemesis)
+
+
+def _hosts(lab: Lab) -> str:
+    return ",".join(f"{name}={ns}" for name, (ns, _addr) in lab.hosts.items())
+
+
+STEADY = ("--wait-min", "0.01", "--wait-max", "0.02", "--accounts", "100")
+"""A load that stays level for the whole run (with no think time at all, a few hot rows get slower as their dead
+versions pile up, and throughput after a fault would be compared with a faster start)."""
+
+
+def _faulty_run(lab: Lab, database_url: str, reports: Path, run_id: str, schedule: str,
+                strategy: str = "pessimistic", load: tuple[str, ...] = STEADY) -> tuple[int, str, str]:
+    # one stage of 4 agents: recovery is measured against the same load as before the fault
+    code, out, err, _workers = _distributed_run(lab, database_url, reports, run_id, stages="4", stage_seconds="6",
+                                                strategy=strategy, extra=(*load, "--nemesis", schedule,
+                                                                          "--nemesis-hosts", _hosts(lab)))
+    for ns, _addr in lab.hosts.values():  # healed and cleaned up: no rule of toolclash is left in any namespace
+        rules = subprocess.run(["ip", "netns", "exec", ns, "iptables", "-S"], capture_output=True, text=True,
+                               check=True).stdout
+        assert "toolclash:" not in rules, (ns, rules)
+    return code, out, err
+
+
+def _dropped(record: dict) -> int:
+    return int(record["detail"].split("had dropped ")[1].split(" packet")[0])
+
+
+def test_loss_between_a_worker_and_the_database_is_seen_healed_recorded_and_truthful(lab: Lab, remote_database: str,
+                                                                                    tmp_path: Path) -> None:
+    from tests.faultkit import assert_fault_seen, no_false_check
+
+    code, out, err = _faulty_run(lab, remote_database, tmp_path, "loss", "loss worker2-postgres 30% at 2s for 1.5s")
+    assert code in (0, 3, 4), f"{code}\n{out[-3000:]}\n{err[-3000:]}"
+    verdict = json.loads((tmp_path / "loss" / "checks.json").read_text())
+    no_false_check(verdict)
+    loss = assert_fault_seen(tmp_path / "loss", verdict, "loss", "worker2-postgres")
+    assert _dropped(loss) > 0, loss["detail"]  # the rules dropped real packets of the run
+    assert f"{lab.hosts['worker2'][0]}" in loss["detail"] and lab.backend in loss["detail"]
+
+
+def test_a_partition_between_a_worker_and_the_master_is_seen_healed_recorded_and_truthful(
+        lab: Lab, remote_database: str, tmp_path: Path) -> None:
+    from tests.faultkit import assert_fault_seen, no_false_check
+
+    code, out, err = _faulty_run(lab, remote_database, tmp_path, "part", "partition worker1-master at 1.5s for 2s")
+    assert code in (0, 3, 4), f"{code}\n{out[-3000:]}\n{err[-3000:]}"
+    verdict = json.loads((tmp_path / "part" / "checks.json").read_text())
+    no_false_check(verdict)
+    part = assert_fault_seen(tmp_path / "part", verdict, "partition", "worker1-master")
+    assert _dropped(part) > 0, part["detail"]  # heartbeats and reports between them were dropped
+    assert len(verdict["history"]["processes"]) == 2  # both histories arrived once the partition healed

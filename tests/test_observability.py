@@ -412,21 +412,6 @@ def test_dashboards_use_the_provisioned_datasource_uid() -> None:
     assert len(uids) == len(_dashboards())
 
 
-def test_fault_windows_become_bounded_gauges() -> None:
-    from toolclash.metrics import MAX_FAULT_SERIES, fault_gauges
-
-    windows = [{"kind": "kill", "target": "postgres", "start": 10.0, "end": 20.0},
-               {"kind": "kill", "target": "postgres", "start": 30.0, "end": None},
-               {"kind": "latency", "target": "redis", "start": 50.0, "end": 60.0},  # not begun yet
-               *({"kind": "partition", "target": f"w{i}", "start": 1.0, "end": 2.0} for i in range(100))]
-    out = {(m, labels): v for m, labels, v in fault_gauges(windows, now=35.0)}
-    assert out[("toolclash_fault_active", (("kind", "kill"), ("target", "postgres")))] == 1.0
-    assert out[("toolclash_fault_windows_total", (("kind", "kill"),))] == 2.0
-    assert out[("toolclash_fault_windows_total", (("kind", "partition"),))] == 100.0
-    assert ("toolclash_fault_windows_total", (("kind", "latency"),)) not in out
-    assert sum(1 for m, _l in out if m == "toolclash_fault_active") == MAX_FAULT_SERIES
-
-
 def test_every_dashboard_query_returns_data_after_a_real_run(observed: tuple[LocustRun, AlertWatcher],
                                                              stack: dict[str, str]) -> None:
     from toolclash.metrics import METRICS

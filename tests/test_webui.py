@@ -99,7 +99,7 @@ def test_consistency_tab_moves_during_a_run_and_shows_the_verdict(database_url: 
                 later = wait_until("the tab's numbers to move", lambda: (a := _attempts(page)) > first and a)
                 live = _row(page, "conflict rate (live)")
                 assert live is not None and "threshold 0.05" in live[1], live
-                page.get_by_role("button", name="Stop").click()
+                page.get_by_role("button", name="Stop", exact=True).click()
                 verdict = wait_until("the verdict row", lambda: (v := _reload_row(page, base, "verdict"))
                                      and v[0] not in ("RUN UNDER WAY", "JUDGING") and v, 90)
                 assert verdict[0] == "ANOMALY" and "exit code 1" in verdict[1], verdict

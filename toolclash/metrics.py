@@ -65,6 +65,14 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("toolclash_queue_events_total", "counter", "Queue counters (admitted, rejected, redelivered…)",
            ("event",)),
     Metric("toolclash_barrier_events_total", "counter", "Barrier waits and timeouts (--sync)", ("event",)),
+    Metric("toolclash_breaker_events_total", "counter", "Circuit breakers of the agents: opened, half_open, closed, "
+           "skipped (tasks not run while open), failures (connection failures seen)", ("event",)),
+    Metric("toolclash_breaker_agents", "gauge", "Agents whose circuit breaker is in each state", ("state",)),
+    # the nemesis (--nemesis), on the master: what Grafana annotates
+    Metric("toolclash_fault_active", "gauge", "1 while a fault of this kind and target is in effect",
+           ("kind", "target")),
+    Metric("toolclash_fault_windows_total", "counter", "Fault windows opened so far", ("kind", "target")),
+    Metric("toolclash_run_aborted", "gauge", "1 once the run was stopped by --abort-on or the stop-now button"),
     # recorded by the scenarios that have them (deadlock, pool, queue); the alerts and dashboards use these names
     Metric("toolclash_deadlock_detection_seconds", "histogram", "Time from a deadlock forming to its detection",
            ("tool",)),
@@ -86,9 +94,6 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
            "its strategy, so dashboards tell runs apart", ("run_id", "scenario", "strategy")),
     Metric("toolclash_ramp_stage_start_timestamp_seconds", "gauge", "Unix time the current ramp stage began "
            "(Grafana: an annotation per stage, 'series value as timestamp')"),
-    Metric("toolclash_fault_active", "gauge", "1 while a scheduled fault of this kind on this target is active "
-           "(read from the run's faults.jsonl)", ("kind", "target")),
-    Metric("toolclash_fault_windows_total", "counter", "Fault windows begun in the run, by kind", ("kind",)),
     Metric("toolclash_process_cpu_seconds_total", "counter", "CPU time of toolclash's Locust processes",
            ("process",)),
     Metric("toolclash_process_resident_memory_bytes", "gauge", "Resident memory of toolclash's Locust processes",
@@ -104,6 +109,8 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("toolclash_verdict_exit_code", "gauge", "Exit code of the last verdict (0 ok, 1 anomaly, 3 unknown, 4 SLA)"),
     Metric("toolclash_prepared_xacts_left", "gauge", "Prepared transactions left on the server after the run"),
     Metric("toolclash_sessions_left", "gauge", "Sessions of the run still open on the server after the run"),
+    Metric("toolclash_fault_recovery_seconds", "gauge", "Seconds from a fault's end until throughput was back at "
+           "0.9 of the minute before it (the longest over windows of the same kind and target)", ("kind", "target")),
 )}
 
 PREFIXES: tuple[tuple[str, str], ...] = (
@@ -112,6 +119,7 @@ PREFIXES: tuple[tuple[str, str], ...] = (
     ("pool_", "toolclash_pool_events_total"),
     ("queue_", "toolclash_queue_events_total"),
     ("barrier_", "toolclash_barrier_events_total"),
+    ("breaker_", "toolclash_breaker_events_total"),
 )
 """Runtime counters by name prefix → labelled metric (``event`` = the rest of the name)."""
 
@@ -124,9 +132,6 @@ NOT_COUNTERS = re.compile(r"^(pool_in_use|pool_waiting|breaker_open)$")
 
 CHECK_STATES = ("valid", "invalid", "unknown")
 """The states of ``toolclash_check_state`` (a Prometheus state set: exactly one is 1)."""
-
-MAX_FAULT_SERIES = 32
-"""At most this many (kind, target) pairs of ``toolclash_fault_active``: labels stay bounded whatever the schedule."""
 
 _NAME_RE = re.compile(r"^toolclash_[a-z0-9_]+$")
 
@@ -389,6 +394,13 @@ def verdict_gauges(verdict: Mapping[str, Any] | None, server: Mapping[str, Any] 
         out.append(("toolclash_gate_met", (("scope", str(gate["scope"])), ("gate", str(gate["gate"]))),
                     1.0 if gate.get("met") else 0.0))
     out.append(("toolclash_verdict_exit_code", (), float(verdict.get("exit_code", -1))))
+    recovery: dict[Labels, float] = {}
+    for fault in verdict.get("faults") or ():
+        back = (fault.get("recovery") or {}).get("throughput_s")
+        if back is not None:
+            labels = (("kind", str(fault["kind"])), ("target", str(fault["target"])))
+            recovery[labels] = max(recovery.get(labels, 0.0), float(back))
+    out.extend(("toolclash_fault_recovery_seconds", labels, seconds) for labels, seconds in recovery.items())
     if server is not None:
         out.append(("toolclash_prepared_xacts_left", (), float(len(server.get("prepared_xacts") or ()))))
         out.append(("toolclash_sessions_left", (), float(len(server.get("sessions") or ()))))
@@ -403,30 +415,6 @@ def run_gauges(run_id: str, strategies: Mapping[str, str], stage_start: float | 
         for name, strategy in strategies.items()] if run_id else []
     if stage_start is not None:
         out.append(("toolclash_ramp_stage_start_timestamp_seconds", (), float(stage_start)))
-    return out
-
-
-def fault_gauges(windows: Iterable[Mapping[str, Any]], now: float) -> list[tuple[str, Labels, float]]:
-    """From the run's fault windows (``faults.jsonl`` records: ``kind``, ``target``, ``start``, ``end``): whether
-    each (kind, target) is active at *now* (at most :data:`MAX_FAULT_SERIES` pairs), and how many windows of each
-    kind began (``toolclash_fault_windows_total``: the file only grows, so the counter never goes down)."""
-    active: dict[tuple[str, str], bool] = {}
-    begun: dict[str, int] = {}
-    for w in windows:
-        kind, target = str(w.get("kind") or "fault"), str(w.get("target") or "")
-        start, end = w.get("start"), w.get("end")
-        if not isinstance(start, int | float) or start > now:
-            continue
-        begun[kind] = begun.get(kind, 0) + 1
-        key = (kind, target)
-        if key not in active and len(active) >= MAX_FAULT_SERIES:
-            continue
-        on = end is None or (isinstance(end, int | float) and end > now)
-        active[key] = active.get(key, False) or on
-    out: list[tuple[str, Labels, float]] = [
-        ("toolclash_fault_active", (("kind", k), ("target", t)), 1.0 if on else 0.0)
-        for (k, t), on in sorted(active.items())]
-    out.extend(("toolclash_fault_windows_total", (("kind", k),), float(n)) for k, n in sorted(begun.items()))
     return out
 
 

@@ -16,6 +16,7 @@ from toolclash.scenario import REGISTRY
 from toolclash.settings import OPTIONS
 
 GROUPS = (("run", "common options"), ("services", "services"), ("gates", "SLA gates"), ("ramp", "ramp shape"),
+          ("faults", "faults, circuit breakers and the emergency stop (docs/faults.md)"),
           ("observability", "observability"))
 
 

@@ -91,8 +91,10 @@ def service_var(name: str) -> str:
     return SERVICES[name].env_var
 
 
-def provide_services(settings: Settings, *, stack_dir: str | None = None) -> tuple[dict[str, str], Any]:
-    """The URL of every service the run's scenarios need: the user's where given, else the embedded stack's.
+def provide_services(settings: Settings, *, stack_dir: str | None = None, durable: bool = False
+                     ) -> tuple[dict[str, str], Any]:
+    """The URL of every service the run's scenarios need: the user's where given, else the embedded stack's
+    (*durable*: servers that keep every acknowledged write through a crash, for a nemesis that crashes them).
 
     Returns ``(urls by environment variable, the started Stack or None)``; :class:`RunError` when the stack
     cannot start (it is stopped again).
@@ -106,7 +108,7 @@ def provide_services(settings: Settings, *, stack_dir: str | None = None) -> tup
 
     stack = None
     try:
-        stack = Stack(stack_dir, services=needed)
+        stack = Stack(stack_dir, services=needed, durable=durable)
         env = stack.up()
     except StackError as exc:
         if stack is not None:
@@ -219,6 +221,27 @@ class Run:
             raise RunError(f"could not prepare the database: {first_line(exc)}") from None
         log.info("run %s started: %s", run_id, run_dir)
         return run
+
+    def broken_invariant(self) -> str | None:
+        """The first live invariant a scenario of the run says is broken (its ``invariant`` hook, on a connection
+        of its own); None when none is, or when none could be read (a fault is not a broken invariant)."""
+        hooks = [(name, sc.invariant) for name, sc in self.scenarios.items() if sc.invariant is not None]
+        if not hooks:
+            return None
+        conn = None
+        try:
+            conn = self.backend().pg("invariant")
+            for name, hook in hooks:
+                assert hook is not None
+                broken = hook(self.contexts[name], conn)
+                if broken:
+                    return f"{name}: {broken}"
+        except Exception:  # noqa: BLE001 - unreadable now (a fault?): nothing is known to be broken
+            return None
+        finally:
+            if conn is not None:
+                db.close_quietly(conn)
+        return None
 
     def _reset_and_start(self) -> None:
         # no DATABASE_URL: every scenario is pointed at a platform reached another way (an HTTP target)

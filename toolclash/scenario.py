@@ -18,6 +18,9 @@ rest of toolclash needs to know about it is one :class:`Scenario` value, declare
     delivered its history (drain a queue, run recovery, stop helpers); returns *facts* (JSON-able)
     that ``snapshot`` finds in ``ctx.facts`` — nothing passes between hooks through globals;
   - ``snapshot(ctx, conn)``: the final state its checks need, as JSON-able data;
+  - ``invariant(ctx, conn)`` (optional): a cheap query while agents run; returns what is broken (one line)
+    or None. ``--abort-on invariant`` stops the run when one is broken; it must only say so when the data
+    is wrong whatever the faults (never for a server that is merely down: that raises);
 
 * the module path of its checks (``checks.<name>``), which :mod:`checks` loads; toolclash's core
   never imports it;
@@ -111,6 +114,8 @@ class Scenario:
     target: TargetShape | None = None
     """How ``--target`` points it at another platform: its operations' arguments and its final state's tables
     (None: not targetable). See :mod:`toolclash.targets` and docs/your-platform.md."""
+    invariant: Callable[[Context, Any], str | None] | None = None
+    """A live invariant (``--abort-on invariant``): what is broken, or None."""
 
     def __post_init__(self) -> None:
         if self.default_strategy not in self.strategies:

@@ -17,6 +17,9 @@ from types import SimpleNamespace
 from typing import Any
 
 from toolclash.metrics import DEFAULT_METRICS_PORT
+from toolclash.nemesis.abort import parse_abort
+from toolclash.nemesis.spec import NemesisError
+from toolclash.nemesis.spec import parse as parse_nemesis
 from toolclash.option import Option, SettingsError, check_database_url, mask_url
 from toolclash.scenario import get as scenario
 
@@ -93,6 +96,24 @@ class Settings:
                                     "took effect), of ok + failed + in-doubt calls; calls cut short by the run's own "
                                     "stop and those an --inject option put in doubt are counted apart", min=0, max=1,
                                     group="gates")
+    gate_recovery_s: float = opt(2.0, "SLA gate: most seconds until throughput is back at 0.9 of its rate before a "
+                                 "disturbance: from the end of each fault of --nemesis, and from the start of each "
+                                 "deadlock cascade", min=1e-9, group="gates")
+    # --- faults on a schedule, circuit breakers, emergency stop (docs/faults.md)
+    nemesis: str = opt("", "faults on a schedule, e.g. 'stop postgres at 5s for 3s; latency redis 100ms±20ms from 10s "
+                       "to 25s' (kinds: crash, restart, stop, pause, latency, bandwidth, reset, loss, partition, "
+                       "worker_kill; see docs/faults.md)", group="faults")
+    nemesis_file: str = opt("", "file of faults, one per line, same syntax as --nemesis ('#' starts a comment)",
+                            group="faults")
+    nemesis_hosts: str = opt("", "the hosts that loss and partition faults name, as name=NETNS,… (network namespaces "
+                             "of this machine, e.g. worker1=ns-w1,master=ns-m)", group="faults")
+    abort_on: str = opt("", "emergency stop when a condition holds: 'error-rate>0.5 for 5s; unreachable postgres for "
+                        "10s; invariant' (every worker stops, faults are healed, the verdict says why)",
+                        group="faults")
+    breaker_failures: int = opt(5, "circuit breaker: connection failures in a row after which an agent stops "
+                                "calling (0: no breaker)", min=0, group="faults")
+    breaker_open_s: float = opt(0.5, "circuit breaker: seconds an open breaker waits before it lets one call "
+                                "through", min=0.01, group="faults")
     # --- ramp (locustfiles/mixed.py)
     stages: str = opt("5,10,25,50,100", "ramp shape: agents at each stage, comma-separated", group="ramp")
     stage_seconds: float = opt(30.0, "ramp shape: length of each stage in seconds", min=1e-9, group="ramp")
@@ -229,6 +250,11 @@ class Settings:
         if self.retry_cap_ms < self.retry_base_ms:
             raise SettingsError("--retry-cap-ms must be at least --retry-base-ms")
         self.stage_users()  # raises on a bad --stages
+        try:  # the schedule's syntax (its file is read, and its targets checked, where the run starts)
+            parse_nemesis(self.nemesis)
+            parse_abort(self.abort_on)
+        except NemesisError as exc:
+            raise SettingsError(str(exc)) from None
         if not -1 <= self.metrics_port <= 65535:
             raise SettingsError(f"--metrics-port {self.metrics_port} is not a port (1-65535, 0: off, -1: auto)")
         if self.run_id and not _RUN_ID_RE.fullmatch(self.run_id):

@@ -14,9 +14,12 @@ from typing import Any
 
 from locust.env import Environment
 
-from toolclash.history import OK, HistoryWriter, make_op
+from toolclash.history import FAIL, OK, HistoryWriter, make_op
 from toolclash.tools import DONE, Call
 from users.runtime import Runtime
+
+BUSINESS_REJECTIONS = frozenset({"insufficient-funds"})
+"""Correct business answers in every scenario (each scenario adds its own ``rejections``)."""
 
 
 class ToolFailure(Exception):
@@ -24,8 +27,13 @@ class ToolFailure(Exception):
 
 
 class ToolClient:
-    def __init__(self, environment: Environment, runtime: Runtime, agent: str) -> None:
+    def __init__(self, environment: Environment, runtime: Runtime, agent: str, *,
+                 rejections: frozenset[str] = frozenset(), after: Callable[[Call], None] | None = None) -> None:
+        """*rejections*: fail reasons that are correct business answers (counted as ``calls_rejected`` too);
+        *after*: called with every finished call (the agent's circuit breaker)."""
         self.environment = environment
+        self.rejections = rejections | BUSINESS_REJECTIONS
+        self.after = after
         self.runtime = runtime
         self.agent = agent
         self.policy = runtime.policy()
@@ -62,6 +70,10 @@ class ToolClient:
             raise
         attempts = call.attempts
         self.runtime.count(call)
+        if call.outcome == FAIL and call.reason in self.rejections:
+            self.runtime.bump("calls_rejected")
+        if self.after is not None:
+            self.after(call)
         if not report:
             return call
         self.environment.events.request.fire(

@@ -63,14 +63,15 @@ class Collector:
                       self.receiver.received.get(process))
         self.done[msg.node_id] = msg.data
 
-    def collect(self, runner: Any, stop_timeout_s: float) -> list[str]:
-        """Ask every worker to stop and deliver; wait for each one's final count. Returns the lost workers."""
-        expected = {c.id for c in runner.clients.all}
+    def collect(self, runner: Any, stop_timeout_s: float, dead: set[str] | frozenset[str] = frozenset()) -> list[str]:
+        """Ask every worker to stop and deliver; wait for each one's final count (not for the *dead*: workers
+        known killed). Returns the lost workers."""
+        expected = {c.id for c in runner.clients.all} - set(dead)
         runner.send_message("tc_stop", {"run_id": self.run_id})
         deadline = time.monotonic() + HANDOFF_TIMEOUT_S + stop_timeout_s
         while not expected.issubset(self.done) and time.monotonic() < deadline:
             gevent.sleep(0.05)
-        self.lost = sorted(expected - set(self.done))
+        self.lost = sorted((expected | set(dead)) - set(self.done))
         for worker in self.lost:
             log.error("worker %s delivered no final history count; its in-flight operations stay unknown", worker)
         self.receiver.close()

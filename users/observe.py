@@ -14,13 +14,13 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import gevent
 
 from toolclash import metrics
-from toolclash.faultlog import WindowCache
 from toolclash.metrics import (
     DEFAULT_METRICS_PORT,
     Labels,
@@ -56,8 +56,9 @@ class Observer:
         self._proc: Any = None
         self._servers: dict[str, Any] | None = None
         self.server_exporters = ServerExporters()
-        self._faults = WindowCache()
         self._server_cpu: dict[str, float] = {}
+        self.sources: list[Callable[[], list[tuple[str, Labels, float]]]] = []
+        """More point-in-time gauges of the master (the nemesis's faults, the emergency stop)."""
         _observer = self
 
     # -- every process -----------------------------------------------------------------------------
@@ -89,12 +90,19 @@ class Observer:
         proc = (("process", label),)
         self.registry.set("toolclash_process_cpu_seconds_total", proc, cpu, label)
         self.registry.set("toolclash_process_resident_memory_bytes", proc, rss, label)
+        self.update_breakers()
         data["toolclash_metrics"] = self.registry.take_delta(label)
 
     def on_worker_report(self, data: dict[str, Any]) -> None:
         delta = data.get("toolclash_metrics")
         if delta:
             self.registry.merge(delta)
+
+    def update_breakers(self) -> None:
+        """This process's agents by circuit-breaker state, as gauges (the master sums the processes)."""
+        label = self.process_label()
+        for state, n in self.rt.breaker_states().items():
+            self.registry.set("toolclash_breaker_agents", (("state", state),), float(n), label)
 
     def on_test_start(self) -> None:
         self.registry.reset()
@@ -164,18 +172,19 @@ class Observer:
         gauges.extend(self._server_usage())
         gauges.extend(self._annotations())
         gauges.extend(self._verdict_gauges)
+        for source in self.sources:
+            gauges.extend(source())
+        self.update_breakers()
         return dict(rt.counters.items()), gauges
 
     def _annotations(self) -> list[tuple[str, Labels, float]]:
         """What lets Grafana tell runs apart and mark stages and faults: ``toolclash_run_info``, the current stage's
-        start time, and the fault windows of the run's ``faults.jsonl`` (when the run has scheduled faults)."""
+        start time (the fault scheduler adds its own series: see :attr:`sources`)."""
         rt = self.rt
         strategies = ({name: rt.settings.strategy_for(name) for name in rt.settings.scenarios}
                       if rt.settings is not None else {})
         stage = rt.current_stage()
-        out = metrics.run_gauges(rt.run_id, strategies, float(stage["start"]) if stage else None)
-        out.extend(metrics.fault_gauges(self._faults.get(rt.run_dir), time.time()))
-        return out
+        return metrics.run_gauges(rt.run_id, strategies, float(stage["start"]) if stage else None)
 
     def _server_usage(self) -> list[tuple[str, Labels, float]]:
         """CPU and memory of each server the embedded stack started (its process tree: PostgreSQL backends too)."""

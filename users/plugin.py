@@ -39,12 +39,14 @@ from locust.runners import STATE_STOPPED, MasterRunner, WorkerRunner
 from toolclash import db
 from toolclash.history import HistoryWriter, process_name
 from toolclash.metrics import MetricsSetupError
+from toolclash.nemesis.spec import NemesisError
 from toolclash.option import SettingsError, mask_url
 from toolclash.run import Run, RunError, new_run_id, preflight, process_exit_code, provide_services
 from toolclash.scenario import get
 from toolclash.settings import OPTIONS, Settings
 from users import handoff
 from users.barrier import Barrier
+from users.faults import Faults, plan_of
 from users.observe import Observer
 from users.progress import ProgressPrinter
 from users.runtime import Runtime, install
@@ -70,6 +72,8 @@ class Plugin:
         self.rt = rt
         self.judge = judge
         self.observer = Observer(rt)
+        self.faults = Faults(self)
+        self.observer.sources.append(self.faults.gauges)
         self.run: Run | None = None
         self.collector: handoff.Collector | None = None
         self.lost_workers: list[str] = []
@@ -104,6 +108,7 @@ class Plugin:
         rt = self.rt
         rt.environment = environment
         db.patch_gevent()
+        self.faults.on_init(environment, runner, web_ui)
         if isinstance(runner, WorkerRunner):
             rt.role, rt.process = "worker", process_name(runner.worker_index)
             runner.register_message("tc_stop", self._worker_on_stop, concurrent=True)
@@ -117,11 +122,15 @@ class Plugin:
             if rt.settings.run_id and existing.exists():
                 raise RunError(f"run directory {existing} exists already; choose another --run-id or leave it "
                                "empty for a fresh one")
-            rt.urls, rt.stack = provide_services(rt.settings)
+            # a non-durable embedded server loses acknowledged writes when crashed: a nemesis that crashes one
+            # gets durable servers, so that what the checks find is the backend's doing, not the stack's
+            durable = bool(plan_of(rt.settings).losing_writes())
+            rt.urls, rt.stack = provide_services(rt.settings, durable=durable)
             atexit.register(self.stop_stack)  # also on an abnormal exit
             preflight(rt.settings, rt.urls)
             self.observer.start_exporter(rt.settings)
-        except (SettingsError, RunError, MetricsSetupError) as exc:
+            self.faults.prepare(rt.settings)  # the proxy, and the URLs through it, before any agent starts
+        except (SettingsError, RunError, MetricsSetupError, NemesisError) as exc:
             self.stop_stack()
             fail_fast(str(exc))
         set_agent_host(rt.urls)
@@ -147,6 +156,10 @@ class Plugin:
             self._worker_start(environment)
         else:
             self._start(environment)
+
+    def on_test_stopping(self, environment: Environment, **_: Any) -> None:
+        if not self.rt.is_worker and self.rt.run_active:
+            self.faults.heal()  # before the workers are waited for: a partitioned one must be reachable again
 
     def on_test_stop(self, environment: Environment, **_: Any) -> None:
         if self.rt.is_worker:
@@ -203,6 +216,11 @@ class Plugin:
             return
         settings = rt.settings
         rt.urls.update(settings.service_urls())
+        try:
+            self.faults.prepare(settings)
+        except NemesisError as exc:
+            self._abort(environment, str(exc))
+            return
         run_id = settings.run_id or None
         if rt.run_dir is not None and settings.run_id and rt.run_dir.name == settings.run_id:  # web UI: once more
             run_id = f"{settings.run_id}-{new_run_id()}"
@@ -221,6 +239,7 @@ class Plugin:
             self._abort(environment, str(exc))
             return
         rt.run_id, rt.run_dir = self.run.run_id, self.run.dir
+        self.faults.start(self.run)
         runner = environment.runner
         assert runner is not None
         if isinstance(runner, MasterRunner):  # every connected worker takes part (a lost one: verdict unknown)
@@ -265,15 +284,18 @@ class Plugin:
 
     def _stop(self, environment: Environment) -> None:
         rt = self.rt
+        self.faults.heal()  # every fault healed before the histories are collected and the final state captured
         rt.run_active = False
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
         if self.collector is not None:
-            self.lost_workers = self.collector.collect(environment.runner, float(environment.stop_timeout or 0))
+            self.lost_workers = self.collector.collect(environment.runner, float(environment.stop_timeout or 0),
+                                                       dead=self.faults.dead_workers())
         elif rt.history is not None:
             rt.history.close()
         rt.close_connections()
+        self.faults.stopped()
         assert self.run is not None and rt.run_dir is not None
         if rt.stages():
             rt.mark_stage(None, 0, time.time())
@@ -323,6 +345,7 @@ class Plugin:
                         "verdict": rt.verdict})
 
     def stop_stack(self) -> None:
+        self.faults.close()
         if self.rt.stack is not None:
             try:
                 self.rt.stack.down()
@@ -343,6 +366,7 @@ class Plugin:
         rt.barriers = Barrier(parties=lambda: 0, send_arrival=lambda name: runner.send_message(
             "tc_barrier", {"run_id": rt.run_id, "name": name}))
         rt.history = handoff.worker_writer(runner, rt.run_id, rt.process)
+        self.faults.worker_hello(runner)
 
     def _worker_on_stop(self, environment: Environment, msg: Any, **_: Any) -> None:
         runner = environment.runner
@@ -424,6 +448,7 @@ def setup(scenarios: list[str], judge: Judge | None = None) -> Runtime:
     events.init_command_line_parser.add_listener(plugin.on_parser)
     events.init.add_listener(plugin.on_init)
     events.test_start.add_listener(plugin.on_test_start)
+    events.test_stopping.add_listener(plugin.on_test_stopping)
     events.test_stop.add_listener(plugin.on_test_stop)
     events.quitting.add_listener(plugin.on_quitting)
     events.quit.add_listener(plugin.on_quit)

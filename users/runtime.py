@@ -8,11 +8,13 @@ from __future__ import annotations
 import itertools
 import logging
 import random
+import weakref
 from pathlib import Path
 from typing import Any
 
 from toolclash import db
 from toolclash.backend import Backend, application_name
+from toolclash.breaker import STATES
 from toolclash.history import HistoryWriter
 from toolclash.retry import RetryPolicy
 from toolclash.settings import Settings
@@ -48,6 +50,8 @@ class Runtime:
         self._stages: list[dict[str, Any]] = []
         self._connections: set[Any] = set()
         """Every connection this process opened for the run; closed at stop (see close_connections)."""
+        self.agents: weakref.WeakSet[Any] = weakref.WeakSet()
+        """This process's agents (for their circuit breakers' states)."""
 
     # --- the run's settings and services
 
@@ -114,6 +118,15 @@ class Runtime:
         self._connections.clear()
         if left:
             log.info("closed %d agent connection(s) left open at stop", len(left))
+
+    def breaker_states(self) -> dict[str, int]:
+        """Running agents of this process by circuit-breaker state (closed, open, half_open)."""
+        counts = dict.fromkeys(STATES, 0)
+        for agent in list(self.agents):
+            breaker, greenlet = getattr(agent, "breaker", None), getattr(agent, "_greenlet", None)
+            if breaker is not None and greenlet is not None and not greenlet.dead:
+                counts[breaker.state] += 1
+        return counts
 
     # --- live counters and the barrier
 

@@ -120,6 +120,24 @@ class ConsistencyTab:
             if seen:
                 row("live", prefix.rstrip("_") + " events", sum(seen.values()),
                     ", ".join(f"{k} {v}" for k, v in sorted(seen.items())))
+        self.obs.update_breakers()
+        states: dict[str, float] = {}
+        for (metric, labels, _src), value in self.obs.registry.gauges.items():
+            if metric == "toolclash_breaker_agents":
+                state = dict(labels).get("state", "")
+                states[state] = states.get(state, 0.0) + value
+        if states:
+            row("live", "circuit breakers", f"{int(states.get('open', 0))} open",
+                ", ".join(f"{k} {int(v)}" for k, v in sorted(states.items())))
+        extra = [g for source in self.obs.sources for g in source()]
+        active = [dict(labels) for metric, labels, value in extra if metric == "toolclash_fault_active" and value]
+        windows = sum(value for metric, _labels, value in extra if metric == "toolclash_fault_windows_total")
+        if any(metric == "toolclash_fault_active" for metric, _l, _v in extra):
+            row("live", "faults active", len(active), ", ".join(f"{a['kind']} {a['target']}" for a in active)
+                or f"none now ({int(windows)} window(s) so far)")
+        aborted = any(metric == "toolclash_run_aborted" and value for metric, _l, value in extra)
+        row("live", "emergency stop", "STOPPED EARLY" if aborted else "armed", "the red Stop now button (POST "
+            "/toolclash/stop) stops every worker, heals the faults and judges the run")
         gauges: dict[str, float] = {}
         for (metric, labels, _src), value in self.obs.registry.gauges.items():
             if metric.startswith(("toolclash_pool_", "toolclash_queue_")):

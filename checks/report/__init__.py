@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from checks.report.plots import plots
-from toolclash.faultlog import read_windows
+from toolclash.nemesis.record import read_faults
 from toolclash.option import mask_url
 from toolclash.run import read_json
 
@@ -39,6 +39,10 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return "n/a" if math.isnan(value) else f"{value:.4g}"
     return html.escape(str(value))
+
+
+def _opt(value: Any) -> Any:
+    return "n/a" if value is None else value
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], raw: Sequence[int] = ()) -> str:
@@ -65,10 +69,24 @@ def render(run_dir: Path) -> str:
              f"</title><style>{CSS}</style></head><body>",
              f"<section id='verdict'><h1>toolclash run {_fmt(verdict.get('run_id'))}</h1>",
              f"<p class='verdict'>exit code <b>{verdict['exit_code']}</b>: {_fmt(verdict['meaning'])}</p></section>"]
+    if verdict.get("aborted"):
+        parts.append(f"<p class='verdict false'>stopped early: {_fmt(verdict['aborted'].get('reason'))}</p>")
     parts.append("<h2>Plots</h2>")
     for title, png in plots(run_dir, verdict):
         parts.append(f"<section class='plot' id='plot-{_slug(title)}'><h3>{html.escape(title)}</h3>"
                      f"<img alt='{html.escape(title)}' src='data:image/png;base64,{png}'></section>")
+    faults = verdict.get("faults") or [{**f, "recovery": {}} for f in read_faults(run_dir)]
+    if faults:
+        parts.append("<section id='faults'><h2>Faults</h2>")
+        base = verdict.get("started_at") or faults[0]["start"]
+        parts.append(_table(("fault", "kind", "target", "from (s)", "to (s)", "healed", "first ok (s)",
+                             "throughput back (s)", "what happened"),
+                            [(f["fault_id"], f["kind"], f["target"], round(f["start"] - base, 2),
+                              "open" if f["end"] is None else round(f["end"] - base, 2), f["healed"],
+                              _opt(f["recovery"].get("first_ok_s")), _opt(f["recovery"].get("throughput_s")),
+                              f["detail"] + (f" ({f['recovery']['note']})" if f["recovery"].get("note") else ""))
+                             for f in faults]))
+        parts.append("</section>")
     parts.append("<section id='checks'><h2>Checks</h2>")
     rows = []
     for c in verdict["checks"]:
@@ -99,14 +117,6 @@ def render(run_dir: Path) -> str:
                             [(g["scope"], g["gate"], "n/a" if g["figure"] is None else g["figure"],
                               f"{g['op']} {_fmt(g['threshold'])}", "yes" if g["met"] else "NO")
                              for g in comparison["gates"]]))
-        parts.append("</section>")
-    faults = read_windows(run_dir)
-    if faults:
-        parts.append("<section id='faults'><h2>Fault windows</h2>")
-        parts.append(_table(("fault", "kind", "target", "start", "end", "healed", "detail"),
-                            [(w.get("fault_id", ""), w.get("kind", ""), w.get("target", ""), w.get("start"),
-                              w.get("end") if w.get("end") is not None else "still on", w.get("healed", ""),
-                              w.get("detail", "")) for w in faults]))
         parts.append("</section>")
     parts.append("<section id='figures'><h2>Figures</h2>")
     parts.append(_table(("scope", "calls", "ok", "failed", "rejected", "unknown", "attempts", "conflict rate",

@@ -19,8 +19,8 @@ from typing import Any
 from checks.gates import BUSINESS_REJECTIONS
 from checks.plotting import PlotInput, bin_seconds, pyplot, shade_faults
 from checks.verdict import spec_of
-from toolclash.faultlog import read_windows
 from toolclash.history import read_history
+from toolclash.nemesis.record import read_faults
 from toolclash.run import read_json
 
 WIDTH_IN, DPI = 11.0, 100
@@ -110,7 +110,7 @@ def figures(run_dir: Path, verdict: dict[str, Any]) -> list[tuple[str, Any]]:
     ops, rejections = call_ops(all_ops, scenarios)
     df = frame(ops, rejections)
     stages = read_json(run_dir / "stages.json") if (run_dir / "stages.json").is_file() else []
-    faults = read_windows(run_dir)
+    faults = read_faults(run_dir)
     out: list[tuple[str, Any]] = []
     t0 = float(df["invoke_ts"].min()) if len(df) else None
     if t0 is not None:
@@ -155,6 +155,8 @@ def _stage_lines(ax: Any, stages: list[Any], t0: float) -> None:
 def _throughput(df: Any, stages: list[Any], faults: list[Any], t0: float, step: float) -> Any:
     counts = df.groupby(["t_done", "cls"]).size().unstack(fill_value=0) / step
     counts = counts.reindex(columns=[c for c in CLASSES if c in counts.columns])
+    bins = [i * step for i in range(int(counts.index.max() // step) + 2)] if len(counts) else []
+    counts = counts.reindex(bins, fill_value=0)  # a second with no call is a zero, not the last bin held on
     agents = df.groupby("t_inv")["agent"].nunique()
     fig, ax = _axes(3.6)
     ax.stackplot(counts.index, *[counts[c] for c in counts.columns], labels=list(counts.columns),

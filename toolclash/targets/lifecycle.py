@@ -49,7 +49,7 @@ def apply(target: Target, sc: Scenario) -> Scenario:
         sc, services=services, preflight=hooks.preflight, reset=hooks.reset,
         start=(lambda ctx: hooks.rows(ctx, start=True)) if needs_start else None,
         finish=(lambda ctx, handle, deadline_s: {"start": handle}) if needs_start else None,
-        snapshot=hooks.snapshot)
+        snapshot=hooks.snapshot, invariant=None)  # the scenario's live invariant reads toolclash's own tables
 
 
 class _Hooks:

@@ -217,6 +217,17 @@ TARGET = TargetShape(
 """How ``--target`` points the credits agents and checks at another platform (docs/your-platform.md)."""
 
 
+def invariant(conn: Any) -> str | None:
+    """Live invariant: no account below zero (a committed negative balance is wrong whatever happens next)."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT id, balance FROM toolclash.credit_accounts WHERE balance < 0 ORDER BY id LIMIT 3")
+        rows = cur.fetchall()
+    conn.rollback()
+    if not rows:
+        return None
+    return "negative balance: " + ", ".join(f"account {r[0]} at {r[1]}" for r in rows)
+
+
 SCENARIO = Scenario(
     name=NAME,
     summary="agents deduct credits from a few shared accounts; checks prove no credit was lost or made up",
@@ -229,6 +240,7 @@ SCENARIO = Scenario(
     validate=validate,
     reset=lambda ctx, conn: reset(conn, **vars(ctx.opts)),
     snapshot=lambda ctx, conn: snapshot(conn, seeded=ctx.opts.accounts),
+    invariant=lambda ctx, conn: invariant(conn),
     checks="checks.credits",
     target=TARGET,
 )
