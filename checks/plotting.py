@@ -13,6 +13,10 @@ from toolclash.run import read_json
 
 FAULT_COLOR = "#ffd700"
 FAULT_ALPHA = 0.3
+STRIP = 0.12
+"""Height of the opaque strip drawn over the data at the top of a fault window (share of the axes)."""
+STRIP_COLOR = tuple(FAULT_ALPHA * int(FAULT_COLOR[i:i + 2], 16) / 255 + (1 - FAULT_ALPHA) for i in (1, 3, 5))
+"""The band's colour as it shows over white, opaque."""
 """A fault band: gold (no line of matplotlib's default cycle blends into it) at this opacity; tests find its
 pixels in the report's PNGs."""
 
@@ -67,6 +71,9 @@ def shade_faults(ax: Any, faults: list[Any], t0: float) -> int:
         kinds.add(f["kind"])
         ax.axvspan(start, max(end, start + 0.05), facecolor=FAULT_COLOR, alpha=FAULT_ALPHA, linewidth=0, zorder=0,
                    label=label)
+        # and a strip along the top, over the data: a stacked or filled plot would hide the band beneath it
+        ax.axvspan(start, max(end, start + 0.05), ymin=1.0 - STRIP, ymax=1.0, facecolor=STRIP_COLOR, linewidth=0,
+                   zorder=5)
         ax.text(start, 1.0, f" {f['fault_id']} {f['kind']} {f['target']}", transform=ax.get_xaxis_transform(),
                 fontsize=7, color="#806000", va="top", ha="left", rotation=90, clip_on=True)
         n += 1

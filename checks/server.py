@@ -25,6 +25,24 @@ def owner_process(application_name: str, processes: Iterable[str]) -> str | None
     return None
 
 
+def _held_up_by(sessions: Iterable[Mapping[str, Any]], doubtful: frozenset[str]) -> set[Any]:
+    """Pids of the sessions that wait, directly or through others, for the locks of a session of a process whose
+    history is incomplete (a frozen worker's open transaction holds every other agent up until it ends)."""
+    if not doubtful:
+        return set()
+    blocked_by = {s.get("pid"): set(s.get("blocked_by") or ()) for s in sessions}
+    lost = {s.get("pid") for s in sessions if owner_process(str(s.get("application_name") or ""), doubtful)}
+    held: set[Any] = set()
+    changed = True
+    while changed:
+        changed = False
+        for pid, blockers in blocked_by.items():
+            if pid not in held and pid not in lost and blockers & (lost | held):
+                held.add(pid)
+                changed = True
+    return held
+
+
 def sessions_closed(server: Mapping[str, Any] | None, incomplete: Iterable[str] = ()) -> CheckResult:
     """No session of the run is left in ``pg_stat_activity`` (idle in transaction, active or idle); one of a
     process whose history is incomplete makes the verdict unknown."""
@@ -37,10 +55,11 @@ def sessions_closed(server: Mapping[str, Any] | None, incomplete: Iterable[str] 
     ev = Evidence()
     of_lost: list[str] = []
     by_state: dict[str, int] = {}
+    held_up = _held_up_by(server["sessions"], doubtful)
     for s in server["sessions"]:
         app = str(s.get("application_name") or "")
         owner = owner_process(app, doubtful)
-        if owner is not None:
+        if owner is not None or s.get("pid") in held_up:
             of_lost.append(app)
             continue
         by_state[s.get("state") or "?"] = by_state.get(s.get("state") or "?", 0) + 1
@@ -53,7 +72,8 @@ def sessions_closed(server: Mapping[str, Any] | None, incomplete: Iterable[str] 
     if of_lost:
         for app in of_lost:
             ev.add({"application_name": app, "what": "open, but its process's history is incomplete (a lost "
-                                                     "process keeps its sessions): not judged"})
+                                                     "process keeps its sessions), or it waits for the locks of "
+                                                     "such a session: not judged"})
         return result(name, UNKNOWN, counts, ev, f"{len(of_lost)} session(s) left open by a process whose history "
                       "is incomplete")
     return result(name, True, counts, ev, "no session of the run is left open")

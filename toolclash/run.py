@@ -354,7 +354,8 @@ def server_facts(conn: Any, run_id: str, *, wait_s: float = 5.0) -> dict[str, An
     with conn.cursor() as cur:
         while True:
             cur.execute(
-                "SELECT pid, application_name, state, EXTRACT(EPOCH FROM now() - xact_start)::float8, query "
+                "SELECT pid, application_name, state, EXTRACT(EPOCH FROM now() - xact_start)::float8, query, "
+                "pg_blocking_pids(pid) "
                 "FROM pg_stat_activity WHERE application_name LIKE %s AND pid <> pg_backend_pid()",
                 (prefix.replace("_", r"\_") + "%",))
             rows = cur.fetchall()
@@ -362,8 +363,9 @@ def server_facts(conn: Any, run_id: str, *, wait_s: float = 5.0) -> dict[str, An
             if not rows or time.monotonic() >= deadline:
                 break
             time.sleep(0.05)
-        sessions = [dict(zip(("pid", "application_name", "state", "xact_age_s", "query"), r, strict=True))
-                    for r in rows]
+        # blocked_by: the sessions whose locks it waits for (a session of a lost process can hold others up)
+        sessions = [dict(zip(("pid", "application_name", "state", "xact_age_s", "query", "blocked_by"), r,
+                             strict=True)) for r in rows]
         cur.execute("SELECT gid, prepared, owner, database FROM pg_prepared_xacts")
         prepared = [dict(zip(("gid", "prepared", "owner", "database"), r, strict=True)) for r in cur.fetchall()]
         cur.execute("SHOW server_version")

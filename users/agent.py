@@ -78,6 +78,7 @@ class Agent(User):
         super().__init__(environment)
         self.rt = runtime()
         self.agent = self.rt.next_agent()
+        self.strategy, self.fault = "", "none"  # until begin(): on_stop may run after an aborted start
         self.breaker: Breaker | None = None
         self.rt.agents.add(self)
 

@@ -61,6 +61,10 @@ class HttpError(Exception):
         self.error = error
 
 
+IDLE_CHECK_S = 1.0
+"""A pooled connection idle this long is tested before use."""
+
+
 class Pool:
     """A few connections shared by the requests of one worker (gevent-cooperative through psycogreen)."""
 
@@ -74,10 +78,7 @@ class Pool:
     def run(self, fn: Callable[[Any], Response]) -> Response:
         self.slots.get()
         try:
-            try:
-                conn = self.free.get_nowait()
-            except queue.Empty:
-                conn = psycopg2.connect(self.url, application_name="example-platform")
+            conn = self._borrow()
             try:
                 return fn(conn)
             except psycopg2.Error:
@@ -86,9 +87,26 @@ class Pool:
             finally:
                 if not conn.closed:
                     conn.rollback()
-                    self.free.put(conn)
+                    self.free.put((conn, time.monotonic()))
         finally:
             self.slots.put(None)
+
+    def _borrow(self) -> Any:
+        """A pooled connection; one idle for a while is tested first (the database may have restarted since)."""
+        while True:
+            try:
+                conn, idle_since = self.free.get_nowait()
+            except queue.Empty:
+                return psycopg2.connect(self.url, application_name="example-platform")
+            if time.monotonic() - idle_since < IDLE_CHECK_S:
+                return conn
+            try:
+                with conn.cursor() as cur:
+                    cur.execute("SELECT 1")
+                conn.rollback()
+                return conn
+            except psycopg2.Error:
+                conn.close()  # gone with a restarted server: try the next one, or a new connection
 
 
 class Platform:
