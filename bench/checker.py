@@ -29,7 +29,7 @@ from checks import credits as credit_checks
 from checks import gates
 from checks.verdict import evaluate
 from toolclash.history import FAIL, OK, UNKNOWN, HistoryWriter, make_op, read_history
-from toolclash.run import create_run_dir, read_json, write_json
+from toolclash.run import create_run_dir, read_json, write_final, write_json
 from toolclash.scenario import get as scenario
 from toolclash.settings import Settings
 
@@ -120,7 +120,7 @@ def generate(parent: Path, *, ops: int, accounts: int, seed: int, say: Say) -> P
     final = {"credit_accounts": [{"id": a, "balance": balance[a], "initial_balance": initial[a],
                                   "version": version[a]} for a in sorted(balance)],
              "credit_ledger": ledger}
-    write_json(run / "final" / "credits.json", final)
+    write_final(run / "final" / "credits.json", final)
     write_json(run / "final" / "server.json", {"sessions": [], "prepared_xacts": [], "server_version": "synthetic",
                                                "waited_s": 0.0})
     write_json(run / "synthetic.json", {"kinds": kinds, "ledger_rows": len(ledger)})

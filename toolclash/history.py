@@ -5,9 +5,12 @@ complete_ts, outcome, attempts, error_class, result`` plus ``reason`` (why a cal
 doubt). ``outcome`` is ``ok`` (the effect happened), ``fail`` (it definitely did not) or
 ``unknown`` (in doubt). Timestamps are Unix seconds (float).
 
-Each process writes ``history/<process>.jsonl`` and, when it closes cleanly, a
+Each process writes ``history/<process>.arrow`` (columnar, :mod:`toolclash.columnar`; runs of older versions
+and hand-written tests have ``history/<process>.jsonl``, read the same way) and, when it closes cleanly, a
 ``history/<process>.done.json`` holding its record count; :func:`read_history` uses those
 to tell a complete history from one cut short by a crashed process.
+
+``python -m toolclash.history RUN_DIR`` prints a run's records as JSON lines.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 import orjson
+
+from toolclash import columnar
 
 OK, FAIL, UNKNOWN = "ok", "fail", "unknown"
 OUTCOMES = (OK, FAIL, UNKNOWN)
@@ -68,7 +73,7 @@ def process_name(worker_index: int | None = None) -> str:
 
 
 class HistoryWriter:
-    """Collects operation records in memory and writes them to a JSON-lines file in batches.
+    """Collects operation records in memory and writes them to a history file in batches.
 
     :meth:`record` only appends to a list (no I/O on the agent's path); a background thread
     (a greenlet under gevent's monkey patching) writes every ``flush_interval`` seconds.
@@ -77,14 +82,14 @@ class HistoryWriter:
 
     def __init__(self, directory: str | os.PathLike[str] | None, *, run_id: str, process: str,
                  flush_interval: float = 0.5, sink: Callable[[list[Any]], None] | None = None) -> None:
-        """Write to ``<directory>/<process>.jsonl``, or, with *sink*, hand each batch to *sink* instead
+        """Write to ``<directory>/<process>.arrow``, or, with *sink*, hand each batch to *sink* instead
         (a worker ships its batches to the master, which writes them with :class:`HistoryReceiver`)."""
         if directory is None and sink is None:
             raise ValueError("HistoryWriter needs a directory or a sink")
         self.run_id = run_id
         self.process = process
         self._sink = sink
-        self.path = Path(directory or ".") / f"{process}.jsonl"
+        self.path = Path(directory or ".") / f"{process}{columnar.SUFFIX}"
         self._flush_interval = flush_interval
         self._buffer: list[Op | dict[str, Any]] = []
         self._seq = itertools.count(1)
@@ -102,8 +107,7 @@ class HistoryWriter:
     def start(self) -> HistoryWriter:
         """Open the file (unless batches go to a sink) and start the background flusher."""
         if self._sink is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.path, "ab")  # noqa: SIM115 - closed in close()
+            self._file = columnar.StreamAppender(self.path)
         self._thread = threading.Thread(target=self._run, name=f"history-{self.process}", daemon=True)
         self._thread.start()
         return self
@@ -127,8 +131,7 @@ class HistoryWriter:
             if not batch or self._file is None:
                 self._buffer[:0] = batch
                 return 0
-            self._file.write(b"".join(orjson.dumps(r) + b"\n" for r in batch))
-            self._file.flush()
+            self._file.append(batch)
             self._written += len(batch)
             return len(batch)
 
@@ -152,8 +155,7 @@ class HistoryWriter:
             self.closed = True
             return self._written
         if self._file is None and self._buffer:  # never started: still write what was recorded
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.path, "ab")  # noqa: SIM115 - closed just below
+            self._file = columnar.StreamAppender(self.path)
         self.flush()
         if self._file is not None:
             self._file.close()
@@ -177,10 +179,9 @@ class HistoryReceiver:
     def add(self, process: str, records: list[dict[str, Any]]) -> None:
         fh = self._files.get(process)
         if fh is None:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            fh = self._files[process] = open(self.directory / f"{process}.jsonl", "ab")  # noqa: SIM115
-        fh.write(b"".join(orjson.dumps(r) + b"\n" for r in records))
-        fh.flush()
+            fh = self._files[process] = columnar.StreamAppender(self.directory / f"{process}{columnar.SUFFIX}")
+        if records:
+            fh.append(records)
         self.received[process] = self.received.get(process, 0) + len(records)
 
     def done(self, process: str, records: int) -> bool:
@@ -215,8 +216,21 @@ class History:
         return not self.incomplete
 
 
+def history_files(run_dir: str | os.PathLike[str]) -> list[tuple[str, Path]]:
+    """``(process, path)`` of every history file of a run, in the order they are read."""
+    paths = [*Path(run_dir, "history").glob("*.jsonl"), *Path(run_dir, "history").glob(f"*{columnar.SUFFIX}")]
+    return [(p.name[: -len(p.suffix)], p) for p in sorted(paths)]
+
+
 def iter_records(path: Path) -> Iterator[dict[str, Any]]:
-    """Records of one history file; a torn last line (a crashed writer) is skipped."""
+    """Records of one history file; a torn last record (a crashed writer) is skipped."""
+    if path.suffix == columnar.SUFFIX:
+        return columnar.iter_records(path)
+    return iter_jsonl(path)
+
+
+def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    """Records of one JSON-lines history file; a torn last line (a crashed writer) is skipped."""
     with open(path, "rb") as fh:
         for line in fh:
             if not line.endswith(b"\n"):
@@ -225,22 +239,121 @@ def iter_records(path: Path) -> Iterator[dict[str, Any]]:
 
 
 def read_history(run_dir: str | os.PathLike[str]) -> History:
-    """Read ``<run_dir>/history/*.jsonl``; a file without its ``.done.json`` marker, or whose count
-    differs from the marker's, is reported in :attr:`History.incomplete`."""
-    hdir = Path(run_dir) / "history"
+    """Read ``<run_dir>/history/*.arrow`` (and ``*.jsonl``); a file without its ``.done.json`` marker, or whose
+    count differs from the marker's, is reported in :attr:`History.incomplete`. The same files as one columnar
+    table: :func:`read_history_table`."""
     ops: list[dict[str, Any]] = []
-    processes: dict[str, int] = {}
-    incomplete: dict[str, str] = {}
-    for path in sorted(hdir.glob("*.jsonl")):
-        name = path.name[: -len(".jsonl")]
+
+    def read(path: Path) -> int:
         before = len(ops)
         ops.extend(iter_records(path))
-        processes[name] = len(ops) - before
-        marker = path.with_suffix(".done.json")
-        if not marker.exists():
-            incomplete[name] = "history not closed (process stopped before flushing)"
-        else:
-            expected = orjson.loads(marker.read_bytes()).get("records")
-            if expected != processes[name]:
-                incomplete[name] = f"{processes[name]} records read, {expected} written"
+        return len(ops) - before
+
+    processes, incomplete = read_files(run_dir, read)
     return History(ops=ops, processes=processes, incomplete=incomplete)
+
+
+def read_files(run_dir: str | os.PathLike[str], read: Callable[[Path], int]
+               ) -> tuple[dict[str, int], dict[str, str]]:
+    """Read every history file of a run with *read* (which returns the records it read): the records read per
+    process, and the processes whose history is not known to be complete, with the reason."""
+    processes: dict[str, int] = {}
+    incomplete: dict[str, str] = {}
+    for name, path in history_files(run_dir):
+        processes[name] = read(path)
+        why = incomplete_why(path, processes[name])
+        if why:
+            incomplete[name] = why
+    return processes, incomplete
+
+
+def incomplete_why(path: Path, records: int) -> str | None:
+    """Why the history file at *path*, of which *records* were read, is not known to be complete (None: it is)."""
+    marker = path.with_suffix(".done.json")
+    if not marker.exists():
+        return "history not closed (process stopped before flushing)"
+    expected = orjson.loads(marker.read_bytes()).get("records")
+    if expected != records:
+        return f"{records} records read, {expected} written"
+    return None
+
+
+@dataclass
+class HistoryTable:
+    """All operation records of a run as one Arrow table (the columns of :func:`toolclash.columnar.schema`), with
+    what is known about the completeness of each file (as :class:`History`)."""
+
+    table: Any
+    processes: dict[str, int] = field(default_factory=dict)
+    incomplete: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def typed(self) -> bool:
+        """Every record is in the typed columns (none stored whole): the columnar checks can read them."""
+        return bool(self.table.column("raw").null_count == self.table.num_rows)
+
+    def history(self) -> History:
+        """The same records as :func:`read_history` gives them (Python dicts)."""
+        ops = [op for batch in self.table.to_batches() for op in columnar.decode(batch)]
+        return History(ops=ops, processes=dict(self.processes), incomplete=dict(self.incomplete))
+
+
+def read_history_table(run_dir: str | os.PathLike[str]) -> HistoryTable:
+    """The history of a run as one columnar table (memory-mapped ``.arrow`` files, JSON lines converted): what
+    :func:`read_history` reads, without a Python object per record."""
+    import pyarrow as pa
+
+    found: list[pa.RecordBatch] = []
+
+    def read(path: Path) -> int:
+        if path.suffix == columnar.SUFFIX:
+            got = list(columnar.batches(path))
+        else:
+            got = list(columnar.jsonl_batches(iter_jsonl(path)))
+        found.extend(got)
+        return sum(b.num_rows for b in got)
+
+    processes, incomplete = read_files(run_dir, read)
+    return HistoryTable(pa.Table.from_batches(found, schema=columnar.schema()), processes, incomplete)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m toolclash.history RUN_DIR|FILE``: the records as JSON lines, file after file."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m toolclash.history", description=main.__doc__)
+    parser.add_argument("path", help="a run directory (reports/<run-id>), its history/ directory, or one file")
+    parser.add_argument("--tool", help="only the records of this tool")
+    parser.add_argument("--limit", type=int, default=0, metavar="N", help="at most N records (default: all)")
+    args = parser.parse_args(argv)
+    target = Path(args.path)
+    if target.is_file():
+        paths = [target]
+    else:
+        run = target.parent if target.name == "history" else target
+        paths = [p for _, p in history_files(run)]
+        if not paths:
+            sys.stderr.write(f"python -m toolclash.history: no history file under {run / 'history'}; pass a run "
+                             "directory (reports/<run-id>) or a history file\n")
+            return 2
+    shown = 0
+    out = sys.stdout.buffer
+    try:
+        for path in paths:
+            for rec in iter_records(path):
+                if args.tool and rec.get("tool") != args.tool:
+                    continue
+                out.write(orjson.dumps(rec) + b"\n")
+                shown += 1
+                if args.limit and shown >= args.limit:
+                    return 0
+    except BrokenPipeError:  # `| head`
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())
