@@ -31,10 +31,10 @@ from checks.columns import (
     numpy,
     record,
     select,
-    string_codes,
     table_of_records,
 )
 from checks.credits import TOOL, _subset_sum_reaches, not_checked
+from checks.parse import string_codes
 from toolclash.history import FAIL, OK
 from toolclash.targets.shape import COLUMNS_KEY
 
@@ -215,7 +215,8 @@ class Data:
         rows = self.lfirst[self.lfirst_in_d < 0]
         if not len(rows):
             return [], []
-        doubtful, phantom = [], []
+        doubtful: list[int] = []
+        phantom: list[int] = []
         for j, op_id in zip(rows.tolist(), self.l_ids.take(np.asarray(rows)).to_pylist(), strict=True):
             (doubtful if self.from_incomplete_process(op_id) else phantom).append(j)
         return doubtful, phantom

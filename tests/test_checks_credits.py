@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from checks import EVIDENCE_CAP, UNKNOWN, CheckResult, guarded, worst
+from checks import EVIDENCE_CAP, UNKNOWN, CheckResult, credits_fast, guarded, worst
 from checks import credits as cc
-from checks import credits_fast
 
 RUN_ID = "t-credits"
 NAMES = ("credits.conservation", "credits.no_negative", "credits.ledger", "credits.lost_updates")
