@@ -82,6 +82,22 @@ class FinalState:
         return self._dict
 
 
+BLOBS = ("args", "result", "raw")
+"""Columns of JSON documents: read chunk by chunk (by :mod:`checks.parse`), never copied into one."""
+
+
+def compact(table: pa.Table) -> pa.Table:
+    """*table* with each column but :data:`BLOBS` in one chunk (a history file holds a chunk per flush: thousands;
+    every computation on a column would otherwise combine them again)."""
+    import pyarrow as pa
+
+    if all(table.column(i).num_chunks <= 1 for i in range(table.num_columns)):
+        return table
+    columns = [c if name in BLOBS or c.num_chunks <= 1 else pa.chunked_array([c.combine_chunks()])
+               for name, c in zip(table.column_names, table.columns, strict=True)]
+    return pa.Table.from_arrays(columns, schema=table.schema)
+
+
 def record(table: pa.Table, row: int) -> dict[str, Any]:
     """Row *row* of a history table as the operation record it was written as."""
     (batch,) = table.slice(row, 1).combine_chunks().to_batches()
@@ -262,7 +278,7 @@ class Part:
     it, and its Python records, made only when something asks for them."""
 
     def __init__(self, table: pa.Table | None = None, ops: list[Any] | None = None) -> None:
-        self.table = table
+        self.table = compact(table) if table is not None else None
         self._ops = ops
         self.sane = table is not None and sane(table)
 

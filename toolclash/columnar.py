@@ -148,6 +148,14 @@ def _int_args(args: Sequence[Any]) -> tuple[pa.Array, pa.Array] | None:
     return pa.array([keys] * len(args), pa.string()), pa.ListArray.from_arrays(offsets, flat)
 
 
+def warm_up() -> None:
+    """Pay pyarrow's one-time cost now (its first array conversion imports pandas: about 0.5 s), when a writer starts,
+    rather than at its first flush, in the middle of the load."""
+    import pyarrow as pa
+
+    pa.array([0])
+
+
 class StreamAppender:
     """Appends record batches to one history file (opened for appending: a file of an earlier writer of the same
     process gets its batches after the ones already there, as JSON lines did)."""

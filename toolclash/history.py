@@ -106,6 +106,7 @@ class HistoryWriter:
 
     def start(self) -> HistoryWriter:
         """Open the file (unless batches go to a sink) and start the background flusher."""
+        columnar.warm_up()
         if self._sink is None:
             self._file = columnar.StreamAppender(self.path)
         self._thread = threading.Thread(target=self._run, name=f"history-{self.process}", daemon=True)
@@ -172,6 +173,7 @@ class HistoryReceiver:
     works whether or not the hosts share a filesystem, and a short delivery stays visibly incomplete)."""
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
+        columnar.warm_up()
         self.directory = Path(directory)
         self.received: dict[str, int] = {}
         self._files: dict[str, Any] = {}
