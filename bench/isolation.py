@@ -27,7 +27,7 @@ from checks import register as register_checks
 from checks.graph import analyse
 from checks.verdict import evaluate
 from toolclash.history import FAIL, OK, UNKNOWN, HistoryWriter, make_op, read_history
-from toolclash.run import create_run_dir, read_json, write_json
+from toolclash.run import create_run_dir, read_json, write_final, write_json
 from toolclash.settings import Settings
 
 Say = Callable[[str], None]
@@ -97,7 +97,7 @@ def generate(parent: Path, *, ops: int, keys: int, seed: int, say: Say) -> Path:
             say(f"  generated {i + 1} transactions")
     for wr in writers:
         wr.close()
-    write_json(run / "final" / "register.json", {"isolation": {"level": "serializable", "expect": ""},
+    write_final(run / "final" / "register.json", {"isolation": {"level": "serializable", "expect": ""},
                                                  "registers": [[k, v] for k, v in sorted(value.items())],
                                                  "register_log": log})
     write_json(run / "final" / "server.json", {"sessions": [], "prepared_xacts": [], "server_version": "synthetic",
