@@ -167,7 +167,7 @@ class H(logging.Handler):
             what, _, rest = msg.partition(": done in ")
             steps[what] = float(rest.split(" s")[0])
         elif msg.startswith("read ") and " in " in msg:
-            steps["read the history"] = float(msg.rsplit(" in ", 1)[1].split(" s")[0])
+            steps["read the history"] = float(msg.split(" in ", 1)[1].split(" s")[0])
 log = logging.getLogger("toolclash.checks"); log.addHandler(H()); log.setLevel(logging.INFO)
 run, columnar = sys.argv[1], sys.argv[2] == "columnar"
 c0, w0 = time.process_time(), time.perf_counter()

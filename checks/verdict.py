@@ -90,6 +90,11 @@ class _Step:
             progress.info(f"{self.what}: done in {took:.1f} s{rate}")
 
 
+def _reading(files: int, of: int, records: int, took: float) -> None:
+    rate = f", {records / took:,.0f} records/s" if took > 0 else ""
+    progress.info(f"reading the history: {files} of {of} file(s), {records:,} records{rate}")
+
+
 def _evaluate(run: Path, use_columns: bool = True) -> dict[str, Any]:
     if not (run / "options.json").is_file():
         raise RunDirError(f"{run} is not a run directory (no options.json); pass reports/<run-id>")
@@ -99,7 +104,7 @@ def _evaluate(run: Path, use_columns: bool = True) -> dict[str, Any]:
     progress.info("reading the history")
     started = time.perf_counter()
     if use_columns:
-        table = read_history_table(run)
+        table = read_history_table(run, progress=_reading)
         everything = Part(table.table) if table.typed else Part(ops=table.history().ops)
         processes, incomplete = table.processes, table.incomplete
     else:
@@ -107,7 +112,8 @@ def _evaluate(run: Path, use_columns: bool = True) -> dict[str, Any]:
         everything = Part(ops=history.ops)
         processes, incomplete = history.processes, history.incomplete
     took = time.perf_counter() - started
-    progress.info(f"read {everything.count:,} operations from {len(processes)} process(es) in {took:.1f} s")
+    rate = f", {everything.count / took:,.0f} ops/s" if took > 0 and everything.count else ""
+    progress.info(f"read {everything.count:,} operations from {len(processes)} process(es) in {took:.1f} s{rate}")
     results: list[CheckResult] = [_history_check(everything.count, processes, incomplete)]
     figures: dict[str, Any] = {}
     all_gates: list[dict[str, Any]] = []

@@ -349,3 +349,16 @@ def test_no_data_means_no_gate_is_met() -> None:
         assert g["figure"] is None
         assert g["note"] == "no completed calls to measure"
         assert g["scope"] == "credits"
+
+
+def test_progress_names_each_step_and_its_rate(tmp_path: Path) -> None:
+    """On a long verdict the user sees each step with its operations, and its rate when it ends."""
+    run = write_run(tmp_path / "run", *clean_run())
+    done = run_cli("--run", str(run), "--progress")
+    assert done.returncode == EXIT_OK, done.stderr
+    steps = [ln.split("] ", 1)[1] for ln in done.stderr.splitlines() if ln.startswith("python -m checks: [")]
+    assert steps[0] == "reading the history"
+    assert any(s.startswith("read 3 operations from 1 process(es) in ") for s in steps), steps
+    assert "checking credits: 3 operations" in steps
+    assert any(s.startswith("checking credits: done in ") and s.endswith("ops/s") for s in steps), steps
+    assert steps[-1] == "judged"

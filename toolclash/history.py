@@ -300,23 +300,41 @@ class HistoryTable:
         return History(ops=ops, processes=dict(self.processes), incomplete=dict(self.incomplete))
 
 
-def read_history_table(run_dir: str | os.PathLike[str]) -> HistoryTable:
+def read_history_table(run_dir: str | os.PathLike[str], *,
+                       progress: Callable[[int, int, int, float], None] | None = None) -> HistoryTable:
     """The history of a run as one columnar table (memory-mapped ``.arrow`` files, JSON lines converted): what
-    :func:`read_history` reads, without a Python object per record."""
+    :func:`read_history` reads, without a Python object per record. *progress(files read, files, records read,
+    seconds)* is called after each file that took a while (JSON lines of an older run take seconds per million)."""
+    import time
+
     import pyarrow as pa
 
     found: list[pa.RecordBatch] = []
+    files = len(history_files(run_dir))
+    started = last = time.monotonic()
+    counted = [0, 0]  # files, records
 
     def read(path: Path) -> int:
-        if path.suffix == columnar.SUFFIX:
-            got = list(columnar.batches(path))
-        else:
-            got = list(columnar.jsonl_batches(iter_jsonl(path)))
+        nonlocal last
+        got = _read_batches(path)
         found.extend(got)
-        return sum(b.num_rows for b in got)
+        count = sum(b.num_rows for b in got)
+        counted[0] += 1
+        counted[1] += count
+        now = time.monotonic()
+        if progress is not None and now - last > 1.0:
+            progress(counted[0], files, counted[1], now - started)
+            last = now
+        return count
 
     processes, incomplete = read_files(run_dir, read)
     return HistoryTable(pa.Table.from_batches(found, schema=columnar.schema()), processes, incomplete)
+
+
+def _read_batches(path: Path) -> list[Any]:
+    if path.suffix == columnar.SUFFIX:
+        return list(columnar.batches(path))
+    return list(columnar.jsonl_batches(iter_jsonl(path)))
 
 
 def main(argv: list[str] | None = None) -> int:
