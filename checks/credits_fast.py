@@ -46,7 +46,8 @@ ACCOUNTS, LEDGER = "credit_accounts", "credit_ledger"
 ACCOUNT_INTS = ("id", "balance", "initial_balance")
 LEDGER_INTS = ("seq", "account_id", "amount", "balance_before", "balance_after")
 LIMIT = 2**60
-"""Sums stay below this (int64 arithmetic is then exact; beyond, the checks over Python ints decide)."""
+"""Values, and sums of amounts, stay below this (int64 arithmetic is then exact: initial − Σ amounts − Σ amounts
+stays within 64 bits; beyond, the checks over Python ints decide)."""
 
 
 class Declined(Exception):
@@ -140,9 +141,12 @@ class Data:
         m = len(self.l_ids)
         # -- the history's arguments
         acct, amount = args["account"], args["amount"]
-        for values in (acct, amount, self.l_amount, self.balance, self.initial, self.l_before, self.l_after):
+        for values in (amount, self.l_amount):  # summed per account
             if len(values) and float(np.abs(values.astype(np.float64)).sum()) >= LIMIT:
-                raise Declined("values too large for 64-bit sums")
+                raise Declined("amounts too large for 64-bit sums")
+        for values in (acct, self.balance, self.initial, self.l_before, self.l_after):  # compared, subtracted from
+            if len(values) and float(np.abs(values.astype(np.float64)).max()) >= LIMIT:
+                raise Declined("values too large for 64-bit arithmetic")
         # -- one dictionary of op ids for the history and the ledger
         codes, u = string_codes([op_ids, self.l_ids])
         h, lc = codes[:n], codes[n:]

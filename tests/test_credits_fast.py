@@ -205,3 +205,23 @@ def test_find_rows_finds_every_row_holding_the_string(rows: list[bytes], needle:
     chunks = pa.chunked_array([pa.array(rows[:7], pa.binary()), pa.array(rows[7:], pa.binary())])
     assert parse.find_rows(chunks, needle).tolist() == [i for i, r in enumerate(rows) if needle in r]
     assert np.array_equal(parse.find_rows(pa.array([], pa.binary()), needle), np.zeros(0, np.int64))
+
+
+def test_big_balances_stay_on_the_columnar_path() -> None:
+    """Balances of 10^17 on thousands of rows (their sum beyond 64 bits) are still judged from columns; only
+    amounts whose sums could overflow send a history to the checks over records."""
+    rich = 10**17
+    ops = [op("p1", n, "ok", 1 + n % 3, 5, invoke=float(n)) for n in range(1, 3001)]
+    ledger, balance = [], {1: rich, 2: rich, 3: rich}
+    for n in range(1, 3001):
+        a = 1 + n % 3
+        ledger.append({"seq": n, "op_id": f"p1-{n}", "account_id": a, "amount": 5, "balance_before": balance[a],
+                       "balance_after": balance[a] - 5, "agent": "p1-a0"})
+        balance[a] -= 5
+    final = {"credit_accounts": [{"id": a, "balance": b, "initial_balance": rich, "version": 0}
+                                 for a, b in balance.items()], "credit_ledger": ledger}
+    fast = credits_fast.check_all(ops, final)
+    assert fast is not None and all(r.valid is True for r in fast)
+    assert results(fast) == results(cc.check_all(ops, final))
+    huge = [{**o, "args": {"account": 1, "amount": 2**61}} for o in ops[:4]]
+    assert credits_fast.check_all(huge, final) is None
