@@ -19,8 +19,7 @@ from itertools import combinations
 from typing import Any
 
 from checks import UNKNOWN, CheckResult, Checks, Evidence, result, run_checks
-from checks.graph import Txn, isolation_check
-from checks.graph_fast import analyse_fast
+from checks.graph import Txn, analyse, isolation_check
 from toolclash.history import FAIL, OK
 
 TOOL = "spend"
@@ -184,7 +183,7 @@ def isolation(v: BudgetView) -> CheckResult:
         return result(name, UNKNOWN, {}, None, "not checked: needs the ledger in the final state")
     committed, versions = transactions(v)
     agents = {r["op_id"]: r["agent"] for r in v.spends.values()}
-    analysis = analyse_fast(committed, versions, initial=0, describe=lambda op_id: {"agent": agents.get(op_id)})
+    analysis = analyse(committed, versions, initial=0, describe=lambda op_id: {"agent": agents.get(op_id)})
     return isolation_check(name, analysis, v.level, v.expect)
 
 

@@ -18,8 +18,7 @@ from operator import itemgetter
 from typing import Any
 
 from checks import UNKNOWN, CheckResult, Checks, Evidence, result, run_checks
-from checks.graph import Txn, isolation_check
-from checks.graph_fast import analyse_fast
+from checks.graph import Txn, analyse, isolation_check
 from toolclash.history import FAIL, OK
 
 TOOL = "txn"
@@ -155,7 +154,7 @@ def isolation(v: RegisterView) -> CheckResult:
     if not v.has_log:
         return result(name, UNKNOWN, {}, None, "not checked: needs the write log (the version order) in the final "
                                                "state")
-    analysis = analyse_fast(v.committed, v.versions, aborted=v.aborted, describe=v.describe)
+    analysis = analyse(v.committed, v.versions, aborted=v.aborted, describe=v.describe)
     res = isolation_check(name, analysis, v.level, v.expect, in_doubt=v.in_doubt)
     if res.valid is True and v.incomplete:
         res.valid = UNKNOWN

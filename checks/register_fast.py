@@ -1,7 +1,7 @@
 """The register checks from the history's columns: the same :class:`checks.register.RegisterView` and the same two
 checks, without making a Python record of every operation first (only the fields the view reads: the op id,
 outcome, agent, reason, the result's JSON parsed in one call per chunk, and the arguments of the few calls that did
-not succeed). The dependency graph itself is :func:`checks.graph_fast.analyse_fast`.
+not succeed). The dependency graph is :func:`checks.graph.analyse`, as before.
 
 :func:`columnar` returns None when the view cannot be built (the checks over records then say why, as always).
 """

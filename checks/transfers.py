@@ -16,8 +16,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from checks import UNKNOWN, CheckResult, Checks, Evidence, result, run_checks
-from checks.graph import Txn, isolation_check
-from checks.graph_fast import analyse_fast
+from checks.graph import Txn, analyse, isolation_check
 from toolclash.history import FAIL, OK
 
 TRANSFER, AUDIT = "transfer", "audit"
@@ -184,7 +183,7 @@ def isolation(v: TransfersView) -> CheckResult:
     committed, versions = transactions(v)
     agents = {**{op_id: op["agent"] for op_id, op in v.transfers.items()}, **{a["op_id"]: a["agent"]
                                                                                for a in v.audits}}
-    analysis = analyse_fast(committed, versions, initial=0, describe=lambda op_id: {"agent": agents.get(op_id)})
+    analysis = analyse(committed, versions, initial=0, describe=lambda op_id: {"agent": agents.get(op_id)})
     return isolation_check(name, analysis, v.level, v.expect)
 
 
