@@ -82,20 +82,29 @@ class FinalState:
         return self._dict
 
 
-BLOBS = ("args", "result", "raw")
-"""Columns of JSON documents: read chunk by chunk (by :mod:`checks.parse`), never copied into one."""
+COMPUTED = ("tool", "op_id", "outcome", "invoke_ts", "complete_ts", "attempts", "reason", "error_class", "arg_keys",
+            "arg_ints")
+"""The columns the verdict computes on. Others (the JSON documents, and names only evidence shows) stay in chunks:
+:mod:`checks.parse` reads JSON chunk by chunk, and evidence takes single rows."""
 
 
 def compact(table: pa.Table) -> pa.Table:
-    """*table* with each column but :data:`BLOBS` in one chunk (a history file holds a chunk per flush: thousands;
+    """*table* with each column of :data:`COMPUTED` in one chunk (a history file holds a chunk per flush: thousands;
     every computation on a column would otherwise combine them again)."""
     import pyarrow as pa
 
-    if all(table.column(i).num_chunks <= 1 for i in range(table.num_columns)):
-        return table
-    columns = [c if name in BLOBS or c.num_chunks <= 1 else pa.chunked_array([c.combine_chunks()])
+    columns = [pa.chunked_array([c.combine_chunks()]) if name in COMPUTED and c.num_chunks > 1 else c
                for name, c in zip(table.column_names, table.columns, strict=True)]
     return pa.Table.from_arrays(columns, schema=table.schema)
+
+
+def one(column: Any) -> Any:
+    """A column as one Arrow array (no copy when it already is one chunk)."""
+    import pyarrow as pa
+
+    if isinstance(column, pa.ChunkedArray):
+        return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+    return column
 
 
 def record(table: pa.Table, row: int) -> dict[str, Any]:
@@ -106,11 +115,7 @@ def record(table: pa.Table, row: int) -> dict[str, Any]:
 
 def numpy(column: Any) -> np.ndarray:
     """A numeric column without nulls as a numpy array (no copy when it is one chunk)."""
-    import pyarrow as pa
-
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
-    return column.to_numpy(zero_copy_only=False)
+    return one(column).to_numpy(zero_copy_only=False)
 
 
 def strings(column: Any) -> list[Any]:
@@ -148,8 +153,9 @@ def int_arguments(table: pa.Table, keys: Sequence[str]) -> dict[str, np.ndarray]
     out = {k: np.empty(n, np.int64) for k in keys}
     rows = np.flatnonzero(typed)
     if len(rows):
-        lists = table.column("arg_ints")
-        lists = (lists.combine_chunks() if lists.num_chunks != 1 else lists.chunk(0)).take(pa.array(rows))
+        lists = one(table.column("arg_ints"))
+        if len(rows) < len(lists):
+            lists = lists.take(pa.array(rows))
         offsets = numpy(lists.offsets)
         if not bool((np.diff(offsets) == len(keys)).all()):
             return None

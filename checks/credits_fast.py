@@ -29,6 +29,7 @@ from checks.columns import (
     evidence,
     int_arguments,
     numpy,
+    one,
     record,
     select,
     table_of_records,
@@ -94,7 +95,7 @@ def _strings(table: pa.Table, name: str, *, nulls: bool = False) -> pa.Array:
     col = table.column(name)
     if col.type != pa.string() or (col.null_count and not nulls):
         raise Declined(f"column {name} is not text")
-    return col.combine_chunks()
+    return one(col)
 
 
 class Data:
