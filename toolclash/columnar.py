@@ -163,14 +163,16 @@ class StreamAppender:
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        fresh = not path.exists() or path.stat().st_size == 0
+        self._fresh = not path.exists() or path.stat().st_size == 0
         self._fh = open(path, "ab")  # noqa: SIM115 - closed in close()
-        if fresh:
-            self._fh.write(schema().serialize().to_pybytes())
 
     def append(self, records: Sequence[Mapping[str, Any]]) -> None:
-        self._fh.write(encode(records).serialize().to_pybytes())
+        """Write one batch (the stream's schema first, with the first batch: a file holds bytes once it holds
+        records)."""
+        head = schema().serialize().to_pybytes() if self._fresh else b""
+        self._fh.write(head + encode(records).serialize().to_pybytes())
         self._fh.flush()
+        self._fresh = False
 
     def close(self) -> None:
         self._fh.close()
