@@ -111,7 +111,7 @@ def results(found: Any) -> list[dict[str, Any]]:
     return [r.to_dict() for r in found]
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(histories())
 def test_columnar_credits_checks_equal_the_checks_over_records(case: Any) -> None:
     ops, final, incomplete = case
@@ -142,7 +142,7 @@ def write_run(run: Path, ops: list[dict[str, Any]], final: dict[str, Any] | None
     return run
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(histories(), st.booleans(), st.booleans())
 def test_columnar_verdict_equals_the_verdict_over_records(case: Any, ramp: bool, captured: bool) -> None:
     """Files written by the project's writers (history as Arrow, final state with its Arrow copy), judged both ways:
