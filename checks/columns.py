@@ -118,11 +118,6 @@ def numpy(column: Any) -> np.ndarray:
     return one(column).to_numpy(zero_copy_only=False)
 
 
-def strings(column: Any) -> list[Any]:
-    """A string column as Python values (for the few rows evidence names)."""
-    return list(column.to_pylist())
-
-
 def select(table: pa.Table, tools: Iterable[str]) -> pa.Table:
     """The rows of *table* whose tool is one of *tools*, in order (the table itself when all are)."""
     import pyarrow.compute as pc

@@ -424,8 +424,3 @@ def _crc32(path: Path) -> int:
         while chunk := fh.read(1 << 22):
             crc = zlib.crc32(chunk, crc)
     return crc
-
-
-def rows_of(table: pa.Table) -> list[Any]:
-    """A table of :func:`table_of` back as Python rows (dicts or lists), as the JSON holds them."""
-    return list(_table_rows(table))
