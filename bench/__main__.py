@@ -120,7 +120,7 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
             "accounts": args.accounts, "initial_balance": throughput_phase.INITIAL_BALANCE,
             "strategy": throughput_phase.STRATEGY, "profile": "stress", "ramp": args.ramp,
             "pgbench_protocol": "simple", "locust_processes": [1, 2], "ops": args.ops,
-            "checker_accounts": args.checker_accounts, "repeat": args.repeat,
+            "checker_accounts": args.checker_accounts, "checker_big_ops": args.checker_big_ops, "repeat": args.repeat,
             "skip_pgbench_ratio": args.skip_pgbench_ratio, "skip_floor": args.skip_floor,
             "locust_throughput": "ok operations of the run's history (toolclash.history.read_history) "
             "whose complete_ts lies in [first invoke_ts + ramp, min(first invoke_ts + duration, last ok "

@@ -28,7 +28,8 @@ from bench.cpu import CpuSampler
 from bench.phase import ROOT, BenchError
 from toolclash import db
 from toolclash.backend import Backend
-from toolclash.history import OK, read_history
+from toolclash.columnar import batches
+from toolclash.history import OK, history_files, read_history
 from toolclash.run import read_json
 from toolclash.scenario import get as scenario
 
@@ -322,7 +323,8 @@ def run_locust(spec: LocustSpec, *, say: Say, on_tick: Callable[[], None] | None
     def tick(elapsed: float, _log: Path) -> None:
         if on_tick is not None:
             on_tick()
-        n = counter.update(sorted((run_dir / "history").glob("*.jsonl")))
+        n = counter.update(sorted((run_dir / "history").glob("*.jsonl"))) + sum(
+            b.num_rows for _, path in history_files(run_dir) if path.suffix == ".arrow" for b in batches(path))
         say(f"  locust {spec.run_id}: {elapsed:4.0f} s, {n} operations recorded so far")
 
     sampler = CpuSampler(spec.postmaster)

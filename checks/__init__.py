@@ -107,7 +107,7 @@ class Checks:
     ``(name, fn(view) -> CheckResult | None)`` (None: not applicable to this run) and is guarded on its own.
     *figures* ``(ops, final) -> dict`` add to the common SLA figures; *gates* ``(ops, final, thresholds)`` are
     the scenario's own gates (built with :func:`checks.gates.gate`); *plots* ``(PlotInput) -> [(title, figure)]``
-    draw its data in the report.
+    draw its data in the report; *columnar* names the module of the same checks over columns.
     """
 
     view: Callable[[list[Any], Mapping[str, Any], frozenset[str]], Any]
@@ -115,6 +115,9 @@ class Checks:
     figures: Callable[[list[Any], Mapping[str, Any]], dict[str, Any]] | None = None
     gates: Callable[[list[Any], Mapping[str, Any], Mapping[str, Any]], list[dict[str, Any]]] | None = None
     plots: Callable[[Any], list[tuple[str, Any]]] | None = None
+    columnar: str | None = None
+    """The module of the checks' columnar path (its ``columnar(ops table, final state, incomplete processes)``
+    returns the same results from columns, or None to let the checks above decide; :mod:`checks.columns`)."""
 
     @property
     def names(self) -> tuple[str, ...]:

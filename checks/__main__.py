@@ -19,9 +19,10 @@ from typing import NoReturn
 from checks import EXIT_USAGE
 from checks.ci import write_ci_files
 from checks.verdict import RunDirError, evaluate, render, write
+from toolclash.history import history_files
 
 BIG_HISTORY_BYTES = 20_000_000
-"""From this size of history on (about 60,000 operations) progress is shown unless --quiet."""
+"""From this size of history on (about 100,000 operations) progress is shown unless --quiet."""
 HEARTBEAT_S = 5.0
 
 
@@ -32,22 +33,27 @@ class _Parser(argparse.ArgumentParser):
 
 
 def history_bytes(run: str | Path) -> int:
-    return sum(p.stat().st_size for p in (Path(run) / "history").glob("*.jsonl"))
+    return sum(p.stat().st_size for _, p in history_files(run))
 
 
 class Progress(logging.Handler):
-    """Prints the verdict's progress messages (logger ``toolclash.checks``) on stderr, and a line every
+    """Prints the verdict's progress messages (logger ``toolclash.checks``) on stderr: each step when it starts
+    (with its operations) and when it ends (with its rate in operations per second), and a line every
     :data:`HEARTBEAT_S` seconds while one step takes long."""
 
     def __init__(self) -> None:
         super().__init__(logging.INFO)
         self.started = time.monotonic()
         self.step = "reading the run"
+        self.step_started = self.started
+        self.step_ops = 0
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._beat, daemon=True)
 
     def emit(self, record: logging.LogRecord) -> None:
         self.step = record.getMessage()
+        self.step_started = time.monotonic()
+        self.step_ops = int(getattr(record, "ops", 0))
         self._say(self.step)
 
     def _say(self, text: str) -> None:
@@ -56,7 +62,8 @@ class Progress(logging.Handler):
 
     def _beat(self) -> None:
         while not self.done.wait(HEARTBEAT_S):
-            self._say(f"… still {self.step}")
+            took = time.monotonic() - self.step_started
+            self._say(f"… still {self.step} ({took:.0f} s into this step)")
 
     def __enter__(self) -> Progress:
         logger = logging.getLogger("toolclash.checks")

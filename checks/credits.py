@@ -285,4 +285,5 @@ SPEC = Checks(
     view=CreditsView,
     checks=(("credits.conservation", conservation), ("credits.no_negative", no_negative),
             ("credits.ledger", ledger_matches_history), ("credits.lost_updates", lost_updates)),
+    columnar="checks.credits_fast",
 )

@@ -165,4 +165,5 @@ def isolation(v: RegisterView) -> CheckResult:
 SPEC = Checks(
     view=RegisterView,
     checks=(("register.log", write_log), ("register.isolation", isolation)),
+    columnar="checks.register_fast",
 )

@@ -10,9 +10,10 @@ from __future__ import annotations
 import importlib
 import logging
 import math
+import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from checks import (
     EXIT_ANOMALY,
@@ -31,8 +32,9 @@ from checks import (
 )
 from checks import faults as fault_checks
 from checks import server as server_checks
+from checks.columns import FinalState, Part
 from toolclash import scenario
-from toolclash.history import History, read_history
+from toolclash.history import read_history, read_history_table
 from toolclash.run import read_json, write_json
 
 EXIT_MEANING = {
@@ -61,68 +63,122 @@ def spec_of(name: str) -> tuple[scenario.Scenario, Checks]:
     return sc, importlib.import_module(sc.checks).SPEC
 
 
-def evaluate(run_dir: str | Path) -> dict[str, Any]:
-    """Run every check and gate of the run in *run_dir*; pure function of the files there."""
+def evaluate(run_dir: str | Path, *, columnar: bool = True) -> dict[str, Any]:
+    """Run every check and gate of the run in *run_dir*; pure function of the files there.
+
+    The history and the final state are read as columns and each scenario with a columnar path is checked over
+    them (:mod:`checks.columns`); *columnar* False runs every check over Python records (the reference the
+    columnar paths are tested and benchmarked against). Both give the same verdict."""
     with gc_paused():
-        return _evaluate(Path(run_dir))
+        return _evaluate(Path(run_dir), columnar)
 
 
-def _evaluate(run: Path) -> dict[str, Any]:
+class _Step:
+    """One step of a long verdict, said on the progress logger when it starts and when it ends (with its rate)."""
+
+    def __init__(self, what: str, ops: int) -> None:
+        self.what, self.ops = what, ops
+
+    def __enter__(self) -> _Step:
+        self.started = time.perf_counter()
+        progress.info(f"{self.what}: {self.ops:,} operations", extra={"ops": self.ops})
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is None:
+            took = time.perf_counter() - self.started
+            rate = f", {self.ops / took:,.0f} ops/s" if took > 0 and self.ops else ""
+            progress.info(f"{self.what}: done in {took:.1f} s{rate}")
+
+
+def _reading(files: int, of: int, records: int, took: float) -> None:
+    rate = f", {records / took:,.0f} records/s" if took > 0 else ""
+    progress.info(f"reading the history: {files} of {of} file(s), {records:,} records{rate}")
+
+
+def _evaluate(run: Path, use_columns: bool = True) -> dict[str, Any]:
     if not (run / "options.json").is_file():
         raise RunDirError(f"{run} is not a run directory (no options.json); pass reports/<run-id>")
     options = read_json(run / "options.json")
     settings = options.get("settings", {})
     specs = {name: spec_of(name) for name in options.get("scenarios", [])}
     progress.info("reading the history")
-    history = read_history(run)
-    progress.info(f"read {len(history.ops):,} operations from {len(history.processes)} process(es)")
-    duplicates = duplicate_op_ids(history.ops)
+    started = time.perf_counter()
+    if use_columns:
+        table = read_history_table(run, progress=_reading)
+        everything = Part(table.table) if table.typed else Part(ops=table.history().ops)
+        history_of: Any = table
+    else:
+        history = read_history(run)
+        everything = Part(ops=history.ops)
+        history_of = history
+    processes, incomplete = history_of.processes, history_of.incomplete
+    took = time.perf_counter() - started
+    rate = f", {everything.count / took:,.0f} ops/s" if took > 0 and everything.count else ""
+    progress.info(f"read {everything.count:,} operations from {len(processes)} process(es) in {took:.1f} s{rate}")
+    duplicates = everything.duplicates()
+    if duplicates:  # records of one op id are set aside, not picked from: the rest is judged the plain way
+        everything = Part(ops=[op for op in everything.ops if op["op_id"] not in duplicates])
     # What the scenario checks may not blame on the backend: the effects of a process whose history is
-    # incomplete, and of an operation recorded more than once (its records are set aside, not picked from).
-    doubt = frozenset(history.incomplete) | {str(op["process"]) for recs in duplicates.values() for op in recs}
-    judged = [op for op in history.ops if op["op_id"] not in duplicates] if duplicates else history.ops
-    results: list[CheckResult] = [_history_check(history), _op_ids_check(duplicates, len(history.ops))]
+    # incomplete, and of an operation recorded more than once.
+    doubt = frozenset(incomplete) | {str(op["process"]) for recs in duplicates.values() for op in recs}
+    results: list[CheckResult] = [_history_check(everything.count + sum(map(len, duplicates.values())),
+                                                 processes, incomplete, history_of.roster),
+                                  _op_ids_check(duplicates, everything.count + sum(map(len, duplicates.values())))]
     figures: dict[str, Any] = {}
     all_gates: list[dict[str, Any]] = []
     stages = _load(run / "stages.json") or []
     for name, (sc, spec) in specs.items():
-        final = _load(run / "final" / f"{name}.json")
-        tools = frozenset(sc.tools)
-        ops = [op for op in judged if op["tool"] in tools]
-        progress.info(f"checking {name}: {len(ops):,} operations")
+        path = run / "final" / f"{name}.json"
+        part = everything.select(frozenset(sc.tools))
         limits = gates.thresholds(settings, {o.name: o.default for o in sc.options})
-        if final is None:
-            results.append(result(f"{name}.final_state", UNKNOWN, {}, None, "the final state was not captured"))
-        else:
-            results.extend(run_checks(spec, ops, final, doubt))
-        rejections = gates.BUSINESS_REJECTIONS | sc.rejections
-        figures[name] = _figures(spec, ops, final, rejections)
-        # a ramp gates the conflict rate per stage: the test plan's targets are per load level
-        all_gates.extend(gates.sla_gates(figures[name], limits, name, conflict_rate=not stages))
-        if final is not None and spec.gates is not None:
-            all_gates.extend(spec.gates(ops, final, limits))
-        for stage, stage_ops in gates.by_stage(ops, stages):
-            if not stage_ops and ops:  # no agent of this kind ran in this stage (mixed ramp): nothing to gate
-                continue
-            scope = gates.stage_scope(name, stage)
-            figures[scope] = _figures(spec, stage_ops, final, rejections)
-            all_gates.extend(gates.sla_gates(figures[scope], {**limits, "gate_conflict_rate":
-                                                               gates.stage_limit(stage, limits)}, scope))
+        with _Step(f"checking {name}", part.count):
+            state = FinalState(path) if path.is_file() and use_columns else None
+            final = _load(path) if state is None else None
+            if state is not None and not state.columnar and state.rest is None:
+                state = None  # a final state of `null`: as if none was captured
+            if state is None and final is None:
+                results.append(result(f"{name}.final_state", UNKNOWN, {}, None, "the final state was not captured"))
+            else:
+                fast = None
+                if state is not None and spec.columnar and part.table is not None:
+                    fast = importlib.import_module(spec.columnar).columnar(part.table, state, doubt)
+                if fast is None:
+                    final = final if state is None else state.as_dict()
+                    fast = run_checks(spec, part.ops, cast(Mapping[str, Any], final), doubt)
+                results.extend(fast)
+        if final is None and state is not None and (spec.figures is not None or spec.gates is not None):
+            final = state.as_dict()
+        with _Step(f"figures and gates of {name}", part.count):
+            rejections = gates.BUSINESS_REJECTIONS | sc.rejections
+            figures[name] = _figures(spec, part, final, rejections)
+            # a ramp gates the conflict rate per stage: the test plan's targets are per load level
+            all_gates.extend(gates.sla_gates(figures[name], limits, name, conflict_rate=not stages))
+            if final is not None and spec.gates is not None:
+                all_gates.extend(spec.gates(part.ops, final, limits))
+            for stage, stage_part in part.by_stage(stages):
+                if not stage_part.count and part.count:  # no agent of this kind ran in this stage (mixed ramp)
+                    continue
+                scope = gates.stage_scope(name, stage)
+                figures[scope] = _figures(spec, stage_part, final, rejections)
+                all_gates.extend(gates.sla_gates(figures[scope], {**limits, "gate_conflict_rate":
+                                                                   gates.stage_limit(stage, limits)}, scope))
     server = _load(run / "final" / "server.json")
     results.append(server_checks.sessions_closed(server, doubt))
     results.append(server_checks.prepared_left(server))
-    faults = fault_checks.windows(run, history.ops)
+    faults = fault_checks.windows(run, everything.ops) if (run / "faults.jsonl").is_file() else []
     if faults:
         results.append(fault_checks.healed(faults))
         all_gates.extend(gates.recovery_gates(faults, gates.thresholds(settings)))
     aborted = fault_checks.aborted(run)
     if aborted:
         all_gates.append(gates.abort_gate(aborted))
-    if not history.attributable:
+    if not history_of.attributable:
         _undecided(results, "a process of the run is not known by name, so its effects cannot be told from the "
-                   "backend's" if history.roster is not None else "the run directory does not list the processes "
-                   "that took part (processes.json), so a lost process's effects cannot be told from the backend's")
-    duration = _duration(history)
+                   "backend's" if history_of.roster is not None else "the run directory does not list the "
+                   "processes that took part (processes.json), so a lost process's effects cannot be told from the "
+                   "backend's")
+    duration = everything.duration()
     summary = {"duration_s": duration, "scenarios": gates.summary(figures, duration)}
     baseline = _baseline(options, summary, settings)
     all_gates.extend(baseline.get("gates", []))
@@ -131,23 +187,16 @@ def _evaluate(run: Path) -> dict[str, Any]:
             "checks": [r.to_dict() for r in results], "gates": all_gates, "figures": figures, "summary": summary,
             "baseline": baseline or None, "faults": faults, "aborted": aborted,
             "started_at": options.get("started_at"),
-            "history": {"records": len(history.ops), "processes": history.processes,
-                        "incomplete": history.incomplete, "listed": history.roster,
-                        "duplicate_op_ids": sorted(duplicates)}}
+            "history": {"records": everything.count, "processes": processes, "incomplete": incomplete,
+                        "listed": history_of.roster, "duplicate_op_ids": sorted(duplicates)}}
 
 
-def _figures(spec: Checks, ops: list[Any], final: Mapping[str, Any] | None, rejections: frozenset[str]
+def _figures(spec: Checks, part: Part, final: Mapping[str, Any] | None, rejections: frozenset[str]
              ) -> dict[str, Any]:
-    fig = gates.figures(ops, rejections)
+    fig = part.figures(rejections)
     if final is not None and spec.figures is not None:  # a scenario's own definitions hold per stage too
-        fig.update(spec.figures(ops, final))
+        fig.update(spec.figures(part.ops, final))
     return fig
-
-
-def _duration(history: History) -> float:
-    if not history.ops:
-        return math.nan
-    return max(op["complete_ts"] for op in history.ops) - min(op["invoke_ts"] for op in history.ops)
 
 
 def _baseline(options: Mapping[str, Any], summary: Mapping[str, Any], settings: Mapping[str, Any]) -> dict[str, Any]:
@@ -172,15 +221,15 @@ def _load(path: Path) -> Any:
     return read_json(path) if path.is_file() else None
 
 
-def _history_check(history: History) -> CheckResult:
+def _history_check(records: int, processes: Mapping[str, int], incomplete: Mapping[str, str],
+                   roster: list[dict[str, Any]] | None) -> CheckResult:
     """Every process listed in ``processes.json`` delivered a complete history (else: unknown, naming each)."""
     name = "history.complete"
     ev = Evidence()
-    for process, why in sorted(history.incomplete.items()):
+    for process, why in sorted(incomplete.items()):
         ev.add({"process": process, "why": why})
-    counts = {"records": len(history.ops), "processes": len(history.processes),
-              "listed": None if history.roster is None else len(history.roster)}
-    if history.roster is None:
+    counts = {"records": records, "processes": len(processes), "listed": None if roster is None else len(roster)}
+    if roster is None:
         ev.add({"file": "processes.json", "why": "missing: a process whose history never arrived would be "
                                                  "invisible"})
         return result(name, UNKNOWN, counts, ev, "not checked: needs processes.json, the list of the processes "
@@ -188,17 +237,6 @@ def _history_check(history: History) -> CheckResult:
     if ev:
         return result(name, UNKNOWN, counts, ev, f"{ev.total} process(es) did not deliver a complete history")
     return result(name, True, counts, ev, "every process that took part delivered its whole history")
-
-
-def duplicate_op_ids(ops: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """Op id → every record of it, for the op ids recorded more than once (op ids are unique in a run)."""
-    seen: dict[str, dict[str, Any]] = {}
-    dups: dict[str, list[dict[str, Any]]] = {}
-    for op in ops:
-        first = seen.setdefault(op["op_id"], op)
-        if first is not op:
-            dups.setdefault(op["op_id"], [first]).append(op)
-    return dups
 
 
 def _op_ids_check(duplicates: dict[str, list[dict[str, Any]]], records: int) -> CheckResult:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from checks import EVIDENCE_CAP, UNKNOWN, CheckResult, guarded, worst
+from checks import EVIDENCE_CAP, UNKNOWN, CheckResult, credits_fast, guarded, worst
 from checks import credits as cc
 
 RUN_ID = "t-credits"
@@ -46,6 +46,15 @@ def final(accounts: list[dict[str, Any]], ledger: list[dict[str, Any]] | None) -
     return out
 
 
+def check_all(ops: list[dict[str, Any]], state: Any, incomplete_processes: Any = ()) -> list[CheckResult]:
+    """:func:`checks.credits.check_all`, and the same history through the columnar checks: same results."""
+    slow = cc.check_all(ops, state, incomplete_processes)
+    fast = credits_fast.check_all(ops, state, incomplete_processes)
+    if fast is not None:
+        assert [r.to_dict() for r in fast] == [r.to_dict() for r in slow]
+    return slow
+
+
 def by_name(results: list[CheckResult]) -> dict[str, CheckResult]:
     got = {r.name: r for r in results}
     assert set(got) == set(NAMES), got
@@ -68,7 +77,7 @@ def test_clean_history_is_valid_everywhere() -> None:
     ]
     state = final([account(1, 100, 85), account(2, 100, 93)],
                   [row(1, "p1-1", 1, 10, 100), row(2, "p2-2", 2, 7, 100), row(3, "p1-2", 1, 5, 90)])
-    res = by_name(cc.check_all(ops, state))
+    res = by_name(check_all(ops, state))
     assert {n: r.valid for n, r in res.items()} == dict.fromkeys(NAMES, True)
     assert res["credits.ledger"].counts["missing"] == 0
     assert res["credits.ledger"].counts["phantom"] == 0
@@ -80,7 +89,7 @@ def test_clean_history_is_valid_everywhere() -> None:
 def test_other_tools_in_the_history_are_ignored() -> None:
     other = {**op("p1", 2, "ok", 1, 999), "tool": "update_config"}
     state = final([account(1, 100, 90)], [row(1, "p1-1", 1, 10, 100)])
-    res = by_name(cc.check_all([op("p1", 1, "ok", 1, 10), other], state))
+    res = by_name(check_all([op("p1", 1, "ok", 1, 10), other], state))
     assert worst(r.valid for r in res.values()) is True
     assert res["credits.ledger"].counts["ops"] == 1
 
@@ -92,7 +101,7 @@ def test_ok_op_without_its_effect_is_missing() -> None:
     ops = [op("p1", 1, "ok", 1, 10), op("p1", 2, "ok", 1, 5)]
     # p1-2 was acknowledged, but neither its ledger row nor its deduction is there.
     state = final([account(1, 100, 90)], [row(1, "p1-1", 1, 10, 100)])
-    res = by_name(cc.check_all(ops, state))
+    res = by_name(check_all(ops, state))
     ledger = res["credits.ledger"]
     assert ledger.valid is False
     assert ledger.counts["missing"] == 1
@@ -108,7 +117,7 @@ def test_ok_op_without_its_effect_is_missing() -> None:
 def test_ledger_row_of_a_failed_op_is_a_phantom() -> None:
     ops = [op("p1", 1, "ok", 1, 10), op("p1", 2, "fail", 1, 5, reason="commit-timeout", error_class="timeout")]
     state = final([account(1, 100, 85)], [row(1, "p1-1", 1, 10, 100), row(2, "p1-2", 1, 5, 90)])
-    res = by_name(cc.check_all(ops, state))
+    res = by_name(check_all(ops, state))
     ledger = res["credits.ledger"]
     assert ledger.valid is False
     assert ledger.counts["phantom"] == 1
@@ -144,7 +153,7 @@ def test_unknown_op_with_a_ledger_row_resolves_as_applied() -> None:
     ops = [op("p1", 1, "ok", 1, 10),
            op("p1", 2, "unknown", 1, 4, reason="connection-lost-during-commit", error_class="OperationalError")]
     state = final([account(1, 100, 86)], [row(1, "p1-1", 1, 10, 100), row(2, "p1-2", 1, 4, 90)])
-    res = by_name(cc.check_all(ops, state))
+    res = by_name(check_all(ops, state))
     assert {n: r.valid for n, r in res.items()} == dict.fromkeys(NAMES, True)
     assert res["credits.ledger"].counts["unknown_applied"] == 1
     assert res["credits.ledger"].counts["unknown_not_applied"] == 0
@@ -154,7 +163,7 @@ def test_unknown_op_without_a_ledger_row_resolves_as_not_applied() -> None:
     ops = [op("p1", 1, "ok", 1, 10),
            op("p1", 2, "unknown", 1, 4, reason="interrupted-during-statement", error_class="interrupted")]
     state = final([account(1, 100, 90)], [row(1, "p1-1", 1, 10, 100)])
-    res = by_name(cc.check_all(ops, state))
+    res = by_name(check_all(ops, state))
     assert {n: r.valid for n, r in res.items()} == dict.fromkeys(NAMES, True)
     assert res["credits.ledger"].counts["unknown_applied"] == 0
     assert res["credits.ledger"].counts["unknown_not_applied"] == 1
@@ -163,7 +172,7 @@ def test_unknown_op_without_a_ledger_row_resolves_as_not_applied() -> None:
 def test_unresolvable_unknown_op_makes_conservation_unknown() -> None:
     ops = [op("p1", 1, "ok", 1, 10), op("p1", 2, "unknown", 1, 7, reason="connection-lost-during-commit")]
     state = final([account(1, 100, 83)], ledger=None)  # no ledger: nothing tells whether p1-2 applied
-    res = by_name(cc.check_all(ops, state))
+    res = by_name(check_all(ops, state))
     conservation = res["credits.conservation"]
     assert conservation.valid == UNKNOWN
     assert conservation.counts == {"accounts": 1, "mismatched": 0, "explainable_by_unknown": 1, "missing_accounts": 0,
@@ -205,7 +214,7 @@ def test_subset_of_several_unknown_amounts() -> None:
 def test_negative_balance() -> None:
     ops = [op("p1", 1, "ok", 1, 10)]
     state = final([account(1, 5, -5)], [row(1, "p1-1", 1, 10, 5)])
-    res = by_name(cc.check_all(ops, state))
+    res = by_name(check_all(ops, state))
     no_negative = res["credits.no_negative"]
     assert no_negative.valid is False
     assert no_negative.counts == {"accounts": 1, "negative_accounts": 1, "deductions_below_zero": 1}
@@ -222,7 +231,7 @@ def test_lost_update_names_exactly_the_overwritten_op() -> None:
     # p1-1 and p2-1 both read 100; p1-1 committed first (seq 1) and wrote 90, p2-1 then wrote 95 over it.
     ops = [op("p1", 1, "ok", 1, 10, strategy="naive"), op("p2", 1, "ok", 1, 5, strategy="naive")]
     state = final([account(1, 100, 95)], [row(1, "p1-1", 1, 10, 100), row(2, "p2-1", 1, 5, 100)])
-    res = by_name(cc.check_all(ops, state))
+    res = by_name(check_all(ops, state))
     lost = res["credits.lost_updates"]
     assert lost.valid is False
     assert evidence_ops(lost) == ["p1-1"]
@@ -243,7 +252,7 @@ def test_lost_update_inside_a_longer_chain() -> None:
     ops = [op("p1", 1, "ok", 1, 10), op("p2", 1, "ok", 1, 10), op("p3", 1, "ok", 1, 5), op("p1", 2, "ok", 1, 1)]
     ledger = [row(1, "p1-1", 1, 10, 100), row(2, "p2-1", 1, 10, 90), row(3, "p3-1", 1, 5, 90),
               row(4, "p1-2", 1, 1, 85)]
-    res = by_name(cc.check_all(ops, final([account(1, 100, 84)], ledger)))
+    res = by_name(check_all(ops, final([account(1, 100, 84)], ledger)))
     lost = res["credits.lost_updates"]
     assert evidence_ops(lost) == ["p2-1"]
     assert lost.counts["lost_credits"] == 10
@@ -278,7 +287,7 @@ def test_lost_worker_makes_no_credits_check_false() -> None:
     """Data is right; only p2's history is missing. The verdict must be unknown (exit 3), not false (exit 1)."""
     ops = [op("p1", 1, "ok", 1, 10)]
     state = final([account(1, 100, 85)], [row(1, "p1-1", 1, 10, 100), row(2, "p2-1", 1, 5, 90)])
-    res = by_name(cc.check_all(ops, state, incomplete_processes={"p2": "history not closed"}))
+    res = by_name(check_all(ops, state, incomplete_processes={"p2": "history not closed"}))
     assert {n: r.valid for n, r in res.items() if r.valid is False} == {}
     assert worst(r.valid for r in res.values()) == UNKNOWN
 
@@ -286,7 +295,7 @@ def test_lost_worker_makes_no_credits_check_false() -> None:
 def test_duplicate_op_id_in_history() -> None:
     ops = [op("p1", 1, "ok", 1, 10), op("p1", 1, "ok", 1, 10)]
     state = final([account(1, 100, 90)], [row(1, "p1-1", 1, 10, 100)])
-    res = by_name(cc.check_all(ops, state))
+    res = by_name(check_all(ops, state))
     ledger = res["credits.ledger"]
     assert ledger.valid is False
     assert ledger.counts["duplicate_op_ids"] == 1
@@ -309,7 +318,7 @@ def test_a_crashing_check_is_unknown_and_the_others_still_judge() -> None:
     ops = [op("p1", 1, "ok", 1, 10)]
     malformed = {"credit_accounts": [{"id": 1, "initial_balance": 100}],  # no balance column
                  "credit_ledger": [row(1, "p1-1", 1, 10, 100)]}
-    res = by_name(cc.check_all(ops, malformed))
+    res = by_name(check_all(ops, malformed))
     assert set(res) == set(NAMES)
     crashed = res["credits.conservation"]
     assert crashed.valid == UNKNOWN
@@ -323,7 +332,7 @@ def test_a_crashing_check_is_unknown_and_the_others_still_judge() -> None:
 
 def test_a_final_state_that_cannot_be_indexed_makes_every_check_unknown() -> None:
     not_a_mapping: Any = ["credit_accounts"]
-    res = by_name(cc.check_all([op("p1", 1, "ok", 1, 10)], not_a_mapping))
+    res = by_name(check_all([op("p1", 1, "ok", 1, 10)], not_a_mapping))
     assert set(res) == set(NAMES)
     assert all(r.valid == UNKNOWN for r in res.values())
     assert res["credits.lost_updates"].evidence[0]["error"].startswith("AttributeError")

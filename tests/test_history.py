@@ -10,7 +10,16 @@ from typing import Any
 
 import orjson
 
-from toolclash.history import History, HistoryWriter, process_name, read_history
+from toolclash import columnar
+from toolclash.history import (
+    History,
+    HistoryWriter,
+    iter_records,
+    main,
+    process_name,
+    read_history,
+    read_history_table,
+)
 
 RUN_ID = "t-history"
 
@@ -31,7 +40,8 @@ def writer(tmp_path: Path, process: str = "p1", flush_interval: float = 3600.0) 
 
 
 def lines(path: Path) -> int:
-    return path.read_bytes().count(b"\n") if path.exists() else 0
+    """Records in one history file (0 before it exists)."""
+    return sum(1 for _ in iter_records(path)) if path.exists() else 0
 
 
 def wait_until(condition: Any, timeout: float = 5.0) -> bool:
@@ -131,8 +141,9 @@ def test_torn_last_line_is_skipped_and_the_file_incomplete(tmp_path: Path) -> No
         w.record(rec)
     w.close()
     (tmp_path / "history" / "p1.done.json").unlink()
+    torn = columnar.encode([record(w, 3)]).serialize().to_pybytes()
     with open(w.path, "ab") as fh:
-        fh.write(orjson.dumps(record(w, 3))[:25])  # a crash in the middle of a write
+        fh.write(torn[: len(torn) // 2])  # a crash in the middle of a write
     history = read_history(tmp_path)
     assert history.ops == sent
     assert history.processes == {"p1": 3}
@@ -241,3 +252,68 @@ def test_without_processes_json_the_history_is_not_attributable(tmp_path: Path) 
     w.close()
     history = read_history(tmp_path)
     assert history.complete and history.roster is None and not history.attributable
+
+
+# --- the file format ------------------------------------------------------------------------------------------------
+
+
+def test_records_read_back_exactly_whatever_their_shape(tmp_path: Path) -> None:
+    """Typed columns where the records fit them, whole JSON where they do not: read back equal either way, and the
+    columnar table holds the same records."""
+    w = writer(tmp_path).start()
+    shaped = [record(w, n) for n in range(3)]
+    odd = [{**record(w, 3), "invoke_ts": 1_700_000_000}, {"op_id": w.new_op_id(), "tool": "x"},
+           {**record(w, 5), "args": {"txn": [["r", 1, None]], "abort": False}, "attempts": None}]
+    mixed_args = [{**record(w, 6), "args": {"account": 1, "amount": 2**63}}, {**record(w, 7), "args": {}}]
+    for batch in (shaped, odd[:1], odd[1:2], odd[2:], mixed_args):
+        for rec in batch:
+            w.record(rec)
+        w.flush()
+    w.close()
+    sent = shaped + odd + mixed_args
+    got = read_history(tmp_path).ops
+    assert got == sent
+    assert type(got[3]["invoke_ts"]) is int  # 1_700_000_000 comes back as written, not 1.7e9
+    table = read_history_table(tmp_path)
+    assert table.history().ops == sent
+    assert not table.typed  # some batches are whole JSON
+    assert table.table.num_rows == len(sent)
+
+
+def test_integer_arguments_are_stored_as_numbers(tmp_path: Path) -> None:
+    w = writer(tmp_path).start()
+    sent = [record(w, n) for n in range(4)]
+    for rec in sent:
+        w.record(rec)
+    w.close()
+    table = read_history_table(tmp_path)
+    assert table.typed
+    assert table.table.column("args").null_count == 4  # no JSON written
+    assert table.table.column("arg_ints").to_pylist() == [[1 + n % 3, n] for n in range(4)]
+    assert read_history(tmp_path).ops == sent
+
+
+def test_json_lines_of_an_older_run_are_read_alike(tmp_path: Path) -> None:
+    """A run directory written before the columnar format (or a hand-written test history) reads the same."""
+    hdir = tmp_path / "history"
+    hdir.mkdir()
+    w = writer(tmp_path)
+    sent = [record(w, n) for n in range(3)]
+    (hdir / "p1.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in sent))
+    (hdir / "p1.done.json").write_bytes(orjson.dumps({"process": "p1", "records": 3}))
+    assert read_history(tmp_path).ops == sent
+    table = read_history_table(tmp_path)
+    assert (table.history().ops, table.processes, table.incomplete) == (sent, {"p1": 3}, {})
+
+
+def test_the_printer_shows_a_run_by_eye(tmp_path: Path, capsys: Any) -> None:
+    w = writer(tmp_path).start()
+    sent = [record(w, n) for n in range(3)]
+    for rec in sent:
+        w.record(rec)
+    w.close()
+    assert main([str(tmp_path), "--limit", "2"]) == 0
+    shown = [orjson.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert shown == sent[:2]
+    assert main([str(tmp_path / "nothing-here")]) == 2
+    assert "no history file" in capsys.readouterr().err

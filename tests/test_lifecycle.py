@@ -81,7 +81,7 @@ def test_ctrl_c_ends_the_run_with_a_complete_report_and_no_sessions(database_url
          "--run-id", "sigint", "--loglevel", "WARNING"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(lambda: any(p.stat().st_size > 0 for p in (run_dir / "history").glob("*.jsonl")), 30,
+        wait_for(lambda: any(p.stat().st_size > 0 for p in (run_dir / "history").glob("*.arrow")), 30,
                  "the first history batch")
         assert len(run_sessions(database_url, "sigint")) >= 10  # the agents are connected and working
         proc.send_signal(signal.SIGINT)
@@ -225,7 +225,7 @@ def test_a_killed_worker_makes_the_verdict_unknown_and_is_named(database_url: st
          "--run-id", "killed", "--loglevel", "WARNING"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        victim = wait_for(lambda: next((p for p in history.glob("*-w0.jsonl") if p.stat().st_size > 0), None), 30,
+        victim = wait_for(lambda: next((p for p in history.glob("*-w0.arrow") if p.stat().st_size > 0), None), 30,
                           "worker 0's first history batch")
         os.kill(int(victim.name.split("-")[-2]), signal.SIGKILL)
         out, err = proc.communicate(timeout=90)
@@ -234,7 +234,7 @@ def test_a_killed_worker_makes_the_verdict_unknown_and_is_named(database_url: st
             proc.kill()
     assert proc.returncode == 3, f"{proc.returncode}\n{out[-3000:]}\n{err[-3000:]}"
     verdict = json.loads((tmp_path / "killed" / "checks.json").read_text())
-    lost = victim.name[: -len(".jsonl")]
+    lost = victim.name[: -len(".arrow")]
     assert lost in verdict["history"]["incomplete"]
     complete = next(c for c in verdict["checks"] if c["name"] == "history.complete")
     assert complete["valid"] == "unknown" and complete["evidence"][0]["process"] == lost

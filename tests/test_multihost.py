@@ -115,7 +115,7 @@ def _distributed_run(lab: Lab, database_url: str, reports: Path, run_id: str, *,
             deadline = time.monotonic() + 60
             victim_pid = workers[1].pid  # `ip netns exec` execs locust: this is the worker's own pid
             while time.monotonic() < deadline:  # the victim has shipped records: it is mid-run
-                if any(p.stat().st_size > 0 for p in history.glob(f"*-{victim_pid}-w*.jsonl")):
+                if any(p.stat().st_size > 0 for p in history.glob(f"*-{victim_pid}-w*.arrow")):
                     break
                 time.sleep(0.1)
             else:

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import ROOT, run_locust
+from toolclash.history import read_history
 from toolclash.stack.process import free_port
 
 HTTP = "examples/platform/http.toml"
@@ -138,7 +139,7 @@ def test_a_call_retried_after_a_timeout_is_in_doubt_and_the_ledger_resolves_it(s
         proc.wait(10)
     assert run.code in (0, 4), run.output()
     assert all(v is True for v in checks_of(run).values()), run.verdict["checks"]
-    ops = [json.loads(line) for f in (run.run_dir / "history").glob("*.jsonl") for line in f.read_text().splitlines()]
+    ops = read_history(run.run_dir).ops
     retried = [op for op in ops if (op.get("result") or {}).get("after_in_doubt") == "timeout"]
     in_doubt = [op for op in ops if op["outcome"] == "unknown" and op["reason"].startswith("timeout")]
     assert retried, "no call was retried after a timeout"

@@ -29,6 +29,7 @@ from checks.verdict import evaluate
 from tests.conftest import LOCUST, ROOT, LocustRun, run_locust
 from tests.test_crossservice import _clean
 from tests.test_lifecycle import free_port, wait_for
+from toolclash.history import history_files, iter_records
 
 
 def _verdict(run_dir: Path) -> dict[str, Any]:
@@ -80,7 +81,8 @@ def test_a_worker_frozen_before_its_first_batch_makes_the_verdict_unknown_never_
         process = name.split(":", 2)[2].rsplit("-a", 1)[0]  # tc:<run>:<host>-<pid>-w1-a<n>
         frozen = int(process.rsplit("-", 2)[1])
         os.kill(frozen, signal.SIGSTOP)
-        assert not (history / f"{process}.jsonl").exists(), "the first batch arrived before the worker was stopped"
+        assert not any(p.exists() for p in (history / f"{process}.jsonl", history / f"{process}.arrow")), \
+            "the first batch arrived before the worker was stopped"
         wait_for(lambda: (tmp_path / "lost" / "checks.json").is_file(), 120, "the verdict")
         os.kill(frozen, signal.SIGKILL)  # only now: its sessions stayed open (and its rows committed) until capture
         frozen = None
@@ -173,13 +175,17 @@ def _final(run: Path, name: str) -> Path:
 
 
 def _records(run: Path) -> tuple[Path, list[dict[str, Any]]]:
-    (path,) = sorted((run / "history").glob("*.jsonl"))  # the main job runs in one process
-    return path, [json.loads(line) for line in path.read_text().splitlines()]
+    """The history file (the main job runs in one process) and its records."""
+    ((_process_name, path),) = history_files(run)
+    return path, list(iter_records(path))
 
 
 def _rewrite(run: Path, records: list[dict[str, Any]], *, marker: bool = True) -> None:
-    """Rewrite the history with *records*; with *marker*, its done marker says that count (a complete history)."""
+    """Rewrite the history with *records* (as JSON lines, which are read like the columnar file they replace);
+    with *marker*, its done marker says that count (a complete history)."""
     path, _ = _records(run)
+    path.unlink()
+    path = path.with_suffix(".jsonl")
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     if marker:
         _save(path.with_suffix(".done.json"), {"process": path.stem, "records": len(records)})
@@ -496,7 +502,7 @@ def test_an_outside_writer_during_a_clean_run_is_caught(database_url: str, tmp_p
         cwd=ROOT, env=_env(database_url), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deleted: str | None = None
     try:
-        wait_for(lambda: any(p.stat().st_size > 0 for p in (tmp_path / "outside" / "history").glob("*.jsonl")), 60,
+        wait_for(lambda: any(p.stat().st_size > 0 for p in (tmp_path / "outside" / "history").glob("*.*")), 60,
                  "the first history batch")
         conn = psycopg2.connect(database_url)
         try:

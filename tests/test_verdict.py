@@ -16,7 +16,8 @@ import orjson
 import pytest
 
 from checks import EXIT_ANOMALY, EXIT_OK, EXIT_SLA, EXIT_UNKNOWN, EXIT_USAGE, UNKNOWN, gates
-from checks.verdict import RunDirError, evaluate, render
+from checks.verdict import RunDirError, render
+from checks.verdict import evaluate as evaluate_columns
 from toolclash.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,6 +55,13 @@ def lost_update_run() -> tuple[list[dict[str, Any]], dict[str, Any]]:
     final = {"credit_accounts": [{"id": 1, "balance": 95, "initial_balance": 100, "version": 2}],
              "credit_ledger": [row(1, "p1-1", 1, 10, 100), row(2, "p1-2", 1, 5, 100)]}
     return ops, final
+
+
+def evaluate(run: Path) -> dict[str, Any]:
+    """The verdict of *run* (read as columns), checked against the verdict over Python records: the same."""
+    fast = evaluate_columns(run)
+    assert orjson.dumps(fast) == orjson.dumps(evaluate_columns(run, columnar=False))
+    return fast
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -372,3 +380,16 @@ def test_in_doubt_calls_are_gated_per_scope_and_per_stage_never_dropped(tmp_path
     assert "1 cut short by the stop" in doubt["credits"]["note"]
     assert doubt["credits.stage1(2)"]["met"] is True and doubt["credits.stage2(4)"]["met"] is False
     assert "credits.stage2(4).in_doubt_rate" in render(verdict)
+
+
+def test_progress_names_each_step_and_its_rate(tmp_path: Path) -> None:
+    """On a long verdict the user sees each step with its operations, and its rate when it ends."""
+    run = write_run(tmp_path / "run", *clean_run())
+    done = run_cli("--run", str(run), "--progress")
+    assert done.returncode == EXIT_OK, done.stderr
+    steps = [ln.split("] ", 1)[1] for ln in done.stderr.splitlines() if ln.startswith("python -m checks: [")]
+    assert steps[0] == "reading the history"
+    assert any(s.startswith("read 3 operations from 1 process(es) in ") for s in steps), steps
+    assert "checking credits: 3 operations" in steps
+    assert any(s.startswith("checking credits: done in ") and s.endswith("ops/s") for s in steps), steps
+    assert steps[-1] == "judged"

@@ -28,6 +28,8 @@ import orjson
 
 from toolclash import db
 from toolclash.backend import Backend, application_name
+from toolclash.columnar import JSON_OPTIONS
+from toolclash.columnar import write_final as write_final_columns
 from toolclash.history import Roster
 from toolclash.option import mask_url
 from toolclash.scenario import Context, Scenario, get
@@ -52,9 +54,15 @@ def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically (temp file + rename): a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    options = orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
-    tmp.write_bytes(orjson.dumps(data, option=options, default=str))
+    tmp.write_bytes(orjson.dumps(data, option=JSON_OPTIONS, default=str))
     os.replace(tmp, path)
+
+
+def write_final(path: Path, data: Any) -> None:
+    """Write a scenario's final state: the JSON, and a columnar copy of its big tables for the fast checks
+    (:func:`toolclash.columnar.write_final`)."""
+    if not write_final_columns(path, data):
+        write_json(path, data)
 
 
 def read_json(path: Path) -> Any:
@@ -300,7 +308,7 @@ def capture_final(run: Run) -> None:
     ``server.json`` says so instead of listing sessions."""
     if "DATABASE_URL" not in run.urls:
         for name in run.settings.scenarios:
-            write_json(run.dir / "final" / f"{name}.json", run.scenarios[name].snapshot(run.contexts[name], None))
+            write_final(run.dir / "final" / f"{name}.json", run.scenarios[name].snapshot(run.contexts[name], None))
         write_json(run.dir / "final" / "server.json", {"no_database": "the run held no database session of its "
                                                                       "own: its target is reached another way"})
         return
@@ -308,7 +316,7 @@ def capture_final(run: Run) -> None:
     try:
         server = server_facts(conn, run.run_id)
         for name in run.settings.scenarios:
-            write_json(run.dir / "final" / f"{name}.json", run.scenarios[name].snapshot(run.contexts[name], conn))
+            write_final(run.dir / "final" / f"{name}.json", run.scenarios[name].snapshot(run.contexts[name], conn))
         server["servers"] = {var: {**facts, "prepared_at_start": run.prepared_at_start.get(var)}
                              for var, facts in prepared_by_server(run).items()}
         write_json(run.dir / "final" / "server.json", server)

@@ -2,7 +2,7 @@
 
 A worker's :class:`HistoryWriter` hands each batch to :func:`worker_writer`'s sink, which sends it as
 ``tc_history_batch``; at stop the worker sends ``tc_history_done`` with its record count. The master's
-:class:`Collector` appends each worker's batches to ``history/<process>.jsonl`` and marks a history complete
+:class:`Collector` appends each worker's batches to ``history/<process>.arrow`` and marks a history complete
 only when the count matches. Locust fires ``test_stop`` on a headless master before its workers finish
 (see the docs' notes on Locust), so the master asks every worker to stop and deliver (``tc_stop``) and
 waits for each one's count, up to a deadline: a worker that never answers is *lost*.
