@@ -23,6 +23,10 @@ log = logging.getLogger("toolclash")
 
 HANDOFF_TIMEOUT_S = 15.0
 """How long the master waits for each worker's final history count (plus the run's --stop-timeout)."""
+MISSING_GRACE_S = 3.0
+"""After asking for the histories, how long the master still waits for a worker that Locust's heartbeat has marked
+missing (a frozen or killed worker) before it stops waiting for it: its history is then incomplete, and the verdict
+unknown."""
 
 
 def worker_writer(runner: Any, run_id: str, process: str) -> HistoryWriter:
@@ -66,12 +70,16 @@ class Collector:
     def collect(self, runner: Any, stop_timeout_s: float, dead: set[str] | frozenset[str] = frozenset()) -> list[str]:
         """Ask every worker to stop and deliver; wait for each one's final count (not for the *dead*: workers
         known killed). Returns the lost workers."""
-        expected = {c.id for c in runner.clients.all} - set(dead)
+        everyone = {c.id for c in runner.clients.all} | set(dead)
+        expected = everyone - set(dead)
         runner.send_message("tc_stop", {"run_id": self.run_id})
-        deadline = time.monotonic() + HANDOFF_TIMEOUT_S + stop_timeout_s
+        started = time.monotonic()
+        deadline = started + HANDOFF_TIMEOUT_S + stop_timeout_s
         while not expected.issubset(self.done) and time.monotonic() < deadline:
+            if time.monotonic() - started > MISSING_GRACE_S:  # Locust stopped hearing from it: waiting is in vain
+                expected -= {c.id for c in runner.clients.missing} - set(self.done)
             gevent.sleep(0.05)
-        self.lost = sorted((expected | set(dead)) - set(self.done))
+        self.lost = sorted(everyone - set(self.done))
         for worker in self.lost:
             log.error("worker %s delivered no final history count; its in-flight operations stay unknown", worker)
         self.receiver.close()
