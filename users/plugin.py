@@ -36,7 +36,7 @@ from locust import events
 from locust.env import Environment
 from locust.runners import STATE_STOPPED, MasterRunner, WorkerRunner
 
-from toolclash import db
+from toolclash import columnar, db
 from toolclash.history import HistoryWriter, process_name
 from toolclash.metrics import MetricsSetupError
 from toolclash.nemesis.spec import NemesisError
@@ -108,6 +108,9 @@ class Plugin:
         rt = self.rt
         rt.environment = environment
         db.patch_gevent()
+        # the history writer's one-time cost (pyarrow's first conversion imports pandas: about 1 s, more on a busy
+        # machine) is paid here, before Locust's --run-time clock starts, not inside the run at test_start
+        columnar.warm_up()
         self.faults.on_init(environment, runner, web_ui)
         if isinstance(runner, WorkerRunner):
             rt.role, rt.process = "worker", process_name(runner.worker_index)
