@@ -317,3 +317,16 @@ def test_the_printer_shows_a_run_by_eye(tmp_path: Path, capsys: Any) -> None:
     assert shown == sent[:2]
     assert main([str(tmp_path / "nothing-here")]) == 2
     assert "no history file" in capsys.readouterr().err
+
+
+def test_warm_up_readies_pyarrow_without_pandas_and_pandas_still_imports_after() -> None:
+    """Every Locust process warms the writer up at init: pandas (1.2 s of CPU) must not come with it."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from toolclash import columnar; columnar.warm_up(); assert 'pandas' not in sys.modules; "
+            "import pyarrow as pa; assert pa.array(['a'], pa.string()).to_pylist() == ['a']; "
+            "import pandas; assert pandas.DataFrame({'a': [1]}).shape == (1, 1); print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                         text=True, check=False)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
