@@ -77,11 +77,12 @@ class LocustRun:
 
 def run_locust(args: list[str], *, reports: Path, database_url: str | None, run_id: str = "t",
                locustfile: str = "locustfiles/credits.py", timeout: float = 120,
-               services: dict[str, str] | None = None) -> LocustRun:
+               services: dict[str, str] | None = None, report: bool = False) -> LocustRun:
     """Run a headless Locust subprocess and return its result and run directory.
 
     *database_url* and *services* (e.g. the ``stack`` fixture's URLs) point it at the session's servers;
-    a service not given is started by the run's own embedded stack.
+    a service not given is started by the run's own embedded stack. Without *report*, no ``report.html``
+    (``--report none``: the plots cost a second or two per run, and only the report's own tests look at them).
     """
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("LOCUST_", "TOOLCLASH_")) and k not in SERVICE_VARS}
@@ -91,6 +92,8 @@ def run_locust(args: list[str], *, reports: Path, database_url: str | None, run_
     if "--processes" in args and "--master-bind-port" not in args:  # the default 5557 may be another run's
         port = str(free_port())
         args = [*args, "--master-bind-port", port, "--master-port", port]
+    if not report and "--report" not in args:
+        args = [*args, "--report", "none"]
     cmd = [LOCUST, "-f", locustfile, "--headless", "--reports-dir", str(reports), "--run-id", run_id,
            "--loglevel", "WARNING", *args]
     start = time.monotonic()

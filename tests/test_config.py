@@ -38,6 +38,7 @@ def test_last_writer_wins_loses_other_agents_fields(database_url: str, tmp_path:
     again = subprocess.run([sys.executable, "-m", "checks", "--run", str(r.run_dir)], cwd=ROOT,
                            capture_output=True, text=True, check=False)
     assert again.returncode == 1, again.stdout + again.stderr
+    assert not (r.run_dir / "report.html").exists()  # --report none (the test helper's default)
     assert "acknowledged change(s) lost" in again.stdout
 
 

@@ -96,7 +96,7 @@ def test_ctrl_c_ends_the_run_with_a_complete_report_and_no_sessions(database_url
     assert all(c["valid"] is True for c in verdict["checks"]), verdict["checks"]
     assert verdict["history"]["incomplete"] == {}
     assert run_sessions(database_url, "sigint") == []  # nothing idle in transaction, nothing left at all
-    assert "toolclash verdict" in out
+    assert "toolclash verdict" in out and (run_dir / "report.html").is_file()
     print(f"stopped {stop_seconds:.2f} s after SIGINT")
 
 
@@ -219,7 +219,7 @@ def test_a_killed_worker_makes_the_verdict_unknown_and_is_named(database_url: st
     env["DATABASE_URL"] = database_url
     history = tmp_path / "killed" / "history"
     proc = subprocess.Popen(
-        [LOCUST, "-f", "locustfiles/credits.py", "--headless", "-u", "10", "-r", "10", "-t", "8s", "--processes", "2",
+        [LOCUST, "-f", "locustfiles/credits.py", "--headless", "--report", "none", "-u", "10", "-r", "10", "-t", "8s", "--processes", "2",
          "--master-bind-host", "127.0.0.1", "--master-bind-port", port, "--master-port", port,
          "--profile", "stress", "--accounts", "2", "--strategy", "pessimistic", "--reports-dir", str(tmp_path),
          "--run-id", "killed", "--loglevel", "WARNING"],

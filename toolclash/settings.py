@@ -126,6 +126,9 @@ class Settings:
     # --- the run directory
     reports_dir: str = opt("reports", "where run directories reports/<run-id>/ are written")
     run_id: str = opt("", "name of this run's directory (default: time stamp + random suffix)")
+    report: str = opt("html", "after the verdict: 'html' writes report.html (a plot of every figure; a second or "
+                      "two), 'none' skips it (checks.json, junit.xml and summary.md are always written)",
+                      choices=("html", "none"))
     # --- observability
     metrics_port: int = opt(-1, f"Prometheus exporter port on the master (or the single process); -1: the port "
                             f"PROMETHEUS_URL's job 'toolclash' scrapes, else {DEFAULT_METRICS_PORT}; 0: no exporter",

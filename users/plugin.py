@@ -309,11 +309,13 @@ class Plugin:
             notes["lost_workers"] = self.lost_workers
         if self.judge is not None:
             _write_locust_stats(environment, rt.run_dir)
+            report = rt.require_settings().report != "none"
             prepare = getattr(self.judge, "prepare", None)
-            if prepare is not None:  # what must happen on this thread first (e.g. start a subprocess)
+            if prepare is not None and report:  # what must happen on this thread first (e.g. start a subprocess)
                 prepare()
             # in a real OS thread of gevent's pool: the web UI and worker heartbeats go on meanwhile
-            rt.verdict = gevent.get_hub().threadpool.apply(self.judge, (rt.run_dir,), {"notes": notes})
+            rt.verdict = gevent.get_hub().threadpool.apply(self.judge, (rt.run_dir,),
+                                                           {"notes": notes, "report": report})
             rt.exit_code = int(rt.verdict["exit_code"])
             self.observer.on_verdict(rt.verdict, rt.run_dir)
 
