@@ -15,6 +15,7 @@ STAGES ?= 5,10,25,50,100
 STAGE_SECONDS ?= 12
 WORKERS ?= 4
 ARGS ?=
+TEST_WORKERS ?= 2
 LOCUSTFILE ?= locustfiles/mixed.py
 # each setup step says what it does and how long it took
 NOW = date +%s.%N
@@ -91,7 +92,7 @@ ui: setup-run ## open Locust's web UI on http://127.0.0.1:8089 (embedded stack)
 	$(VENV)/bin/locust -f $(LOCUSTFILE) --class-picker --web-host 127.0.0.1 $(ARGS)
 
 test: setup ## run the whole test suite against real servers (the documentation's strict build included)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 docs: venv ## build the documentation into site/ (mkdocs, strict: a broken link fails)
 	$(PY) -m mkdocs build --strict

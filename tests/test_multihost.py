@@ -27,6 +27,9 @@ MASTER_PORT = 5557
 RAMP = "tests/locustfiles/ramp_credits.py"
 """The ramp with credit agents: the namespaces reach PostgreSQL only (mixed.py needs every service)."""
 
+pytestmark = pytest.mark.xdist_group("netns")
+"""One test of the namespaces at a time (each builds its own lab; their subnets come from the process id)."""
+
 
 def ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
@@ -181,8 +184,9 @@ versions pile up, and throughput after a fault would be compared with a faster s
 
 def _faulty_run(lab: Lab, database_url: str, reports: Path, run_id: str, schedule: str,
                 strategy: str = "pessimistic", load: tuple[str, ...] = STEADY) -> tuple[int, str, str]:
-    # one stage of 4 agents: recovery is measured against the same load as before the fault
-    code, out, err, _workers = _distributed_run(lab, database_url, reports, run_id, stages="4", stage_seconds="6",
+    # one stage of 4 agents: recovery is measured against the same load as before the fault, with 4 s or more
+    # after the fault's end for throughput to come back (fewer left it unmeasured on a busy machine)
+    code, out, err, _workers = _distributed_run(lab, database_url, reports, run_id, stages="4", stage_seconds="8",
                                                 strategy=strategy, extra=(*load, "--nemesis", schedule,
                                                                           "--nemesis-hosts", _hosts(lab)))
     for ns, _addr in lab.hosts.values():  # healed and cleaned up: no rule of toolclash is left in any namespace

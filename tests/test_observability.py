@@ -130,7 +130,7 @@ def observed(stack: dict[str, str], tmp_path_factory: pytest.TempPathFactory) ->
                           "20", "--profile", "stress", "--accounts", "1", "--strategy", "serializable",
                           "--cycle-size", "2", "--facts-rows", "20000", "--scan-rows", "5000",
                           "--fault", "ambiguous_as_fail", "--stop-timeout", "2", "--metrics-linger-s", "15"],
-                         reports=tmp_path_factory.mktemp("obs"), database_url=None, services=stack,
+                         report=True, reports=tmp_path_factory.mktemp("obs"), database_url=None, services=stack,
                          locustfile="locustfiles/mixed.py", run_id="observed")
     finally:
         watcher.stop.set()
@@ -282,7 +282,8 @@ def test_scenario_metrics_reach_prometheus(observed: tuple[LocustRun, AlertWatch
     assert 0 < detections <= resolved, (detections, resolved)
     p99 = prom_query(base, "histogram_quantile(0.99, sum by (le) "
                            "(last_over_time(toolclash_deadlock_detection_seconds_bucket[" + WINDOW() + "])))")
-    assert 0 < float(p99[0]["value"][1]) <= 2.0, p99
+    slowest = run.verdict["figures"]["deadlock"]["detection"]["max_ms"] / 1000  # a bucket's edge at most above
+    assert 0 < float(p99[0]["value"][1]) <= max(2.0, 2 * slowest), (p99, slowest)
     rounds = [op for op in ops if op["tool"] == "lock_round"]
     waits = sum(_last(base, "toolclash_lock_wait_seconds_count").values())
     assert waits == sum(1 for op in rounds for t in op["result"].get("tries", []) if t.get("t_req") is not None
@@ -504,7 +505,7 @@ def test_baseline_regression_is_a_missed_gate(observed: tuple[LocustRun, AlertWa
     faster = _doctored_baseline(run.run_dir, tmp_path / "faster", p95_factor=0.001)  # a baseline 1000x quicker
     slower = run_locust(["-u", "4", "-r", "4", "-t", "3s", "--wait-min", "0.05", "--wait-max", "0.1",
                          "--metrics-port", "0", "--baseline", str(faster), "--baseline-throughput-drop", "1"],
-                        reports=tmp_path, database_url=database_url, run_id="slower")
+                        report=True, reports=tmp_path, database_url=database_url, run_id="slower")
     assert slower.code == 4, slower.output()  # the data is right; only the comparison missed
     assert all(c["valid"] is True for c in slower.verdict["checks"])
     missed = [g for g in slower.verdict["gates"] if not g["met"]]
@@ -531,7 +532,7 @@ def test_bad_exporter_settings_stop_the_run_in_one_line(args: list[str], service
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         args = [str(busy.getsockname()[1]) if a == "BUSY" else a for a in args]
-        run = run_locust(["-u", "1", "-r", "1", "-t", "2s", *args], reports=tmp_path, database_url=database_url,
+        run = run_locust(["-u", "1", "-r", "1", "-t", "2s", *args], report=True, reports=tmp_path, database_url=database_url,
                          services=services)
     assert run.code == 2, run.output()
     lines = [ln for ln in run.proc.stderr.splitlines() if ln.startswith("toolclash:")]
