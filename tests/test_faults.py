@@ -108,7 +108,7 @@ def test_stop_pause_restart_latency_reset_and_bandwidth_are_seen_healed_plotted_
 def test_a_crashed_server_is_not_hammered_and_calls_resume_within_the_gate(durable: dict[str, str],
                                                                           tmp_path: Path) -> None:
     agents, threshold, open_s = 8, 3, 0.5
-    run = run_locust(["-u", str(agents), "-r", str(agents), "-t", "8s", *STRESS, "--breaker-failures",
+    run = run_locust(["-u", str(agents), "-r", str(agents), "-t", "10s", *STRESS, "--breaker-failures",
                       str(threshold), "--breaker-open-s", str(open_s), "--nemesis", "crash postgres at 2s for 1.5s"],
                      report=True, reports=tmp_path, database_url=clean(durable["DATABASE_URL"]))
     assert run.code in (0, 3, 4), run.output()
