@@ -149,7 +149,7 @@ def test_cascade_recovers(database_url: str, tmp_path: Path) -> None:
 
 
 def test_bad_priority_timeouts_is_one_line_exit_2(tmp_path: Path) -> None:
-    proc = subprocess.run([LOCUST, "-f", LOCUSTFILE, "--headless", "--report", "none", "-u", "3", "-t", "1s", "--reports-dir",
+    proc = subprocess.run([LOCUST, "-f", LOCUSTFILE, "--headless", "-u", "3", "-t", "1s", "--reports-dir",
                            str(tmp_path), "--priority-timeouts-ms", "400,100"], cwd=ROOT, capture_output=True,
                           text=True, timeout=60, check=False)
     assert proc.returncode == 2, proc.stderr

@@ -134,7 +134,8 @@ def test_a_known_bad_strategy_is_caught_under_every_server_and_proxy_fault(durab
                 "for 0.5s; reset postgres at 3.8s for 0.4s; bandwidth postgres 100kbit at 4.5s for 0.4s; "
                 "restart postgres at 5.2s; crash postgres at 6s for 0.4s")
     run = run_locust(["-u", "16", "-r", "16", "-t", "8s", "--profile", "stress", "--accounts", "1", "--strategy",
-                      "naive", "--nemesis", schedule], report=True, reports=tmp_path, database_url=clean(durable["DATABASE_URL"]))
+                      "naive", "--nemesis", schedule], report=True, reports=tmp_path,
+                     database_url=clean(durable["DATABASE_URL"]))
     assert run.code == 1, run.output()
     assert run.check("credits.lost_updates")["valid"] is False
     faults = read_faults(run.run_dir)
@@ -150,7 +151,8 @@ def test_latency_resets_bandwidth_and_a_pause_of_redis_keep_the_queue_truthful(s
                       "--queue-rate-per-agent", "5", "--queue-capacity", "200", "--nemesis",
                       "latency redis 30ms±10ms at 1.2s for 1s; reset redis at 2.7s for 0.8s; bandwidth redis 64kbit "
                       "at 4s for 0.8s; pause redis at 5.2s for 0.8s"],
-                     report=True, reports=tmp_path, database_url=database_url, services=stack, locustfile="locustfiles/jobqueue.py")
+                     report=True, reports=tmp_path, database_url=database_url, services=stack,
+                     locustfile="locustfiles/jobqueue.py")
     assert run.code in (0, 3, 4), run.output()
     verdict = run.verdict
     no_false_check(verdict)
@@ -209,7 +211,8 @@ def test_abort_on_unreachable_stops_every_worker_in_2s_heals_and_says_why(databa
 def test_abort_on_a_broken_invariant_stops_the_run_and_the_checks_show_it(database_url: str, tmp_path: Path) -> None:
     run = run_locust(["-u", "16", "-r", "16", "-t", "60s", "--profile", "stress", "--accounts", "1", "--strategy",
                       "check_then_act", "--initial-balance", "400", "--amount-min", "5", "--amount-max", "10",
-                      "--tool-think-ms", "2", "--abort-on", "invariant"], report=True, reports=tmp_path, database_url=database_url)
+                      "--tool-think-ms", "2", "--abort-on", "invariant"], report=True, reports=tmp_path,
+                     database_url=database_url)
     assert run.code == 1 and run.seconds < 45, run.output()
     abort = json.loads((run.run_dir / "abort.json").read_text())
     assert "negative balance: account 1" in abort["reason"], abort

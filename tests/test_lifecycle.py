@@ -219,8 +219,8 @@ def test_a_killed_worker_makes_the_verdict_unknown_and_is_named(database_url: st
     env["DATABASE_URL"] = database_url
     history = tmp_path / "killed" / "history"
     proc = subprocess.Popen(
-        [LOCUST, "-f", "locustfiles/credits.py", "--headless", "--report", "none", "-u", "10", "-r", "10", "-t", "8s", "--processes", "2",
-         "--master-bind-host", "127.0.0.1", "--master-bind-port", port, "--master-port", port,
+        [LOCUST, "-f", "locustfiles/credits.py", "--headless", "-u", "10", "-r", "10", "-t", "8s", "--processes", "2",
+         "--report", "none", "--master-bind-host", "127.0.0.1", "--master-bind-port", port, "--master-port", port,
          "--profile", "stress", "--accounts", "2", "--strategy", "pessimistic", "--reports-dir", str(tmp_path),
          "--run-id", "killed", "--loglevel", "WARNING"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -532,8 +532,8 @@ def test_bad_exporter_settings_stop_the_run_in_one_line(args: list[str], service
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         args = [str(busy.getsockname()[1]) if a == "BUSY" else a for a in args]
-        run = run_locust(["-u", "1", "-r", "1", "-t", "2s", *args], report=True, reports=tmp_path, database_url=database_url,
-                         services=services)
+        run = run_locust(["-u", "1", "-r", "1", "-t", "2s", *args], report=True, reports=tmp_path,
+                         database_url=database_url, services=services)
     assert run.code == 2, run.output()
     lines = [ln for ln in run.proc.stderr.splitlines() if ln.startswith("toolclash:")]
     assert len(lines) == 1 and expected in lines[0], run.output()

@@ -399,8 +399,8 @@ def test_redis_killed_and_restarted_during_a_run_with_persistence(database_url: 
         env = {k: v for k, v in os.environ.items() if not k.startswith(("LOCUST_", "TOOLCLASH_"))
                and k not in SERVICE_VARS}
         env.update(DATABASE_URL=database_url, REDIS_URL=url)
-        cmd = [LOCUST, "-f", LOCUSTFILE, "--headless", "--report", "none", "--reports-dir", str(tmp_path), "--run-id", "restart",
-               "--loglevel", "WARNING", "-u", "20", "-r", "20", "-t", "5s", "--profile", "stress",
+        cmd = [LOCUST, "-f", LOCUSTFILE, "--headless", "--reports-dir", str(tmp_path), "--run-id", "restart",
+               "--report", "none", "--loglevel", "WARNING", "-u", "20", "-r", "20", "-t", "5s", "--profile", "stress",
                "--queue-consumers", "4", "--queue-capacity", "20", "--queue-lease-ms", "300"]
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:

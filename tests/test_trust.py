@@ -57,8 +57,8 @@ def test_a_worker_frozen_before_its_first_batch_makes_the_verdict_unknown_never_
     port = str(free_port())
     history = tmp_path / "lost" / "history"
     proc = subprocess.Popen(
-        [LOCUST, "-f", "locustfiles/credits.py", "--headless", "--report", "none", "-u", "10", "-r", "20", "-t", "5s", "--processes", "2",
-         "--master-bind-host", "127.0.0.1", "--master-bind-port", port, "--master-port", port,
+        [LOCUST, "-f", "locustfiles/credits.py", "--headless", "-u", "10", "-r", "20", "-t", "5s", "--processes", "2",
+         "--report", "none", "--master-bind-host", "127.0.0.1", "--master-bind-port", port, "--master-port", port,
          "--profile", "stress", "--accounts", "10", "--strategy", "atomic", "--reports-dir", str(tmp_path),
          "--run-id", "lost", "--loglevel", "WARNING"],
         cwd=ROOT, env=_env(database_url), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -496,9 +496,9 @@ def test_an_outside_writer_during_a_clean_run_is_caught(database_url: str, tmp_p
     """Mid-run, a writer that is not an agent takes one credit from account 1 and deletes one ledger row: exit 1,
     credits.conservation and credits.ledger false, naming the account and the op."""
     proc = subprocess.Popen(
-        [LOCUST, "-f", "locustfiles/credits.py", "--headless", "--report", "none", "-u", "8", "-r", "8", "-t", "4s", "--profile",
+        [LOCUST, "-f", "locustfiles/credits.py", "--headless", "-u", "8", "-r", "8", "-t", "4s", "--profile",
          "stress", "--accounts", "3", "--strategy", "pessimistic", "--reports-dir", str(tmp_path), "--run-id",
-         "outside", "--loglevel", "WARNING"],
+         "outside", "--loglevel", "WARNING", "--report", "none"],
         cwd=ROOT, env=_env(database_url), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deleted: str | None = None
     try:
