@@ -64,6 +64,19 @@ def result(name: str, valid: Valid, counts: Mapping[str, Any], evidence: Evidenc
     return CheckResult(name, valid, dict(counts), ev.items, ev.total, summary)
 
 
+def by_op_id(ops: Iterable[Mapping[str, Any]], tool: str) -> tuple[dict[str, Mapping[str, Any]], list[str]]:
+    """The operations of *tool* by op id, and the op ids recorded more than once (the last record of each is
+    kept; ``history.op_ids`` judges the duplicates)."""
+    found: dict[str, Mapping[str, Any]] = {}
+    duplicates: list[str] = []
+    for op in ops:
+        if op["tool"] == tool:
+            if op["op_id"] in found:
+                duplicates.append(op["op_id"])
+            found[op["op_id"]] = op
+    return found, duplicates
+
+
 def worst(values: Iterable[Valid]) -> Valid:
     """Compose verdicts: any False → False; else any unknown → unknown; else True."""
     seen = list(values)

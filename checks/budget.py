@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from itertools import combinations
 from typing import Any
 
-from checks import UNKNOWN, CheckResult, Checks, Evidence, result, run_checks
+from checks import UNKNOWN, CheckResult, Checks, Evidence, by_op_id, result, run_checks
 from checks.graph import Txn, analyse, isolation_check
 from toolclash.history import FAIL, OK
 
@@ -30,13 +30,7 @@ class BudgetView:
 
     def __init__(self, ops: Iterable[Mapping[str, Any]], final: Mapping[str, Any],
                  incomplete_processes: Iterable[str] = ()) -> None:
-        self.ops: dict[str, Mapping[str, Any]] = {}
-        self.duplicate_ids: list[str] = []
-        for op in ops:
-            if op["tool"] == TOOL:
-                if op["op_id"] in self.ops:
-                    self.duplicate_ids.append(op["op_id"])
-                self.ops[op["op_id"]] = op
+        self.ops, self.duplicate_ids = by_op_id(ops, TOOL)
         self.has_state = "budget_spends" in final and "budget_wallets" in final
         self.limits = {int(t["id"]): int(t["limit"]) for t in final.get("budget_teams", [])}
         self.wallets: dict[tuple[int, int], int] = {(int(w["team"]), int(w["member"])): int(w["spent"])

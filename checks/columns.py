@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from checks import EVIDENCE_CAP, Evidence
-from checks.gates import CUT_SHORT, INJECTED
+from checks.gates import CUT_SHORT, INJECTED, sla_counts
 from checks.parse import find_rows, flat_ints, json_fields
 from toolclash import columnar
 from toolclash.history import FAIL, OK
@@ -243,27 +243,19 @@ def figures(table: pa.Table, rejections: frozenset[str]) -> dict[str, Any]:
     failed = int(is_fail.sum()) - rejected - interrupted
     unknown = n - ok - rejected - interrupted - failed
     cut_short, injected = int(cut_short_m.sum()), int(injected_m.sum())
-    in_doubt = unknown - cut_short - injected
     # as gates.figures: ok, failed, rejected and in-doubt calls are timed; interrupted and cut-short ones are not
     timed = is_ok | (is_fail & ~interrupted_m) | (is_unknown & ~cut_short_m)
     latencies = (numpy(table.column("complete_ts"))[timed] - numpy(table.column("invoke_ts"))[timed]) * 1000.0
-    decided = ok + failed
     count = len(latencies)
     ranks = {q: max(1, math.ceil(q / 100.0 * count)) - 1 for q in (50, 95, 99)}  # as gates.percentile
     picked = np.partition(latencies, sorted({*ranks.values(), count - 1})) if count else latencies
-    return {
-        "calls": ok + failed + rejected + interrupted + unknown, "ok": ok, "failed": failed,
-        "rejected": rejected, "unknown": unknown, "in_doubt": in_doubt, "cut_short": cut_short,
-        "in_doubt_injected": injected, "attempts": attempts, "conflicts": conflicts,
-        "retries_by_cause": retries_by_cause,
-        "conflict_rate": conflicts / attempts if attempts else math.nan,
-        "success_rate": ok / decided if decided else math.nan,
-        "in_doubt_rate": in_doubt / (decided + in_doubt) if decided + in_doubt else math.nan,
-        "p50_ms": float(picked[ranks[50]]) if count else math.nan,
-        "p95_ms": float(picked[ranks[95]]) if count else math.nan,
-        "p99_ms": float(picked[ranks[99]]) if count else math.nan,
-        "max_ms": float(picked[count - 1]) if count else math.nan,
-    }
+    return {**sla_counts(ok=ok, failed=failed, rejected=rejected, interrupted=interrupted, unknown=unknown,
+                         cut_short=cut_short, injected=injected, attempts=attempts, conflicts=conflicts,
+                         retries_by_cause=retries_by_cause),
+            "p50_ms": float(picked[ranks[50]]) if count else math.nan,
+            "p95_ms": float(picked[ranks[95]]) if count else math.nan,
+            "p99_ms": float(picked[ranks[99]]) if count else math.nan,
+            "max_ms": float(picked[count - 1]) if count else math.nan}
 
 
 def stage_of(table: pa.Table, stages: Sequence[Mapping[str, Any]]) -> np.ndarray:

@@ -30,7 +30,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from checks import UNKNOWN, CheckResult, Checks, Evidence, result, run_checks
+from checks import UNKNOWN, CheckResult, Checks, Evidence, by_op_id, result, run_checks
 from toolclash.history import FAIL, OK
 from toolclash.targets.shape import provided
 
@@ -46,14 +46,7 @@ class ConfigView:
 
     def __init__(self, ops: Iterable[Mapping[str, Any]], final: Mapping[str, Any],
                  incomplete_processes: Iterable[str] = ()) -> None:
-        self.ops: dict[str, Mapping[str, Any]] = {}
-        self.duplicate_ids: list[str] = []
-        for op in ops:
-            if op["tool"] != TOOL:
-                continue
-            if op["op_id"] in self.ops:
-                self.duplicate_ids.append(op["op_id"])
-            self.ops[op["op_id"]] = op
+        self.ops, self.duplicate_ids = by_op_id(ops, TOOL)
         self.records = {int(r["id"]): r for r in final.get("config_records", [])}
         self.has_records = "config_records" in final
         self.has_log = "config_writes" in final

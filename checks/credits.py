@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from itertools import pairwise
 from typing import Any
 
-from checks import UNKNOWN, CheckResult, Checks, Evidence, result, run_checks
+from checks import UNKNOWN, CheckResult, Checks, Evidence, by_op_id, result, run_checks
 from toolclash.history import FAIL, OK
 from toolclash.targets.shape import provided
 
@@ -32,14 +32,7 @@ class CreditsView:
 
     def __init__(self, ops: Iterable[Mapping[str, Any]], final: Mapping[str, Any],
                  incomplete_processes: Iterable[str] = ()) -> None:
-        self.ops: dict[str, Mapping[str, Any]] = {}
-        self.duplicate_ids: list[str] = []
-        for op in ops:
-            if op["tool"] != TOOL:
-                continue
-            if op["op_id"] in self.ops:
-                self.duplicate_ids.append(op["op_id"])
-            self.ops[op["op_id"]] = op
+        self.ops, self.duplicate_ids = by_op_id(ops, TOOL)
         self.accounts = {int(a["id"]): a for a in final.get("credit_accounts", [])}
         self.has_accounts = "credit_accounts" in final
         self.seeded: int | None = final.get("accounts_seeded")

@@ -102,6 +102,17 @@ def figures(ops: Iterable[Mapping[str, Any]], rejections: frozenset[str] = BUSIN
                 injected += 1
         latencies.append((op["complete_ts"] - op["invoke_ts"]) * 1000.0)
     latencies.sort()
+    return {**sla_counts(ok=ok, failed=failed, rejected=rejected, interrupted=interrupted, unknown=unknown,
+                         cut_short=cut_short, injected=injected, attempts=attempts, conflicts=conflicts,
+                         retries_by_cause=retries_by_cause),
+            "p50_ms": percentile(latencies, 50), "p95_ms": percentile(latencies, 95),
+            "p99_ms": percentile(latencies, 99), "max_ms": latencies[-1] if latencies else math.nan}
+
+
+def sla_counts(*, ok: int, failed: int, rejected: int, interrupted: int, unknown: int, cut_short: int,
+               injected: int, attempts: int, conflicts: int, retries_by_cause: dict[str, int]) -> dict[str, Any]:
+    """The SLA figures that are counts and their rates (:func:`figures` and the columnar path share them):
+    an in-doubt call is an unknown one neither cut short by the stop nor injected by a fault."""
     decided = ok + failed
     in_doubt = unknown - cut_short - injected
     return {
@@ -112,8 +123,6 @@ def figures(ops: Iterable[Mapping[str, Any]], rejections: frozenset[str] = BUSIN
         "conflict_rate": conflicts / attempts if attempts else math.nan,
         "success_rate": ok / decided if decided else math.nan,
         "in_doubt_rate": in_doubt / (decided + in_doubt) if decided + in_doubt else math.nan,
-        "p50_ms": percentile(latencies, 50), "p95_ms": percentile(latencies, 95),
-        "p99_ms": percentile(latencies, 99), "max_ms": latencies[-1] if latencies else math.nan,
     }
 
 

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from operator import itemgetter
 from typing import Any
 
-from checks import UNKNOWN, CheckResult, Checks, Evidence, result, run_checks
+from checks import UNKNOWN, CheckResult, Checks, Evidence, by_op_id, result, run_checks
 from checks.graph import Txn, analyse, isolation_check
 from toolclash.history import FAIL, OK
 
@@ -33,13 +33,7 @@ class RegisterView:
 
     def __init__(self, ops: Iterable[Mapping[str, Any]], final: Mapping[str, Any],
                  incomplete_processes: Iterable[str] = ()) -> None:
-        self.ops: dict[str, Mapping[str, Any]] = {}
-        self.duplicate_ids: list[str] = []
-        for op in ops:
-            if op["tool"] == TOOL:
-                if op["op_id"] in self.ops:
-                    self.duplicate_ids.append(op["op_id"])
-                self.ops[op["op_id"]] = op
+        self.ops, self.duplicate_ids = by_op_id(ops, TOOL)
         self.has_log = "register_log" in final
         self.log: list[list[Any]] = sorted(final.get("register_log", []), key=itemgetter(0))  # [seq, k, v, op id]
         self.registers = {int(k): v for k, v in final.get("registers", [])}
