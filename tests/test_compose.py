@@ -29,6 +29,9 @@ import yaml
 from tests.conftest import LOCUST, ROOT, SERVICE_VARS
 from tests.test_observability import free_port
 
+pytestmark = pytest.mark.xdist_group("compose")
+"""Under pytest-xdist, one worker runs this module: its module-scoped servers and runs are made once."""
+
 
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:

@@ -29,6 +29,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.conftest import ROOT, LocustRun, run_locust
 from toolclash.metrics import Registry, RegistryCollector, counter_metric, exposition
 
+pytestmark = pytest.mark.xdist_group("observability")
+"""Under pytest-xdist, one worker runs this module: its module-scoped servers and runs are made once."""
+
 
 def prom_get(base: str, path: str, **params: str) -> Any:
     url = f"{base}{path}?{urllib.parse.urlencode(params)}" if params else f"{base}{path}"

@@ -21,6 +21,9 @@ import pytest
 import toolclash.stack.daemon as daemon_module
 from toolclash.stack import RunAs, Stack, StackError, _check_traversable, mask_url
 
+pytestmark = pytest.mark.xdist_group("stack")
+"""Under pytest-xdist, one worker runs this module: its module-scoped servers and runs are made once."""
+
 REPO = Path(__file__).resolve().parents[1]
 CLI_TIMEOUT = 90
 

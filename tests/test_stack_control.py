@@ -27,6 +27,9 @@ from toolclash.stack.control import NotLocalError, ServerControl
 from toolclash.stack.core import Stack
 from toolclash.stack.process import StackError, descendants, pid_alive, same_process
 
+pytestmark = pytest.mark.xdist_group("stack-control")
+"""Under pytest-xdist, one worker runs this module: its module-scoped servers and runs are made once."""
+
 REPO = Path(__file__).resolve().parents[1]
 SERVICES = ("postgres", "auth_postgres", "pgbouncer", "redis", "clickhouse")
 VARS = {"postgres": "DATABASE_URL", "auth_postgres": "AUTH_DATABASE_URL", "pgbouncer": "PGBOUNCER_URL",

@@ -16,6 +16,9 @@ import redis
 from tests.test_stack import private_dir
 from toolclash.stack import SERVICES, ServiceContext, Stack, mask_url
 
+pytestmark = pytest.mark.xdist_group("stack-redis")
+"""Under pytest-xdist, one worker runs this module: its module-scoped servers and runs are made once."""
+
 
 @pytest.fixture(scope="module")
 def redis_stack() -> Iterator[Stack]:

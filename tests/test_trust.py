@@ -31,6 +31,9 @@ from tests.test_crossservice import _clean
 from tests.test_lifecycle import free_port, wait_for
 from toolclash.history import history_files, iter_records
 
+pytestmark = pytest.mark.xdist_group("trust")
+"""Under pytest-xdist, one worker runs this module: its module-scoped servers and runs are made once."""
+
 
 def _verdict(run_dir: Path) -> dict[str, Any]:
     return json.loads((run_dir / "checks.json").read_text())
