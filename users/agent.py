@@ -183,3 +183,17 @@ class PgAgent(Agent):
         if self.driver is not None and not self.driver.uses_connection:
             return True
         return not (self.conn is None or self.conn.closed) or self._connect()
+
+    def after_call(self, call: Call) -> None:
+        """As :meth:`Agent.after_call`; a call that lost its connection drops it: the next task reconnects."""
+        super().after_call(call)
+        if call.reason and call.reason.startswith("connection"):
+            self.drop_connection()
+
+    def drop_connection(self) -> None:
+        db.close_quietly(self.conn)
+        self.conn = None
+
+    def on_stop(self) -> None:
+        self.stop_driver()
+        self.drop_connection()

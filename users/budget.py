@@ -6,7 +6,6 @@ from typing import Any
 
 from locust import task
 
-from toolclash import db
 from toolclash.tools.budget import TOOL, BudgetTool
 from users.agent import PgAgent
 
@@ -45,12 +44,5 @@ class BudgetAgent(PgAgent):
         team = (self.round - 1) % self.opts.budget_teams + 1
         amount = self.rng.randint(self.opts.spend_min, self.opts.spend_max)
         member = self.member
-        call = self.client.call(TOOL, self.strategy, {"team": team, "member": member, "amount": amount},
+        self.client.call(TOOL, self.strategy, {"team": team, "member": member, "amount": amount},
                                 lambda c: tool.spend(c, team, member, amount))
-        if call.reason and call.reason.startswith("connection"):
-            db.close_quietly(self.conn)
-            self.conn = None
-
-    def on_stop(self) -> None:
-        db.close_quietly(self.conn)
-        self.conn = None

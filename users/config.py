@@ -6,7 +6,6 @@ from typing import Any
 
 from locust import task
 
-from toolclash import db
 from toolclash.history import FAIL, OK
 from toolclash.tools import Call
 from toolclash.tools.config import CONFLICT_EXHAUSTED, STALE_TIMESTAMP, TOOL, ConfigTool, agent_number, field_of
@@ -51,9 +50,6 @@ class ConfigAgent(PgAgent):
             assert tool is not None
             call = self.client.call(TOOL, self.strategy, args, lambda c: self._update(tool, c, record, value))
         self._count_outcome(call)
-        if call.reason and call.reason.startswith("connection"):
-            db.close_quietly(self.conn)
-            self.conn = None
 
     def _update(self, tool: ConfigTool, call: Call, record: int, value: str) -> Call:
         try:
@@ -73,8 +69,3 @@ class ConfigAgent(PgAgent):
             self.rt.bump("config_conflict_exhausted")
         elif call.outcome == FAIL and call.reason == STALE_TIMESTAMP:
             self.rt.bump("config_stale_timestamp")
-
-    def on_stop(self) -> None:
-        self.stop_driver()
-        db.close_quietly(self.conn)
-        self.conn = None

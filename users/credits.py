@@ -6,7 +6,6 @@ from typing import Any
 
 from locust import task
 
-from toolclash import db
 from toolclash.tools.credits import CreditsTool
 from users.agent import PgAgent
 
@@ -44,15 +43,12 @@ class CreditAgent(PgAgent):
             self.rt.barrier(f"{self.strategy}-round-{self.round}", self.settings.sync_timeout_s)
         account, amount = self.pick_account(), self.rng.randint(self.opts.amount_min, self.opts.amount_max)
         if self.driver is not None:  # --target: your platform's deduction
-            call = self.driver.call("deduct", {"account": account, "amount": amount})
+            self.driver.call("deduct", {"account": account, "amount": amount})
         else:
             tool = self.tool
             assert tool is not None
-            call = self.client.call("deduct", self.strategy, {"account": account, "amount": amount},
+            self.client.call("deduct", self.strategy, {"account": account, "amount": amount},
                                     lambda c: tool.deduct(c, account, amount))
-        if call.reason and call.reason.startswith("connection"):
-            db.close_quietly(self.conn)
-            self.conn = None
 
     def on_stop(self) -> None:
         self.stop_driver()
@@ -65,6 +61,5 @@ class CreditAgent(PgAgent):
                 return
             except Exception:  # noqa: BLE001
                 pass
-        db.close_quietly(self.conn)
-        self.conn = None
+        self.drop_connection()
 

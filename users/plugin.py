@@ -1,8 +1,5 @@
-"""toolclash inside Locust: a locustfile calls :func:`setup` with its scenarios and its judge.
-
-    from checks.judge import judge
-    from users.plugin import setup
-    setup(scenarios=["credits"], judge=judge)
+"""toolclash inside Locust: a locustfile (the entry point) calls :func:`setup` with its scenarios and the judge
+it imported (see ``locustfiles/credits.py``); this package never imports the verdict's code itself.
 
 :func:`setup` only adds event listeners (nothing connects, spawns or reads at import: Locust imports
 locustfiles before it forks). The process's role is chosen once, at Locust's ``init``:

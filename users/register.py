@@ -6,7 +6,6 @@ from typing import Any
 
 from locust import task
 
-from toolclash import db
 from toolclash.tools.register import TOOL, RegisterTool
 from users.agent import PgAgent
 
@@ -41,11 +40,4 @@ class RegisterAgent(PgAgent):
             self.round += 1
             self.rt.barrier(f"{TOOL}-round-{self.round}", self.settings.sync_timeout_s)
         txn, abort = self.plan(), self.rng.random() < self.opts.register_abort_rate
-        call = self.client.call(TOOL, self.strategy, {"txn": txn, "abort": abort}, lambda c: tool.run(c, txn, abort))
-        if call.reason and call.reason.startswith("connection"):
-            db.close_quietly(self.conn)
-            self.conn = None
-
-    def on_stop(self) -> None:
-        db.close_quietly(self.conn)
-        self.conn = None
+        self.client.call(TOOL, self.strategy, {"txn": txn, "abort": abort}, lambda c: tool.run(c, txn, abort))

@@ -6,7 +6,6 @@ from typing import Any
 
 from locust import task
 
-from toolclash import db
 from toolclash.tools.transfers import AUDIT, TRANSFER, TransfersTool
 from users.agent import PgAgent
 
@@ -30,14 +29,6 @@ class _TransfersAgent(PgAgent):
             self.round += 1
             self.rt.barrier(f"transfers-round-{self.round}", self.settings.sync_timeout_s)
 
-    def after(self, reason: str | None) -> None:
-        if reason and reason.startswith("connection"):
-            db.close_quietly(self.conn)
-            self.conn = None
-
-    def on_stop(self) -> None:
-        db.close_quietly(self.conn)
-        self.conn = None
 
 
 class TransferAgent(_TransfersAgent):
@@ -53,9 +44,8 @@ class TransferAgent(_TransfersAgent):
         self.meet()
         source, target = self.rng.sample(range(1, self.opts.transfer_accounts + 1), 2)
         amount = self.rng.randint(1, self.opts.transfer_max)
-        call = self.client.call(TRANSFER, self.strategy, {"from": source, "to": target, "amount": amount},
-                                lambda c: tool.transfer(c, source, target, amount))
-        self.after(call.reason)
+        self.client.call(TRANSFER, self.strategy, {"from": source, "to": target, "amount": amount},
+                         lambda c: tool.transfer(c, source, target, amount))
 
 
 class AuditorAgent(_TransfersAgent):
@@ -70,5 +60,4 @@ class AuditorAgent(_TransfersAgent):
         tool = self.tool
         self.meet()
         accounts = self.opts.transfer_accounts
-        call = self.client.call(AUDIT, self.strategy, {"accounts": accounts}, lambda c: tool.audit(c, accounts))
-        self.after(call.reason)
+        self.client.call(AUDIT, self.strategy, {"accounts": accounts}, lambda c: tool.audit(c, accounts))

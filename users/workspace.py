@@ -13,7 +13,6 @@ from typing import Any
 
 from locust import task
 
-from toolclash import db
 from toolclash.tools import Call
 from toolclash.tools.workspace import PERMS, WorkspaceTool, sha256_of
 from users.agent import PgAgent
@@ -65,11 +64,4 @@ class WorkspaceAgent(PgAgent):
         assert self.tool is not None
         self.calls += 1
         name, args, fn = self.next_call(self.tool)
-        call = self.client.call(name, self.strategy, args, fn)
-        if call.reason and call.reason.startswith("connection"):
-            db.close_quietly(self.conn)
-            self.conn = None
-
-    def on_stop(self) -> None:
-        db.close_quietly(self.conn)
-        self.conn = None
+        self.client.call(name, self.strategy, args, fn)
