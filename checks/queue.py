@@ -416,8 +416,13 @@ def _waits_by_priority(v: QueueView) -> dict[str, dict[str, Any]]:
 
 
 def figures(ops: Iterable[Mapping[str, Any]], final: Mapping[str, Any]) -> dict[str, Any]:
-    """Admissions, rejections by cause, queue wait by priority, redeliveries, processing latency, occupancy."""
+    """Admissions, rejections by cause, queue wait by priority, redeliveries, processing latency, occupancy.
+
+    The job figures (waits, depths, redeliveries) are over the jobs whose submission is among *ops*: a ramp
+    stage's figures are those of the jobs submitted in that stage, not the whole run's again."""
     v = QueueView(ops, final)
+    if v.jobs is not None:
+        v.jobs = {job: rec for job, rec in v.jobs.items() if job in v.submits}
     rejections: Counter[str] = Counter()
     admissions = 0
     for op in v.submits.values():

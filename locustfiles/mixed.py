@@ -6,8 +6,8 @@
 
 Stages are options (--stages, --stage-seconds, --stage-spawn-rate). Scenarios: credits, config, deadlock,
 crossservice, queue, pool, workspace. Here the deadlock agents are 3 (one lock cycle) and the queue consumers
-2 by default (--queue-consumers); the other agents share the rest. Each scenario's own options apply to its
-agents; --strategy and --fault apply to the scenarios that know the value.
+2 by default (--queue-consumers), with a 500 ms lease (--queue-lease-ms); the other agents share the rest.
+Each scenario's own options apply to its agents; --strategy and --fault apply to the scenarios that know the value.
 """
 
 import sys
@@ -47,4 +47,8 @@ def _one_cycle_per_worker(environment, **_kwargs):  # type: ignore[no-untyped-de
 def _mixed_defaults(parser, **_kwargs):  # type: ignore[no-untyped-def]
     # The ramp's first stage has 5 agents: two consumers leave room for every other kind; analytical queries
     # are smaller than the pool scenario's own (which has the machine to itself) so they don't starve the rest.
-    parser.set_defaults(queue_consumers=2, facts_rows=200_000, scan_rows=50_000)
+    # A stalled consumer (--queue-stall-rate) holds its job for 1.5 leases: with two consumers, both are stalled
+    # at once for a few seconds of a run, and with the 1 s lease no critical job could start for up to 1.5 s,
+    # which failed the critical-wait gate (P95 < 1 s) on a correct queue now and then. A 500 ms lease bounds that
+    # wait at 750 ms and keeps the redeliveries.
+    parser.set_defaults(queue_consumers=2, queue_lease_ms=500.0, facts_rows=200_000, scan_rows=50_000)

@@ -236,3 +236,17 @@ def test_missing_queue_metadata_is_never_replaced_by_the_declared_defaults() -> 
     for name in ("queue.capacity", "queue.priority", "queue.rate_limit"):
         assert res[name].valid == UNKNOWN and res[name].summary.startswith("not checked: needs"), res[name]
         assert res[name].counts["missing_limits"], res[name]
+
+
+def test_a_stage_figures_only_its_own_jobs() -> None:
+    """A ramp stage's figures are given the stage's operations and the whole run's final state: the job figures
+    (waits by priority, redeliveries) are those of the jobs submitted in the stage, not the run's again."""
+    jobs = {"p1-1": job(prio=0, admitted_ms=0, claimed_ms=10, done_ms=20),
+            "p1-2": job(prio=0, admitted_ms=30, claimed_ms=1530, done_ms=1570, deliveries=2)}
+    state = final(jobs, list(jobs))
+    first, second = [sub(1, "ok", prio=0)], [sub(2, "ok", prio=0)]
+    assert cq.figures(first, state)["queue_wait_by_priority"]["critical"] == {"jobs": 1, "p50_ms": 10, "p95_ms": 10}
+    assert cq.figures(first, state)["queue_redeliveries"] == 0
+    assert cq.figures(second, state)["queue_wait_by_priority"]["critical"]["p95_ms"] == 1500
+    assert cq.figures(second, state)["queue_redeliveries"] == 1
+    assert cq.figures(first + second, state)["queue_wait_by_priority"]["critical"]["jobs"] == 2
