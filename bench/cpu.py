@@ -116,8 +116,9 @@ class CpuSampler:
         self.interval = interval
         self.snapshots: list[tuple[float, dict[int, tuple[str, int]]]] = []
         self._ours: set[int] = {os.getpid()}
-        self.samples: list[tuple[float, float, float, float, float]] = []
-        """(unix time, client cpu s, server cpu s, machine busy cpu s, machine irq + softirq cpu s)"""
+        self.samples: list[tuple[float, float, float, float, float, float]] = []
+        """(unix time, client cpu s, server cpu s, machine busy cpu s, machine irq + softirq cpu s, cpu s of the
+        client's root process alone: Locust's master when it forked workers)"""
         self._client: int | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -125,10 +126,13 @@ class CpuSampler:
     def _sample(self) -> None:
         if self._client is None or _stat_fields(self._client) is None:
             return  # the client has exited: its tree can no longer be summed
-        client = tree_ticks(self._client, reaped=False, pids=self._ours) / _TICKS
+        # reaped: a child that exits before the window's end sample (a floor process) still counts
+        client = tree_ticks(self._client, reaped=True, pids=self._ours) / _TICKS
+        fields = _stat_fields(self._client)
+        root = (int(fields[11]) + int(fields[12])) / _TICKS if fields else 0.0
         server = tree_ticks(self.postmaster, reaped=True, pids=self._ours) / _TICKS if self.postmaster else 0.0
         now = time.time()
-        self.samples.append((now, client, server, *machine_cpu_s()))
+        self.samples.append((now, client, server, *machine_cpu_s(), root))
         if len(self.samples) % self.SNAPSHOT_EVERY == 1:
             self.snapshots.append((now, all_processes()))
 
@@ -183,7 +187,7 @@ class CpuSampler:
         if a is None or b is None or end <= start:
             return None
         span = end - start
-        client, server, busy, irq = ((y - x) / span for x, y in zip(a, b, strict=True))
+        client, server, busy, irq, root = ((y - x) / span for x, y in zip(a, b, strict=True))
 
         def per(cores_used: float) -> float | None:
             return round(cores_used / tps * 1e6, 1) if tps else None
@@ -192,5 +196,6 @@ class CpuSampler:
                 "machine_busy_cores": round(busy, 3), "idle_cores": round(max(0.0, cores - busy), 3),
                 "irq_cores": round(irq, 3), "other_cores": round(max(0.0, busy - client - server - irq), 3),
                 "client_us_per_tx": per(client), "server_us_per_tx": per(server),
+                "client_root_us_per_tx": per(root),
                 "window_s": round(span, 3), "samples": len(self.samples),
                 "other_processes": self.other_processes(start, end)}

@@ -194,14 +194,16 @@ def run_pgbench(url: str, *, workdir: Path, clients: int, threads: int, duration
 
 
 def run_floor(url: str, *, workdir: Path, clients: int, duration: int, accounts: int, ramp: float,
-              postmaster: int | None, cores: int, say: Say) -> dict[str, Any]:
-    """psycopg2 + gevent alone (``python -m bench.floor``), same transaction: the driver's price."""
+              postmaster: int | None, cores: int, say: Say, processes: int = 1) -> dict[str, Any]:
+    """psycopg2 + gevent alone (``python -m bench.floor``), same transaction: the driver's price (in *processes*
+    processes side by side, the clients shared out)."""
     argv = [sys.executable, "-m", "bench.floor", "--clients", str(clients), "--duration", str(duration),
-            "--ramp", str(ramp), "--accounts", str(accounts)]
+            "--ramp", str(ramp), "--accounts", str(accounts), "--processes", str(processes)]
     say(f"floor: {' '.join(argv[1:])}")
     sampler = CpuSampler(postmaster)
     try:
-        child = run_child(argv, env=clean_env({"DATABASE_URL": url}), cwd=ROOT, log=workdir / "floor.log",
+        child = run_child(argv, env=clean_env({"DATABASE_URL": url}), cwd=ROOT,
+                          log=workdir / ("floor.log" if processes == 1 else f"floor-p{processes}.log"),
                           timeout=duration + 60, on_start=sampler.start)
     finally:
         sampler.stop()

@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def steps(args: argparse.Namespace) -> int:
-    return (3 if args.skip_floor else 4) * args.rounds
+    return (3 if args.skip_floor else 5) * args.rounds
 
 
 def run(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
@@ -45,7 +45,8 @@ def run(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
             postmaster = stack.status()["postgres"]["pid"]
             ctx.say(f"stack: PostgreSQL {ctx.machine['postgresql']} up at {stack.status()['postgres']['url']}")
             for r in range(1, args.rounds + 1):
-                rnd: dict[str, Any] = {"round": r, "pgbench": None, "floor": None, "locust": {}, "ratios": {}}
+                rnd: dict[str, Any] = {"round": r, "pgbench": None, "floor": None, "floor_p2": None, "locust": {},
+                                       "ratios": {}}
                 out["rounds"].append(rnd)
                 workdir = ctx.workdir if args.rounds == 1 else ctx.workdir / f"round-{r}"
                 workdir.mkdir(parents=True, exist_ok=True)
@@ -72,15 +73,16 @@ def one_round(args: argparse.Namespace, ctx: Context, r: int, rnd: dict[str, Any
         errors.append(f"{tag}{exc}")
         say(f"  FAILED: {exc}")
 
-    if not args.skip_floor:
-        say.phase(f"{tag}floor: psycopg2 + gevent alone (no Locust, no toolclash), {args.clients} greenlets, "
-                  f"{args.duration} s")
+    for procs in () if args.skip_floor else (1, 2):
+        key = "floor" if procs == 1 else f"floor_p{procs}"
+        say.phase(f"{tag}floor: psycopg2 + gevent alone (no Locust, no toolclash), {args.clients} greenlets in "
+                  f"{procs} process{'es' if procs > 1 else ''}, {args.duration} s")
         reset_credits(url, accounts=args.accounts, initial_balance=INITIAL_BALANCE)
         try:
-            rnd["floor"] = run_floor(url, workdir=workdir, clients=args.clients, duration=args.duration,
-                                     accounts=args.accounts, ramp=args.ramp, postmaster=postmaster, cores=cores,
-                                     say=say)
-            say(f"  floor: {rnd['floor']['tps']:,.1f} commits/s")
+            rnd[key] = run_floor(url, workdir=workdir, clients=args.clients, duration=args.duration,
+                                 accounts=args.accounts, ramp=args.ramp, postmaster=postmaster, cores=cores,
+                                 say=say, processes=procs)
+            say(f"  floor, {procs} process{'es' if procs > 1 else ''}: {rnd[key]['tps']:,.1f} commits/s")
         except BenchError as exc:
             errors.append(f"{tag}{exc}")
             say(f"  FAILED: {exc}")
@@ -110,12 +112,14 @@ def one_round(args: argparse.Namespace, ctx: Context, r: int, rnd: dict[str, Any
             f"(verdict {code}: {res.get('verdict_meaning')})")
 
     pg_tps = (rnd["pgbench"] or {}).get("tps")
-    floor_tps = (rnd["floor"] or {}).get("tps")
-    if pg_tps and floor_tps:
-        rnd["ratios"]["floor_vs_pgbench"] = floor_tps / pg_tps
+    floors = {label: (rnd["floor" if label == "p1" else f"floor_{label}"] or {}).get("tps") for label in LABELS}
+    for label, floor_tps in floors.items():
+        if pg_tps and floor_tps:
+            rnd["ratios"]["floor_vs_pgbench" if label == "p1" else f"floor_{label}_vs_pgbench"] = floor_tps / pg_tps
     for label, res in rnd["locust"].items():
         if pg_tps and res.get("tps") is not None:
             rnd["ratios"][f"locust_{label}_vs_pgbench"] = res["tps"] / pg_tps
+        floor_tps = floors.get(label)  # each Locust run against the floor with as many processes
         if floor_tps and res.get("tps") is not None:
             rnd["ratios"][f"locust_{label}_vs_floor"] = res["tps"] / floor_tps
 
@@ -132,6 +136,7 @@ def summarize(out: dict[str, Any], ratios: dict[str, float]) -> None:
     for rnd in out["rounds"]:
         add("pgbench_tps", (rnd["pgbench"] or {}).get("tps"))
         add("floor_tps", (rnd["floor"] or {}).get("tps"))
+        add("floor_p2_tps", (rnd.get("floor_p2") or {}).get("tps"))
         for label, res in rnd["locust"].items():
             add(f"locust_{label}_tps", res.get("tps"))
         for key, value in rnd["ratios"].items():
@@ -166,6 +171,9 @@ def _detail_rows(res: dict[str, Any], prefix: str) -> list[Row]:
         out.append(row(f"{prefix}p50 / p95 ms (history)",
                        f"{num(lat.get('p50_ms'), '.1f')} / {num(lat.get('p95_ms'), '.1f')}"))
     out.append(row(f"{prefix}CPU client / server", _cpu_value(res.get("cpu"))))
+    if "verdict_exit_code" in res and (res.get("processes") or 1) > 1 and res.get("cpu"):
+        out.append(row(f"{prefix}of which the master (runs no agent)",
+                       f"{num(res['cpu'].get('client_root_us_per_tx'), '.0f')} us/tx"))
     if "verdict_exit_code" in res or "error" in res:
         stats = res.get("locust_stats") or {}
         out.append(row(f"{prefix}whole-run ok/s (Locust's own totals)", num(stats.get("ok_per_s"))))
@@ -213,13 +221,18 @@ def rows(out: dict[str, Any]) -> list[Row]:
         headline("psycopg2+gevent floor commits/s", "floor_tps")
         ratio_row("  ratio to pgbench", "floor_vs_pgbench")
         per_round_rows("floor")
+    if any(rnd.get("floor_p2") for rnd in rounds):
+        headline("psycopg2+gevent floor, 2 processes, commits/s", "floor_p2_tps")
+        ratio_row("  ratio to pgbench", "floor_p2_vs_pgbench")
+        per_round_rows("floor_p2")
     for label in LABELS:
         if not any(label in rnd["locust"] for rnd in rounds):
             continue
         n = label[1:]
         headline(f"locust {n} process{'es' if n != '1' else ''} ok ops/s", f"locust_{label}_tps")
         ratio_row("  ratio to pgbench", f"locust_{label}_vs_pgbench", TARGET_RATIO)
-        ratio_row("  ratio to the psycopg2+gevent floor", f"locust_{label}_vs_floor")
+        ratio_row(f"  ratio to the psycopg2+gevent floor in {n} process{'es' if n != '1' else ''}",
+                  f"locust_{label}_vs_floor")
         per_round_rows("locust", label)
     return table
 
@@ -232,7 +245,8 @@ def notes(out: dict[str, Any], settings: dict[str, Any]) -> list[str]:
     rounds = out.get("rounds", [])
     for rnd in rounds:
         tag = f"round {rnd['round']} " if len(rounds) > 1 else ""
-        runs = [(f"{tag}pgbench", rnd.get("pgbench")), (f"{tag}floor", rnd.get("floor"))]
+        runs = [(f"{tag}pgbench", rnd.get("pgbench")), (f"{tag}floor", rnd.get("floor")),
+                (f"{tag}floor, 2 processes", rnd.get("floor_p2"))]
         runs += [(f"{tag}locust {k}", v) for k, v in rnd["locust"].items()]
         for name, res in runs:
             cpu = (res or {}).get("cpu") or {}
