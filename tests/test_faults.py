@@ -190,7 +190,9 @@ def test_a_killed_worker_is_seen_gone_and_its_lost_history_makes_the_verdict_unk
 
 
 def test_abort_on_unreachable_stops_every_worker_in_2s_heals_and_says_why(database_url: str, tmp_path: Path) -> None:
-    run = run_locust(["-u", "6", "-r", "6", "-t", "60s", *distributed(2), "--nemesis", "stop postgres at 1.5s for 60s",
+    # the stop comes at 3 s so that agents have made calls first, even on a busy machine where two workers take
+    # more than a second to start theirs
+    run = run_locust(["-u", "6", "-r", "6", "-t", "60s", *distributed(2), "--nemesis", "stop postgres at 3s for 60s",
                       "--abort-on", "unreachable postgres for 1.5s; error-rate>0.99 for 30s"],
                      report=True, reports=tmp_path, database_url=database_url)
     assert run.seconds < 45, run.output()  # not the 60 s asked for
