@@ -20,9 +20,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from checks import CheckResult
-from checks.columns import FinalState, numpy, one
+from checks.columns import FinalState, numpy, one, record
 from checks.graph import Analysis
-from checks.parse import _digits, _matches, string_codes
+from checks.parse import CHUNK, _digits, _matches, string_codes
 from checks.register import _writes, isolation_verdict, log_verdict
 from toolclash import columnar as files
 from toolclash.history import FAIL, OK
@@ -127,10 +127,8 @@ def judge(ops: pa.Table, final: FinalState, incomplete: frozenset[str]) -> list[
     ki = np.flatnonzero(keep)
     kk, kw, kv = gk[ki], gw[ki], order[ki]
     kend = key_end[ki]
-    if len(ki) > 1:
-        pair = np.lexsort((kw, kk))
-        if ((kk[pair][1:] == kk[pair][:-1]) & (kw[pair][1:] == kw[pair][:-1])).any():
-            raise Declined("a transaction's writes of a key are not consecutive in the log")
+    if _repeats(kk, kw, n):
+        raise Declined("a transaction's writes of a key are not consecutive in the log")
     kstart = np.concatenate([[True], kend[:-1]])
     first_of = np.maximum.accumulate(np.where(kstart, np.arange(len(ki)), 0))
     version = np.full(m, -1, np.int64)  # by log row: its value's position in its key's order (from 1), -1 if
@@ -184,8 +182,7 @@ def judge(ops: pa.Table, final: FinalState, incomplete: frozenset[str]) -> list[
         rpos = np.full(n_mops, -1, np.int64)
         rpos[read] = pos
         bk, bp = k[before], rpos[before]
-        same = np.lexsort((bp, bk))
-        if ((bk[same][1:] == bk[same][:-1]) & (bp[same][1:] == bp[same][:-1])).any():
+        if _repeats(bk, bp, m + 1):
             raise Declined("lost update")
     src = np.concatenate([src_w[wr], rr[rw], ww_src])
     dst = np.concatenate([rr[wr], nxt[rw], ww_dst])
@@ -216,14 +213,31 @@ def _rows(final: FinalState, key: str) -> Any:
     return zip(*(c.to_pylist() for c in table.columns), strict=True)
 
 
+def _repeats(a: np.ndarray, b: np.ndarray, b_size: int) -> bool:
+    """Whether a pair ``(a[i], b[i])`` occurs twice (*b* in ``range(b_size)``)."""
+    import numpy as np
+
+    if len(a) < 2:
+        return False
+    lo, hi = int(a.min()), int(a.max())
+    if (hi - lo + 1) * b_size < 2**62:  # one number per pair: a sort of whole numbers
+        pairs = np.sort((a - lo) * b_size + b)
+        return bool((pairs[1:] == pairs[:-1]).any())
+    order = np.lexsort((b, a))
+    return bool(((a[order][1:] == a[order][:-1]) & (b[order][1:] == b[order][:-1])).any())
+
+
 def _in_doubt_reads(ops: pa.Table, rows: np.ndarray, logged: np.ndarray) -> int:
     """The planned reads of the in-doubt calls the log shows committed (their arguments, as the view reads them)."""
     import pyarrow as pa
 
     if not len(rows):
         return 0
-    part = ops.take(pa.array(rows)).combine_chunks()
-    records = [r for b in part.to_batches() for r in files.decode(b)]
+    if len(rows) > 5000:
+        part = ops.take(pa.array(rows)).combine_chunks()
+        records = [r for b in part.to_batches() for r in files.decode(b)]
+    else:  # a few: one slice each (a take resolves every chunk of the table)
+        records = [record(ops, i) for i in rows.tolist()]
     reads = 0
     for i, op in zip(rows.tolist(), records, strict=True):
         planned = op["args"]["txn"]
@@ -246,7 +260,9 @@ def _padded(column: Any) -> tuple[np.ndarray, np.ndarray]:
         off = np.frombuffer(offsets, dtype=np.int32, count=len(array) + 1, offset=array.offset * 4).astype(np.int64)
         body = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8)
         spans.append((off, body))
-    out = np.zeros(PAD + sum(int(off[-1] - off[0]) for off, _ in spans) + PAD, np.uint8)
+    out = np.empty(PAD + sum(int(off[-1] - off[0]) for off, _ in spans) + PAD, np.uint8)
+    out[:PAD] = 0
+    out[len(out) - PAD:] = 0
     at = PAD
     starts = []
     for off, body in spans:
@@ -256,6 +272,19 @@ def _padded(column: Any) -> tuple[np.ndarray, np.ndarray]:
         at += hi - lo
     starts.append(np.array([at], np.int64))
     return np.concatenate(starts), out
+
+
+def _controls(body: np.ndarray) -> tuple[int, bool]:
+    """(bytes below 32 or above 127, whether there is a backslash), read a piece at a time (in the cache)."""
+    import numpy as np
+
+    count, backslash = 0, False
+    signed = body.view(np.int8)
+    for at in range(0, len(body), 1 << 22):
+        piece = signed[at:at + (1 << 22)]
+        count += int(np.count_nonzero(piece < 32))
+        backslash = backslash or bool((piece == 92).any())
+    return count, backslash
 
 
 def _words(data: np.ndarray) -> np.ndarray:
@@ -286,7 +315,7 @@ def _micro_ops(column: Any, n: int) -> dict[str, np.ndarray]:
     off, data = _padded(column)
     words = _words(data)
     body = data[PAD:len(data) - PAD]
-    if np.count_nonzero(body.view(np.int8) < 32) != n or (body == 92).any():  # only the rows' newlines
+    if _controls(body) != (n, False):  # only the rows' newlines, no escape
         raise Declined("control bytes, non-ASCII bytes or escapes")
     start, end = off[:-1], off[1:]
     length = end - start
@@ -297,13 +326,27 @@ def _micro_ops(column: Any, n: int) -> dict[str, np.ndarray]:
             and _matches(words, start[txn], _OPEN) and _matches(words, end[txn] - 3, _TXN_END)
             and (data[start[bare] + 8] == 93).all()):
         raise Declined("a result of another form")
-    rows = np.flatnonzero(txn & ~bare)
+    parts: list[tuple[np.ndarray, ...]] = []
+    every = np.flatnonzero(txn & ~bare)
+    for first in range(0, len(every), CHUNK):  # a chunk of rows at a time: the temporaries stay in the cache
+        _walk(every[first:first + CHUNK], start, end, data, words, parts)
+    cols = [np.concatenate(c) if parts else np.zeros(0, np.int64) for c in zip(*parts, strict=True)] or [
+        np.zeros(0, np.int64)] * 7
+    return {"row": cols[0], "index": cols[1], "write": cols[2].astype(bool), "key": cols[3],
+            "null": cols[4].astype(bool), "start": cols[5], "length": cols[6], "data": data}
+
+
+def _walk(rows: np.ndarray, start: np.ndarray, end: np.ndarray, data: np.ndarray, words: np.ndarray,
+          parts: list[tuple[np.ndarray, ...]]) -> None:
+    """The micro-operations of *rows* (each with at least one) into *parts*: the first of every row, then the second
+    of those that have one, and so on (see :func:`_micro_ops`)."""
+    import numpy as np
+
     p = start[rows] + 8
     u = np.uint64
     mask5 = u(_MASKS[5])
     quote = u(0x2222222222222222)
     ones, highs = u(0x0101010101010101), u(0x8080808080808080)
-    parts: list[tuple[np.ndarray, ...]] = []
     j = 0
     while len(rows):
         head = words[p] & mask5
@@ -343,10 +386,6 @@ def _micro_ops(column: Any, n: int) -> dict[str, np.ndarray]:
             raise Declined("a result of another form")
         rows, p = rows[more], e[more] + 1
         j += 1
-    cols = [np.concatenate(c) if parts else np.zeros(0, np.int64) for c in zip(*parts, strict=True)] or [
-        np.zeros(0, np.int64)] * 7
-    return {"row": cols[0], "index": cols[1], "write": cols[2].astype(bool), "key": cols[3],
-            "null": cols[4].astype(bool), "start": cols[5], "length": cols[6], "data": data}
 
 
 def _value_ids(mops: tuple[np.ndarray, np.ndarray, np.ndarray], log: tuple[np.ndarray, np.ndarray, np.ndarray],
