@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from checks import CheckResult
-from checks.columns import FinalState, numpy, one, record
+from checks.columns import FinalState, numpy, one
 from checks.graph import Analysis
 from checks.parse import CHUNK, _digits, _matches, string_codes
 from checks.register import _writes, isolation_verdict, log_verdict
@@ -229,6 +229,7 @@ def _repeats(a: np.ndarray, b: np.ndarray, b_size: int) -> bool:
 
 def _in_doubt_reads(ops: pa.Table, rows: np.ndarray, logged: np.ndarray) -> int:
     """The planned reads of the in-doubt calls the log shows committed (their arguments, as the view reads them)."""
+    import numpy as np
     import pyarrow as pa
 
     if not len(rows):
@@ -236,8 +237,13 @@ def _in_doubt_reads(ops: pa.Table, rows: np.ndarray, logged: np.ndarray) -> int:
     if len(rows) > 5000:
         part = ops.take(pa.array(rows)).combine_chunks()
         records = [r for b in part.to_batches() for r in files.decode(b)]
-    else:  # a few: one slice each (a take resolves every chunk of the table)
-        records = [record(ops, i) for i in rows.tolist()]
+    else:  # a few: each from its own batch (a take, or a slice of the table, resolves every chunk of it)
+        batches = ops.to_batches()
+        first = np.cumsum([0, *(b.num_rows for b in batches)])
+        records = []
+        for i in rows.tolist():
+            b = int(np.searchsorted(first, i, side="right")) - 1
+            records.extend(files.decode(batches[b].slice(i - int(first[b]), 1)))
     reads = 0
     for i, op in zip(rows.tolist(), records, strict=True):
         planned = op["args"]["txn"]
@@ -332,8 +338,8 @@ def _micro_ops(column: Any, n: int) -> dict[str, np.ndarray]:
         _walk(every[first:first + CHUNK], start, end, data, words, parts)
     cols = [np.concatenate(c) if parts else np.zeros(0, np.int64) for c in zip(*parts, strict=True)] or [
         np.zeros(0, np.int64)] * 7
-    return {"row": cols[0], "index": cols[1], "write": cols[2].astype(bool), "key": cols[3],
-            "null": cols[4].astype(bool), "start": cols[5], "length": cols[6], "data": data}
+    return {"row": cols[0], "index": cols[1], "write": cols[2].astype(bool, copy=False), "key": cols[3],
+            "null": cols[4].astype(bool, copy=False), "start": cols[5], "length": cols[6], "data": data}
 
 
 def _walk(rows: np.ndarray, start: np.ndarray, end: np.ndarray, data: np.ndarray, words: np.ndarray,
