@@ -25,7 +25,7 @@ from typing import Any
 from bench.phase import Context, Phase, Row, num, positive_int, row
 from checks import register as register_checks
 from checks.graph import analyse
-from toolclash.history import FAIL, OK, UNKNOWN, HistoryWriter, make_op, read_history
+from toolclash.history import FAIL, OK, UNKNOWN, HistoryWriter, Roster, make_op, read_history
 from toolclash.run import create_run_dir, read_json, write_final, write_json
 from toolclash.settings import Settings
 
@@ -47,8 +47,11 @@ def generate(parent: Path, *, ops: int, keys: int, seed: int, say: Say) -> Path:
     settings = Settings.from_mapping({**GATES, "strategy": "serializable", "register_keys": keys}, ["register"])
     run = create_run_dir(parent, run_id, {"scenarios": ["register"], "settings": settings.public(),
                                           "synthetic": {"ops": ops, "keys": keys, "seed": seed}})
-    writers = [HistoryWriter(run / "history", run_id=run_id, process=f"synth-{k + 1}").start()
-               for k in range(PROCESSES)]
+    procs = [f"synth-{k + 1}" for k in range(PROCESSES)]
+    roster = Roster(run, run_id)  # the processes that took part, as a live run lists them (else: unknown)
+    for p in procs:
+        roster.join(p, process=p, role="local")
+    writers = [HistoryWriter(run / "history", run_id=run_id, process=p).start() for p in procs]
     value: dict[int, str | None] = dict.fromkeys(range(1, keys + 1))
     log: list[list[Any]] = []
     base = time.time() - ops / 5000.0 - 60.0
@@ -100,7 +103,8 @@ def generate(parent: Path, *, ops: int, keys: int, seed: int, say: Say) -> Path:
                                                  "registers": [[k, v] for k, v in sorted(value.items())],
                                                  "register_log": log})
     write_json(run / "final" / "server.json", {"sessions": [], "prepared_xacts": [], "server_version": "synthetic",
-                                               "waited_s": 0.0})
+                                               "waited_s": 0.0, "servers": {"DATABASE_URL": {
+                                                   "prepared_xacts": [], "prepared_at_start": []}}})
     write_json(run / "synthetic.json", {"kinds": kinds, "log_rows": len(log)})
     return run
 

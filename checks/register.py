@@ -18,7 +18,7 @@ from operator import itemgetter
 from typing import Any
 
 from checks import UNKNOWN, CheckResult, Checks, Evidence, by_op_id, result, run_checks
-from checks.graph import Txn, analyse, isolation_check
+from checks.graph import Analysis, Txn, analyse, isolation_check
 from toolclash.history import FAIL, OK
 
 TOOL = "txn"
@@ -134,9 +134,15 @@ def write_log(v: RegisterView) -> CheckResult:
             counts["final_mismatch"] += 1
             ev.add({"key": k, "final": final, "last_logged": last, "what": "the register's final value is not its last "
                     "logged write: the log is not the version order"})
+    return log_verdict(counts, ev)
+
+
+def log_verdict(counts: dict[str, Any], ev: Evidence) -> CheckResult:
+    """The write log's verdict from its counts and evidence (also for :mod:`checks.register_fast`)."""
+    name = "register.log"
     if ev:
         return result(name, False, counts, ev, "write log and history disagree")
-    if v.in_doubt["from_incomplete_history"]:
+    if counts["in_doubt"]["from_incomplete_history"]:
         return result(name, UNKNOWN, counts, ev, "log rows of a process whose history is incomplete")
     return result(name, True, counts, ev, "every acknowledged write is logged, no failed one is, every key ends at its "
                                           "last logged value")
@@ -149,8 +155,15 @@ def isolation(v: RegisterView) -> CheckResult:
         return result(name, UNKNOWN, {}, None, "not checked: needs the write log (the version order) in the final "
                                                "state")
     analysis = analyse(v.committed, v.versions, aborted=v.aborted, describe=v.describe)
-    res = isolation_check(name, analysis, v.level, v.expect, in_doubt=v.in_doubt)
-    if res.valid is True and v.incomplete:
+    return isolation_verdict(analysis, v.level, v.expect, v.in_doubt, v.incomplete)
+
+
+def isolation_verdict(analysis: Analysis, level: str, expect: str, in_doubt: dict[str, int],
+                      incomplete: frozenset[str]) -> CheckResult:
+    """The isolation check's verdict from the graph's *analysis* (also for :mod:`checks.register_fast`)."""
+    name = "register.isolation"
+    res = isolation_check(name, analysis, level, expect, in_doubt=in_doubt)
+    if res.valid is True and incomplete:
         res.valid = UNKNOWN
         res.summary = "no forbidden anomaly among the transactions known, but a process's history is incomplete"
     return res

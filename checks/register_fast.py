@@ -1,4 +1,5 @@
-"""The register checks from the history's columns: the same :class:`checks.register.RegisterView` and the same two
+"""The register checks from the history's columns: first as array operations (:mod:`checks.register_numeric`, for a
+history in which they find nothing to report), else the same :class:`checks.register.RegisterView` and the same two
 checks, without making a Python record of every operation first (only the fields the view reads: the op id,
 outcome, agent, reason, the result's JSON parsed in one call per chunk, and the arguments of the few calls that did
 not succeed). The dependency graph is :func:`checks.graph.analyse`, as before.
@@ -8,10 +9,11 @@ not succeed). The dependency graph is :func:`checks.graph.analyse`, as before.
 
 from __future__ import annotations
 
+import logging
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from checks import CheckResult, guarded
+from checks import CheckResult, guarded, register_numeric
 from checks.columns import FinalState, numpy, select
 from checks.register import SPEC, TOOL, RegisterView
 from toolclash import columnar as files
@@ -20,10 +22,19 @@ from toolclash.history import OK
 if TYPE_CHECKING:
     import pyarrow as pa
 
+log = logging.getLogger("toolclash.checks")
+
 
 def columnar(table: pa.Table, final: FinalState, incomplete: frozenset[str]) -> list[CheckResult] | None:
+    ops = select(table, (TOOL,))
     try:
-        view = RegisterView(light_ops(select(table, (TOOL,))), final.as_dict(), incomplete)
+        return register_numeric.judge(ops, final, incomplete)
+    except register_numeric.Declined:
+        pass
+    except Exception:  # whatever went wrong there, the view below decides
+        log.exception("the register checks as array operations failed; judging with the view")
+    try:
+        view = RegisterView(light_ops(ops), final.as_dict(), incomplete)
     except Exception:  # noqa: BLE001 - the checks over records say what is wrong, as they always did
         return None
     out = []
