@@ -7,13 +7,16 @@ and Python's own string comparison."""
 from __future__ import annotations
 
 import tempfile
+from contextlib import nullcontext
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import numpy as np
 import orjson
 import pyarrow as pa
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -188,10 +191,18 @@ op_ids = st.one_of(
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(op_ids, min_size=1, max_size=60), st.integers(1, 3))
-def test_op_id_codes_are_equal_exactly_for_equal_strings(ids: list[str], parts: int) -> None:
+@given(st.lists(op_ids, min_size=1, max_size=60), st.integers(1, 3), st.sampled_from([parse.CHUNK, 1, 2, 5]),
+       st.sampled_from([parse.BLOCK, 1, 3]), st.sampled_from([parse.PREFIXES_BY_MASK, 0, 1]), st.booleans())
+def test_op_id_codes_are_equal_exactly_for_equal_strings(ids: list[str], parts: int, chunk: int, block: int,
+                                                         by_mask: int, remember: bool) -> None:
+    """Whatever the steps (rows per chunk of the parser, per block of the codes; prefixes told apart by masks or by
+    peeling), and with the arrays remembered (the same array coded twice reads the remembered parse)."""
     arrays = [pa.array(ids[k::parts], pa.string()) for k in range(parts)]
-    codes, size = parse.string_codes(arrays)
+    with (patch.object(parse, "CHUNK", chunk), patch.object(parse, "BLOCK", block),
+          patch.object(parse, "PREFIXES_BY_MASK", by_mask), parse.remembering() if remember else nullcontext()):
+        if remember:
+            parse.string_codes(arrays[-1])  # remembered, then read again below
+        codes, size = parse.string_codes(arrays)
     flat = [s for a in arrays for s in a.to_pylist()]
     assert len(codes) == len(flat) and int(codes.max()) < size and int(codes.min()) >= 0
     first: dict[str, int] = {}
@@ -199,6 +210,23 @@ def test_op_id_codes_are_equal_exactly_for_equal_strings(ids: list[str], parts: 
         first.setdefault(s, c)
         assert first[s] == c
     assert len(set(first.values())) == len(first)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 7])
+@pytest.mark.parametrize("by_mask", [0, 1, 16])
+def test_op_id_codes_of_interleaved_processes(chunk: int, by_mask: int) -> None:
+    """A ledger's op ids: the processes' numbers interleaved, the same numbers under every prefix (short, seven
+    bytes, long), chunks that start with a known prefix or a new one."""
+    prefixes = ["p1", "p2", "x" * 7, "host.a-1-w2", "p1x"]
+    ids = [f"{p}-{n}" for n in range(6) for p in prefixes[: 2 + n % 4]]
+    with patch.object(parse, "CHUNK", chunk), patch.object(parse, "PREFIXES_BY_MASK", by_mask):
+        got = parse._op_id_codes([pa.array(ids[::2], pa.string()), pa.array(ids[1::2], pa.string())])
+    assert got is not None  # coded as op ids, not by the dictionary
+    codes, size = got
+    flat = ids[::2] + ids[1::2]
+    by_id = dict(zip(flat, codes.tolist(), strict=True))
+    assert len(set(by_id.values())) == len(by_id) == len(set(flat))
+    assert [by_id[i] for i in flat] == codes.tolist() and int(codes.max()) < size
 
 
 @settings(max_examples=200, deadline=None)
@@ -260,3 +288,21 @@ def test_int_arguments_read_every_chunk(args: list[tuple[int, int] | None], cuts
     for found in got:  # in one chunk: typed and JSON rows in the same chunk
         assert found is not None
         assert {k: v.tolist() for k, v in found.items()} == expected
+
+
+def test_final_state_tables_are_written_as_one_chunk(tmp_path: Path) -> None:
+    """A table given in pieces is written as one record batch: the verdict maps each column as one array and reads
+    it in place (no copy of the ledger on every verdict)."""
+    from toolclash.columnar import read_final_tables
+
+    ledger = pa.concat_tables([pa.table({"seq": [1, 2], "op_id": ["p1-1", "p1-2"]}), pa.table({"seq": [3],
+                                                                                               "op_id": ["p2-1"]})])
+    assert ledger.column("seq").num_chunks == 2
+    assert write_final(tmp_path / "credits.json", {"credit_ledger": ledger, "accounts_seeded": 1}, min_rows=0)
+    got = read_final_tables(tmp_path / "credits.json")
+    assert got is not None
+    rest, tables = got
+    assert rest == {"accounts_seeded": 1}
+    assert tables["credit_ledger"].equals(ledger)
+    assert {c.num_chunks for c in tables["credit_ledger"].columns} == {1}
+    assert orjson.loads((tmp_path / "credits.json").read_bytes())["credit_ledger"][2] == {"seq": 3, "op_id": "p2-1"}
