@@ -255,8 +255,9 @@ def figures(table: pa.Table, rejections: frozenset[str]) -> dict[str, Any]:
     if n:
         with_retries = find_rows(result, b'"retries"')
         if len(with_retries):
-            for blob in take(result, with_retries):
-                for cause, k in (orjson.loads(blob) or {}).get("retries", {}).items():
+            blobs = take(result, with_retries)  # each ends with a newline: one JSON array of them, parsed at once
+            for doc in orjson.loads(b"[" + b",".join(blobs) + b"]"):
+                for cause, k in (doc or {}).get("retries", {}).items():
                     conflicts += k
                     retries_by_cause[cause] = retries_by_cause.get(cause, 0) + k
     outcome = table.column("outcome")
@@ -278,7 +279,12 @@ def figures(table: pa.Table, rejections: frozenset[str]) -> dict[str, Any]:
     cut_short, injected = int(cut_short_m.sum()), int(injected_m.sum())
     # as gates.figures: ok, failed, rejected and in-doubt calls are timed; interrupted and cut-short ones are not
     timed = is_ok | (is_fail & ~interrupted_m) | (is_unknown & ~cut_short_m)
-    latencies = (numpy(table.column("complete_ts"))[timed] - numpy(table.column("invoke_ts"))[timed]) * 1000.0
+    complete, invoke = numpy(table.column("complete_ts")), numpy(table.column("invoke_ts"))
+    if timed.all():  # the same numbers without two gathers of every row
+        latencies = np.subtract(complete, invoke)
+        latencies *= 1000.0
+    else:
+        latencies = (complete[timed] - invoke[timed]) * 1000.0
     count = len(latencies)
     ranks = {q: max(1, math.ceil(q / 100.0 * count)) - 1 for q in (50, 95, 99)}  # as gates.percentile
     picked = np.partition(latencies, sorted({*ranks.values(), count - 1})) if count else latencies
