@@ -486,7 +486,8 @@ def lost_updates(d: Data) -> CheckResult:
     starts = np.flatnonzero(np.r_[True, acct[1:] != acct[:-1]]) if m else np.zeros(0, np.int64)
     ends = np.r_[starts[1:], m] if m else starts
     cut = np.r_[False, (after[:-1] != before[1:]) & (acct[1:] == acct[:-1])] if m else np.zeros(0, bool)
-    breaks = np.add.reduceat(cut, starts) if m else np.zeros(0, np.int64)
+    at = np.flatnonzero(cut)  # the few rows where a chain breaks, counted per account
+    breaks = np.bincount(np.searchsorted(starts, at, side="right") - 1, minlength=len(starts))
     pos = np.minimum(np.searchsorted(d.acc_ids, acct[starts]), max(len(d.acc_ids) - 1, 0))
     known = (d.acc_ids[pos] == acct[starts]) if len(d.acc_ids) else np.zeros(len(starts), bool)
     lost = np.zeros(m, bool)  # in sorted order
