@@ -146,7 +146,7 @@ def as_json_lines(run: Path, parent: Path) -> Path:
     copy = parent / f"{run.name}-jsonl"
     (copy / "history").mkdir(parents=True)
     (copy / "final").mkdir()
-    for name in ("options.json", "final/credits.json", "final/server.json"):
+    for name in ("options.json", "processes.json", "final/credits.json", "final/server.json"):
         shutil.copyfile(run / name, copy / name)
     for process, path in history_files(run):
         records = list(iter_records(path))

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 
@@ -213,20 +214,92 @@ def _trailing_digits(word: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return count, _eight_digits(word, count)
 
 
+class _Parts(NamedTuple):
+    """One array of op ids parsed: each row's number and prefix (an index into *reps*, the prefixes' bytes)."""
+
+    seq: np.ndarray
+    prefix: np.ndarray
+    reps: list[bytes]
+    top: np.ndarray
+    """The largest number of each prefix."""
+
+
+_memo: list[tuple[tuple[int, ...], Any, _Parts]] | None = None
+"""The last array parsed, while :func:`remembering` (None: not remembering)."""
+
+
+@contextmanager
+def remembering() -> Iterator[None]:
+    """Within this block, the op ids of the last array coded are kept, so that coding the same array again (the
+    history's op ids: for duplicates, then for the join with the ledger) reads its bytes once."""
+    global _memo
+    outer = _memo
+    _memo = [] if outer is None else outer
+    try:
+        yield
+    finally:
+        _memo = outer
+
+
+def _key(array: Any) -> tuple[int, ...]:
+    """An array's identity: where its bytes are (while the array is alive, nothing else is there), and its slice."""
+    return (*(b.address if b is not None else 0 for b in array.buffers()), array.offset, len(array))
+
+
 def _op_id_codes(arrays: list[Any]) -> tuple[np.ndarray, int] | None:
     """Codes of op ids ``<prefix>-<number>`` (a number without leading zeros): prefixes are told apart by their bytes
     (up to seven of them: exactly; longer ones by a hash checked byte for byte against the first row with that hash)
     and numbered; the code is the number offset by its prefix's base. None when a value has another form."""
     import numpy as np
 
+    parts = []
+    for array in arrays:
+        key = _key(array)
+        got = next((p for k, _, p in _memo if k == key), None) if _memo else None
+        if got is None:
+            got = _op_id_parts(array)
+            if got is None:
+                return None
+            if _memo is not None:
+                _memo[:] = [(key, array, got)]  # the array itself is held: its buffers stay where they are
+        parts.append(got)
+    number: dict[bytes, int] = {}  # a prefix's bytes -> its number over every array
+    where = [np.array([number.setdefault(r, len(number)) for r in p.reps], np.int64) for p in parts]
+    top = np.zeros(len(number), np.int64)
+    for p, w in zip(parts, where, strict=True):
+        np.maximum.at(top, w, p.top)
+    base = np.concatenate([[0], np.cumsum(top + 1)])
     n = sum(len(a) for a in arrays)
+    size = int(base[-1])
+    if size > 4 * n + (1 << 20):
+        return None  # sparse numbers: the dictionary is smaller
+    codes = np.empty(n, np.int64)
+    row0 = 0
+    for p, w in zip(parts, where, strict=True):
+        offset = base[w]  # each prefix of this array: its base
+        for c in range(0, len(p.seq), BLOCK):  # in blocks: no temporary of the whole column
+            stop = min(c + BLOCK, len(p.seq))
+            np.add(offset[p.prefix[c:stop]], p.seq[c:stop], out=codes[row0 + c:row0 + stop])
+        row0 += len(p.seq)
+    return codes, size
+
+
+BLOCK = 1 << 20
+"""Rows per step where a step over a whole column would only make temporaries (and page faults) of its size."""
+
+
+def _op_id_parts(array: Any) -> _Parts | None:
+    """:class:`_Parts` of one array of op ids (None when a value is not ``<prefix>-<number>``)."""
+    import numpy as np
+
+    n = len(array)
     seq = np.empty(n, np.int64)
-    prefix = np.empty(n, np.int64)
+    prefix = np.empty(n, np.int16)  # at most 4096 prefixes
     known: dict[int, int] = {}  # key (or hash) of a prefix -> its number
     reps: list[bytes] = []  # each prefix's bytes
     masks = np.array(_MASKS, dtype=np.uint64)
     mult = np.uint64(0x9E3779B97F4A7C15)
-    for c, data, start, end, words in _chunks(arrays):
+    for c, data, start, end, words in _chunks(array):
         digits, value = _trailing_digits(words[end - 8])
         more = np.flatnonzero(digits == 8)
         if len(more):  # eight digits or more: the word before too
@@ -248,9 +321,23 @@ def _op_id_codes(arrays: list[Any]) -> tuple[np.ndarray, int] | None:
                 mixed = np.where(length > k, (mixed ^ (words[start + k] & masks[np.clip(length - k, 0, 8)])) * mult,
                                  mixed)
             h = np.where(long, mixed | np.uint64(0xFF << 56), h)
-        code = np.empty(len(h), np.int64)
-        todo = np.arange(len(h))
-        while len(todo):  # few distinct prefixes: peel them off one by one
+        code = np.full(len(h), -1, np.int16)
+        todo = None
+        if len(known) <= PREFIXES_BY_MASK:  # a compare per known prefix (no gathers); new prefixes peeled below
+            assigned = 0
+            for hv, number in known.items():
+                same_m = h == np.uint64(hv)
+                k = int(np.count_nonzero(same_m))
+                if k:
+                    np.putmask(code, same_m, number)
+                    assigned += k
+                    if assigned == len(h):
+                        break
+            if assigned < len(h):
+                todo = np.flatnonzero(code < 0)
+        else:
+            todo = np.arange(len(h))
+        while todo is not None and len(todo):  # prefixes not known yet: peel them off one by one
             hit = h[todo] == h[todo[0]]
             same, todo = todo[hit], todo[~hit]
             hv = int(h[same[0]])
@@ -272,11 +359,12 @@ def _op_id_codes(arrays: list[Any]) -> tuple[np.ndarray, int] | None:
         prefix[c:c + len(start)] = code
     top = np.zeros(len(reps), np.int64)
     np.maximum.at(top, prefix, seq)
-    base = np.concatenate([[0], np.cumsum(top + 1)])
-    size = int(base[-1])
-    if size > 4 * n + (1 << 20):
-        return None  # sparse numbers: the dictionary is smaller
-    return base[prefix] + seq, size
+    return _Parts(seq, prefix, reps, top)
+
+
+PREFIXES_BY_MASK = 16
+"""Up to this many known prefixes, a chunk's rows get theirs by one comparison per prefix (a ledger interleaves the
+processes' op ids); with more, by peeling the distinct ones off one after the other."""
 
 
 def find_rows(column: Any, needle: bytes) -> np.ndarray:

@@ -27,6 +27,7 @@ from checks import (
     exit_code,
     gates,
     gc_paused,
+    parse,
     result,
     run_checks,
 )
@@ -69,7 +70,7 @@ def evaluate(run_dir: str | Path, *, columnar: bool = True) -> dict[str, Any]:
     The history and the final state are read as columns and each scenario with a columnar path is checked over
     them (:mod:`checks.columns`); *columnar* False runs every check over Python records (the reference the
     columnar paths are tested and benchmarked against). Both give the same verdict."""
-    with gc_paused():
+    with gc_paused(), parse.remembering():  # the history's op ids are coded once, for duplicates and for joins
         return _evaluate(Path(run_dir), columnar)
 
 

@@ -7,18 +7,24 @@ and Python's own string comparison."""
 from __future__ import annotations
 
 import tempfile
+from contextlib import nullcontext
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import numpy as np
 import orjson
 import pyarrow as pa
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from checks import columns, credits_fast, parse
 from checks import credits as cc
-from checks import credits_fast, parse
+from checks.columns import FinalState, table_of_records
 from checks.verdict import evaluate
+from toolclash import columnar
 from toolclash.columnar import write_final
 from toolclash.history import HistoryWriter
 from toolclash.run import write_json
@@ -112,12 +118,23 @@ def results(found: Any) -> list[dict[str, Any]]:
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(histories())
-def test_columnar_credits_checks_equal_the_checks_over_records(case: Any) -> None:
+@given(histories(), st.integers(1, 4))
+def test_columnar_credits_checks_equal_the_checks_over_records(case: Any, piece: int) -> None:
     ops, final, incomplete = case
     fast = credits_fast.check_all(ops, final, incomplete)
     assert fast is not None  # every generated shape is one the columnar path reads
-    assert results(fast) == results(cc.check_all(ops, final, incomplete))
+    expected = results(cc.check_all(ops, final, incomplete))
+    assert results(fast) == expected
+    ledger = final.get("credit_ledger")
+    if ledger:  # the ledger as a table in pieces (a final state written by an older toolclash): the same results
+        table = pa.Table.from_pylist(ledger)
+        pieces = pa.concat_tables([table.slice(k, piece) for k in range(0, len(ledger), piece)])
+        assert pieces.column("op_id").num_chunks == -(-len(ledger) // piece)
+        state = FinalState.of(final)
+        state.tables["credit_ledger"] = pieces  # as read from a final state's Arrow copy
+        fast = credits_fast.columnar(table_of_records(ops), state, frozenset(incomplete))
+        assert fast is not None
+        assert results(fast) == expected
 
 
 def write_run(run: Path, ops: list[dict[str, Any]], final: dict[str, Any] | None, incomplete: frozenset[str],
@@ -186,10 +203,18 @@ op_ids = st.one_of(
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(op_ids, min_size=1, max_size=60), st.integers(1, 3))
-def test_op_id_codes_are_equal_exactly_for_equal_strings(ids: list[str], parts: int) -> None:
+@given(st.lists(op_ids, min_size=1, max_size=60), st.integers(1, 3), st.sampled_from([parse.CHUNK, 1, 2, 5]),
+       st.sampled_from([parse.BLOCK, 1, 3]), st.sampled_from([parse.PREFIXES_BY_MASK, 0, 1]), st.booleans())
+def test_op_id_codes_are_equal_exactly_for_equal_strings(ids: list[str], parts: int, chunk: int, block: int,
+                                                         by_mask: int, remember: bool) -> None:
+    """Whatever the steps (rows per chunk of the parser, per block of the codes; prefixes told apart by masks or by
+    peeling), and with the arrays remembered (the same array coded twice reads the remembered parse)."""
     arrays = [pa.array(ids[k::parts], pa.string()) for k in range(parts)]
-    codes, size = parse.string_codes(arrays)
+    with (patch.object(parse, "CHUNK", chunk), patch.object(parse, "BLOCK", block),
+          patch.object(parse, "PREFIXES_BY_MASK", by_mask), parse.remembering() if remember else nullcontext()):
+        if remember:
+            parse.string_codes(arrays[-1])  # remembered, then read again below
+        codes, size = parse.string_codes(arrays)
     flat = [s for a in arrays for s in a.to_pylist()]
     assert len(codes) == len(flat) and int(codes.max()) < size and int(codes.min()) >= 0
     first: dict[str, int] = {}
@@ -197,6 +222,23 @@ def test_op_id_codes_are_equal_exactly_for_equal_strings(ids: list[str], parts: 
         first.setdefault(s, c)
         assert first[s] == c
     assert len(set(first.values())) == len(first)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 7])
+@pytest.mark.parametrize("by_mask", [0, 1, 16])
+def test_op_id_codes_of_interleaved_processes(chunk: int, by_mask: int) -> None:
+    """A ledger's op ids: the processes' numbers interleaved, the same numbers under every prefix (short, seven
+    bytes, long), chunks that start with a known prefix or a new one."""
+    prefixes = ["p1", "p2", "x" * 7, "host.a-1-w2", "p1x"]
+    ids = [f"{p}-{n}" for n in range(6) for p in prefixes[: 2 + n % 4]]
+    with patch.object(parse, "CHUNK", chunk), patch.object(parse, "PREFIXES_BY_MASK", by_mask):
+        got = parse._op_id_codes([pa.array(ids[::2], pa.string()), pa.array(ids[1::2], pa.string())])
+    assert got is not None  # coded as op ids, not by the dictionary
+    codes, size = got
+    flat = ids[::2] + ids[1::2]
+    by_id = dict(zip(flat, codes.tolist(), strict=True))
+    assert len(set(by_id.values())) == len(by_id) == len(set(flat))
+    assert [by_id[i] for i in flat] == codes.tolist() and int(codes.max()) < size
 
 
 @settings(max_examples=200, deadline=None)
@@ -225,3 +267,54 @@ def test_big_balances_stay_on_the_columnar_path() -> None:
     assert results(fast) == results(cc.check_all(ops, final))
     huge = [{**o, "args": {"account": 1, "amount": 2**61}} for o in ops[:4]]
     assert credits_fast.check_all(huge, final) is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.binary(max_size=6)), max_size=30), st.lists(st.integers(0, 30), max_size=4),
+       st.data())
+def test_take_chunk_by_chunk_equals_arrows_take(values: list[bytes | None], cuts: list[int], data: Any) -> None:
+    bounds = sorted({0, len(values), *(min(c, len(values)) for c in cuts)})
+    column = pa.chunked_array([pa.array(values[a:b], pa.binary()) for a, b in pairwise(bounds)],
+                              pa.binary())
+    rows = sorted(data.draw(st.sets(st.integers(0, len(values) - 1))) if values else [])
+    assert columns.take(column, np.array(rows, np.int64)) == column.take(pa.array(rows, pa.int64())).to_pylist()
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.one_of(st.tuples(st.integers(-5, 5), st.integers(0, 10**12)), st.none()), max_size=25),
+       st.lists(st.integers(0, 25), max_size=4))
+def test_int_arguments_read_every_chunk(args: list[tuple[int, int] | None], cuts: list[int]) -> None:
+    """Arguments read from a history table whose columns are in several chunks (a chunk per flush), or in one, with
+    rows held as typed numbers and rows held as JSON: each row's arguments."""
+    ops = [op("p1", n + 1, "ok", a[0], a[1]) if a else {**op("p1", n + 1, "ok", 0, 0), "args": {"amount": 1,
+                                                                                                "account": 2}}
+           for n, a in enumerate(args)]
+    bounds = sorted({0, len(ops), *(min(c, len(ops)) for c in cuts)})
+    batches = [columnar.encode(ops[a:b]) for a, b in pairwise(bounds)]
+    chunked = pa.Table.from_batches(batches, schema=columnar.schema())
+    expected = {k: [o["args"][k] for o in ops] for k in ("account", "amount")}
+    got = [columns.int_arguments(table, ("account", "amount")) for table in (chunked, chunked.combine_chunks())]
+    if got[0] is None:  # numbers under other names in a typed batch: the columnar path declines, whatever the chunks
+        assert got[1] is None
+        return
+    for found in got:  # in one chunk: typed and JSON rows in the same chunk
+        assert found is not None
+        assert {k: v.tolist() for k, v in found.items()} == expected
+
+
+def test_final_state_tables_are_written_as_one_chunk(tmp_path: Path) -> None:
+    """A table given in pieces is written as one record batch: the verdict maps each column as one array and reads
+    it in place (no copy of the ledger on every verdict)."""
+    from toolclash.columnar import read_final_tables
+
+    ledger = pa.concat_tables([pa.table({"seq": [1, 2], "op_id": ["p1-1", "p1-2"]}), pa.table({"seq": [3],
+                                                                                               "op_id": ["p2-1"]})])
+    assert ledger.column("seq").num_chunks == 2
+    assert write_final(tmp_path / "credits.json", {"credit_ledger": ledger, "accounts_seeded": 1}, min_rows=0)
+    got = read_final_tables(tmp_path / "credits.json")
+    assert got is not None
+    rest, tables = got
+    assert rest == {"accounts_seeded": 1}
+    assert tables["credit_ledger"].equals(ledger)
+    assert {c.num_chunks for c in tables["credit_ledger"].columns} == {1}
+    assert orjson.loads((tmp_path / "credits.json").read_bytes())["credit_ledger"][2] == {"seq": 3, "op_id": "p2-1"}

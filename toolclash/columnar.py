@@ -381,7 +381,7 @@ def write_final(path: Path, data: Any, *, min_rows: int = FINAL_MIN_ROWS) -> boo
     for key, table in tables.items():
         name = f"{path.stem}.{key}{SUFFIX}"
         with pa.OSFile(str(path.parent / name), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
-            w.write_table(table)
+            w.write_table(_one_chunk(table))
         files[key] = name
     st = path.stat()
     meta = {"json_size": st.st_size, "json_mtime_ns": st.st_mtime_ns, "json_crc32": crc, "tables": files,
@@ -390,6 +390,18 @@ def write_final(path: Path, data: Any, *, min_rows: int = FINAL_MIN_ROWS) -> boo
     tmp.write_bytes(orjson.dumps(meta, option=JSON_OPTIONS, default=str))
     os.replace(tmp, marker)
     return True
+
+
+def _one_chunk(table: pa.Table) -> pa.Table:
+    """*table* as one record batch when its columns can be (a string column holds at most 2 GB in one array): the
+    reader then maps each column as one array, which numpy reads in place (10M ledger rows in 100 chunks were
+    copied, 0.75 GB, on every verdict)."""
+    import pyarrow as pa
+
+    try:
+        return table.combine_chunks()
+    except (pa.ArrowInvalid, pa.ArrowCapacityError, OverflowError):
+        return table
 
 
 def columns_marker(path: Path) -> Path:
