@@ -2,8 +2,9 @@
 in the same order), computed with joins, group-bys and window comparisons over Arrow and numpy arrays instead of
 a Python object per operation.
 
-* op ids of the history and the ledger are hashed once (one dictionary for both): duplicates, the first ledger row
-  of each op id and the history ↔ ledger join are array lookups;
+* op ids of the history and the ledger get one whole-number code each (``<process>-<n>`` parsed as numbers, in
+  blocks; other op ids by Arrow's dictionary encoding, :func:`checks.parse.string_codes`): duplicates, the first
+  ledger row of each op id and the history ↔ ledger join are array lookups;
 * conservation and no_negative are group sums per account;
 * the ledger check is masks over the joined rows; evidence is built only for the first items of each kind;
 * lost updates: the ledger sorted by (account, seq); an account whose chain is unbroken (every ``balance_before``
@@ -160,7 +161,7 @@ class Data:
         for values in (acct, self.balance, self.initial, self.l_before, self.l_after):  # compared, subtracted from
             if len(values) and float(_abs_max(values)) >= LIMIT:
                 raise Declined("values too large for 64-bit arithmetic")
-        # -- one dictionary of op ids for the history and the ledger
+        # -- one code per op id, shared by the history and the ledger
         codes, u = string_codes([op_ids, self.l_ids])
         h, lc = codes[:n], codes[n:]
         count_h = np.bincount(h, minlength=u)
