@@ -143,7 +143,11 @@ def test_cascade_recovers(database_url: str, tmp_path: Path) -> None:
     measured = [c for c in fig["cascades"] if c["recovery_s"] is not None]
     assert measured, fig["cascades"]
     assert all(c["cycles"] == 25 and c["victims"] == 25 for c in measured)
-    assert fig["cascade_cycles_min"] == 25 and fig["cascade_recovery_max_s"] is not None
+    assert fig["cascade_cycles_min"] == 25
+    # a cascade whose throughput never came back before the run ended has an infinite recovery (JSON: null), and
+    # its gate is missed, with the cascade saying so
+    never = [c for c in fig["cascades"] if "never came back" in c.get("note", "")]
+    assert fig["cascade_recovery_max_s"] is not None or (never and r.code == 4), fig["cascades"]
     if r.code == 4:
         assert {g["gate"] for g in r.verdict["gates"] if not g["met"]} <= {"cascade_recovery_s"}
 
