@@ -363,16 +363,25 @@ def detection(cycles: list[dict[str, Any]]) -> dict[str, Any]:
             "histogram_ms": _histogram(values)}
 
 
-def progress(ops: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """Per agent: ok rounds, decided calls and longest call; starved = >= 2 decided calls and no ok."""
+def progress(ops: Iterable[Mapping[str, Any]], cycles: Iterable[Mapping[str, Any]] = ()) -> dict[str, Any]:
+    """Per agent: ok rounds, decided calls and longest call; starved = >= 2 decided calls and no ok.
+
+    An agent that took part in whole cycles (*cycles* that are complete) must have won one of them: a round won
+    while its group was not whole (members still spawning) formed no cycle, so it does not save an agent that then
+    lost every cycle from being starved."""
     agents: dict[str, dict[str, Any]] = {}
+    cycles = list(cycles)
+    no_cycle = {id(m) for c in cycles if not c["complete"] for m in c["members"]}
+    in_cycles = {m["agent"] for c in cycles if c["complete"] for m in c["members"]}
     for op in ops:
-        a = agents.setdefault(op["agent"], {"ok": 0, "decided": 0, "max_wait_ms": 0.0})
+        a = agents.setdefault(op["agent"], {"ok": 0, "decided": 0, "max_wait_ms": 0.0, "won_cycle": 0})
         if op["outcome"] in (OK, FAIL) and op.get("error_class") != "interrupted":
             a["decided"] += 1
             a["ok"] += op["outcome"] == OK
+            a["won_cycle"] += op["outcome"] == OK and id(op) not in no_cycle
             a["max_wait_ms"] = max(a["max_wait_ms"], (op["complete_ts"] - op["invoke_ts"]) * 1000.0)
-    starved = sorted(name for name, a in agents.items() if a["decided"] >= 2 and a["ok"] == 0)
+    starved = sorted(name for name, a in agents.items()
+                     if a["decided"] >= 2 and (a["won_cycle"] if name in in_cycles else a["ok"]) == 0)
     worst = max(agents.items(), key=lambda kv: kv[1]["max_wait_ms"], default=(None, {"max_wait_ms": math.nan}))
     oks = [a["ok"] for a in agents.values()]
     return {"agents": len(agents), "starved_agents": len(starved), "starved": starved[:20],
@@ -444,7 +453,7 @@ def figures(ops: list[Mapping[str, Any]], final: Mapping[str, Any]) -> dict[str,
         "cycles": sum(1 for c in cycles if c["complete"]),
         "detection": detection(cycles),
         "victims_by_priority": _count(str(vv["args"]["priority"]) for c in cycles for vv in c["victims"]),
-        "progress": progress(ops),
+        "progress": progress(ops, cycles),
         "cascades": all_cascades,
         "cascade_recovery_max_s": max((c["recovery_s"] for c in measured), default=None),
         "cascade_cycles_min": min((c["cycles"] for c in measured), default=None),

@@ -269,3 +269,18 @@ def test_longest_wait_is_reported_and_gated() -> None:
     gates = {g["gate"]: g for g in cd.gates(ops, state(ops), {**LIMITS, "gate_max_wait_ms": 5000.0})}
     assert gates["max_wait_ms"]["met"] is False
     assert {g["gate"]: g["met"] for g in cd.gates(cycle_ops(), state(ops), LIMITS)}["max_wait_ms"] is True
+
+
+def test_an_agent_that_won_only_before_its_group_was_whole_is_starved() -> None:
+    """Member 0 wins its first round while the others are still spawning (a round of one: no cycle), then loses
+    every whole cycle: it is starved. Without a whole cycle in the history, that lone win still counts."""
+    alone = op(1, 0, cycle="p1:r1:g0")  # the group had one member: no cycle formed
+    lost = []
+    for r, seq in ((2, 10), (3, 20)):
+        for m in range(3):
+            tries = victim_tries() if m == 0 else [{"t_first": T, "t_req": T + 0.01}]
+            lost.append(op(seq + m, m, "fail" if m == 0 else "ok", cycle=f"p1:r{r}:g0", tries=tries,
+                           reason="victim-gave-up" if m == 0 else None))
+    fig = cd.figures([alone, *lost], state([alone, *lost]))
+    assert fig["progress"]["starved"] == ["p1-a1"], fig["progress"]
+    assert cd.progress([alone, lost[0], lost[3]])["starved_agents"] == 0  # no whole cycle given: the win counts
