@@ -57,8 +57,11 @@ def gate(scope: str, name: str, figure: Any, op: str, threshold: float, missing:
         return {"scope": scope, "gate": name, "figure": None, "op": op, "threshold": threshold, "met": False,
                 "note": missing}
     met = figure < threshold if op == "<" else figure <= threshold if op == "<=" else figure >= threshold
+    note = ""
+    if isinstance(figure, float) and math.isinf(figure):  # checks.json writes it as null: say what it was
+        note = "infinite: not reached before the run ended"
     return {"scope": scope, "gate": name, "figure": figure, "op": op, "threshold": threshold, "met": bool(met),
-            "note": ""}
+            "note": note}
 
 
 # ------------------------------------------------------------------------------------------ SLA

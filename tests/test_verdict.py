@@ -347,6 +347,13 @@ def test_gates_against_thresholds_at_the_boundaries() -> None:
     assert met == {"conflict_rate": True, "p95_ms": False, "success_rate": False, "in_doubt_rate": False}
 
 
+def test_an_infinite_figure_misses_its_gate_and_says_so() -> None:
+    """A recovery that never came (infinite) is written as null in checks.json: the note says what it was."""
+    missed = gates.gate("deadlock", "cascade_recovery_s", math.inf, "<", 2.0)
+    assert missed["met"] is False and missed["note"].startswith("infinite")
+    assert gates.gate("deadlock", "cascade_recovery_s", 1.5, "<", 2.0)["note"] == ""
+
+
 def test_no_data_means_no_gate_is_met() -> None:
     out = gates.sla_gates(gates.figures([]), THRESHOLDS, "credits")
     assert [g["gate"] for g in out] == ["conflict_rate", "p95_ms", "success_rate", "in_doubt_rate"]
