@@ -2,7 +2,7 @@
 Prometheus saw (merged worker metrics, the alert firing), the alert rules' unit tests, the registry's merge.
 
 The run (module fixture): locustfiles/mixed.py (every scenario), 2 worker processes, stages 5 → 14 agents
-of 3 s each: credits serializable on one hot account (conflicts and retries) with ``--fault
+of 6 s each: credits serializable on one hot account (conflicts and retries) with ``--fault
 ambiguous_as_fail`` (a check must turn invalid); deadlock cycles of 2 (3 deadlock agents per worker, a
 cycle's group lives in one process); 2 queue consumers; the 6 weighted agent kinds (config, credits,
 crossservice, pool, queue submitter, workspace) one each at 14 agents (6 + 2 + 6: at 12 the queue submitter
@@ -127,9 +127,11 @@ def observed(stack: dict[str, str], tmp_path_factory: pytest.TempPathFactory) ->
     SCRAPER[:] = [scraper]
     port = free_port()
     _OBSERVED_START[:] = [time.time()]
+    # 6 s stages: on a slow machine a worker's second-stage agents took 3.2 s to make their first call (the stress
+    # profile's zero think time keeps the first agents busy), and with 3 s stages the queue never ran
     try:
         run = run_locust(["--processes", "2", "--master-bind-host", "127.0.0.1", "--master-bind-port", port,
-                          "--master-port", port, "--stages", "5,14", "--stage-seconds", "3", "--stage-spawn-rate",
+                          "--master-port", port, "--stages", "5,14", "--stage-seconds", "6", "--stage-spawn-rate",
                           "20", "--profile", "stress", "--accounts", "1", "--strategy", "serializable",
                           "--cycle-size", "2", "--facts-rows", "20000", "--scan-rows", "5000",
                           "--fault", "ambiguous_as_fail", "--stop-timeout", "2", "--metrics-linger-s", "15"],
