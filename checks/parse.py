@@ -43,6 +43,13 @@ BEFORE, AFTER = 16, 32
 """Bytes a parser may read before a row's start and after its end."""
 
 
+def as_words(data: np.ndarray) -> np.ndarray:
+    """The bytes of *data* seen as a little-endian 64-bit word at every position (a view: nothing is copied)."""
+    import numpy as np
+
+    return np.ndarray((len(data) - 7,), dtype="<u8", buffer=data, offset=0, strides=(1,))
+
+
 def _chunks(column: Any) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
     """The rows of a binary or string column (or list of arrays) in steps of :data:`CHUNK`: ``(first row, bytes, each
     row's start and end in them, the bytes seen as a little-endian 64-bit word at every position)``. Rows are read
@@ -57,20 +64,19 @@ def _chunks(column: Any) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarr
         hi = int(np.searchsorted(off[1:], len(body) - AFTER, side="right"))  # rows before here end far from its end
         if lo >= hi or len(body) < 8:
             lo = hi = 0
-        words = np.ndarray((len(body) - 7,), dtype="<u8", buffer=body, offset=0, strides=(1,)) if hi else None
+        whole = as_words(body) if hi else None
         pieces = [(0, lo, False), (lo, hi, True), (hi, n, False)] if hi else [(0, n, False)]
         for first, last, in_place in pieces:
             for c in range(first, last, CHUNK):
                 stop = min(c + CHUNK, last)
                 if in_place:
-                    yield row0 + c, body, off[c:stop], off[c + 1:stop + 1], words  # type: ignore[misc]
+                    yield row0 + c, body, off[c:stop], off[c + 1:stop + 1], whole  # type: ignore[misc]
                     continue
                 size = int(off[stop] - off[c])
                 data = np.zeros(BEFORE + size + AFTER, np.uint8)
                 data[BEFORE:BEFORE + size] = body[int(off[c]):int(off[stop])]
                 shift = off[c] - BEFORE
-                yield (row0 + c, data, off[c:stop] - shift, off[c + 1:stop + 1] - shift,
-                       np.ndarray((len(data) - 7,), dtype="<u8", buffer=data, offset=0, strides=(1,)))
+                yield row0 + c, data, off[c:stop] - shift, off[c + 1:stop + 1] - shift, as_words(data)
         row0 += n
 
 

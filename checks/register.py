@@ -138,7 +138,7 @@ def write_log(v: RegisterView) -> CheckResult:
 
 
 def log_verdict(counts: dict[str, Any], ev: Evidence) -> CheckResult:
-    """The write log's verdict from its counts and evidence (also for :mod:`checks.register_fast`)."""
+    """The write log's verdict from its counts and evidence (also for :mod:`checks.register_numeric`)."""
     name = "register.log"
     if ev:
         return result(name, False, counts, ev, "write log and history disagree")
@@ -160,7 +160,7 @@ def isolation(v: RegisterView) -> CheckResult:
 
 def isolation_verdict(analysis: Analysis, level: str, expect: str, in_doubt: dict[str, int],
                       incomplete: frozenset[str]) -> CheckResult:
-    """The isolation check's verdict from the graph's *analysis* (also for :mod:`checks.register_fast`)."""
+    """The isolation check's verdict from the graph's *analysis* (also for :mod:`checks.register_numeric`)."""
     name = "register.isolation"
     res = isolation_check(name, analysis, level, expect, in_doubt=in_doubt)
     if res.valid is True and incomplete:

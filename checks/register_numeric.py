@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from checks import CheckResult
 from checks.columns import FinalState, numpy, one
 from checks.graph import Analysis
-from checks.parse import CHUNK, _digits, _matches, string_codes
+from checks.parse import _MASKS, CHUNK, _arrays, _body, _digits, _matches, as_words, string_codes
 from checks.register import _writes, isolation_verdict, log_verdict
 from toolclash import columnar as files
 from toolclash.history import FAIL, OK
@@ -257,15 +257,8 @@ def _padded(column: Any) -> tuple[np.ndarray, np.ndarray]:
     """(offsets, bytes) of a binary or string column (its chunks one after the other), the bytes copied once into
     one buffer with :data:`PAD` zero bytes around them."""
     import numpy as np
-    import pyarrow as pa
 
-    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
-    spans = []
-    for array in chunks:
-        offsets, data = array.buffers()[1:3]
-        off = np.frombuffer(offsets, dtype=np.int32, count=len(array) + 1, offset=array.offset * 4).astype(np.int64)
-        body = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8)
-        spans.append((off, body))
+    spans = [_body(array) for array in _arrays(column)]
     out = np.empty(PAD + sum(int(off[-1] - off[0]) for off, _ in spans) + PAD, np.uint8)
     out[:PAD] = 0
     out[len(out) - PAD:] = 0
@@ -293,17 +286,9 @@ def _controls(body: np.ndarray) -> tuple[int, bool]:
     return count, backslash
 
 
-def _words(data: np.ndarray) -> np.ndarray:
-    """The bytes seen as a little-endian 64-bit word at every position."""
-    import numpy as np
-
-    return np.ndarray((len(data) - 7,), dtype="<u8", buffer=data, offset=0, strides=(1,))
-
-
 _OPEN = b'{"txn":['
 _TXN_END = b"]}\n"
 _EMPTY = b"{}\n"
-_MASKS = [(1 << (8 * k)) - 1 for k in range(8)] + [2**64 - 1]
 _READ, _WRITE = int.from_bytes(b'["r",', "little"), int.from_bytes(b'["w",', "little")
 _NULL = int.from_bytes(b"null]", "little")
 
@@ -319,7 +304,7 @@ def _micro_ops(column: Any, n: int) -> dict[str, np.ndarray]:
     if column.null_count:
         raise Declined("a null result")
     off, data = _padded(column)
-    words = _words(data)
+    words = as_words(data)
     body = data[PAD:len(data) - PAD]
     if _controls(body) != (n, False):  # only the rows' newlines, no escape
         raise Declined("control bytes, non-ASCII bytes or escapes")
@@ -407,7 +392,7 @@ def _value_ids(mops: tuple[np.ndarray, np.ndarray, np.ndarray], log: tuple[np.nd
     mult = np.uint64(0x9E3779B97F4A7C15)
 
     def slots(data: np.ndarray, st: np.ndarray, ln: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
-        words = _words(data)
+        words = as_words(data)
         got = [words[st + 8 * k] & masks[np.clip(ln - 8 * k, 0, 8)] for k in range(nw)]
         h = ln.astype(np.uint64) * mult
         for w in got:

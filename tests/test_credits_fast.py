@@ -7,11 +7,11 @@ and Python's own string comparison."""
 from __future__ import annotations
 
 import tempfile
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
-from unittest.mock import patch
 
 import numpy as np
 import orjson
@@ -196,6 +196,19 @@ def test_flat_ints_read_exactly_what_orjson_reads_or_decline(rows: list[dict[str
     assert got["amount"].tolist() == [r["amount"] for r in parsed]
 
 
+@contextmanager
+def steps(**sizes: int) -> Iterator[None]:
+    """The parser's step sizes (:mod:`checks.parse` constants) set to *sizes* for the block, then restored."""
+    before = {name: getattr(parse, name) for name in sizes}
+    for name, value in sizes.items():
+        setattr(parse, name, value)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            setattr(parse, name, value)
+
+
 op_ids = st.one_of(
     st.builds(lambda p, n: f"{p}-{n}", st.sampled_from(["p1", "p2", "", "-", "x" * 7, "x" * 8, "host.a-1-w2", "é"]),
               st.one_of(st.integers(0, 30), st.integers(10**7, 10**8 + 5), st.integers(0, 10**13))),
@@ -210,8 +223,8 @@ def test_op_id_codes_are_equal_exactly_for_equal_strings(ids: list[str], parts: 
     """Whatever the steps (rows per chunk of the parser, per block of the codes; prefixes told apart by masks or by
     peeling), and with the arrays remembered (the same array coded twice reads the remembered parse)."""
     arrays = [pa.array(ids[k::parts], pa.string()) for k in range(parts)]
-    with (patch.object(parse, "CHUNK", chunk), patch.object(parse, "BLOCK", block),
-          patch.object(parse, "PREFIXES_BY_MASK", by_mask), parse.remembering() if remember else nullcontext()):
+    with steps(CHUNK=chunk, BLOCK=block, PREFIXES_BY_MASK=by_mask), \
+            parse.remembering() if remember else nullcontext():
         if remember:
             parse.string_codes(arrays[-1])  # remembered, then read again below
         codes, size = parse.string_codes(arrays)
@@ -231,7 +244,7 @@ def test_op_id_codes_of_interleaved_processes(chunk: int, by_mask: int) -> None:
     bytes, long), chunks that start with a known prefix or a new one."""
     prefixes = ["p1", "p2", "x" * 7, "host.a-1-w2", "p1x"]
     ids = [f"{p}-{n}" for n in range(6) for p in prefixes[: 2 + n % 4]]
-    with patch.object(parse, "CHUNK", chunk), patch.object(parse, "PREFIXES_BY_MASK", by_mask):
+    with steps(CHUNK=chunk, PREFIXES_BY_MASK=by_mask):
         got = parse._op_id_codes([pa.array(ids[::2], pa.string()), pa.array(ids[1::2], pa.string())])
     assert got is not None  # coded as op ids, not by the dictionary
     codes, size = got

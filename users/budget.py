@@ -45,4 +45,4 @@ class BudgetAgent(PgAgent):
         amount = self.rng.randint(self.opts.spend_min, self.opts.spend_max)
         member = self.member
         self.client.call(TOOL, self.strategy, {"team": team, "member": member, "amount": amount},
-                                lambda c: tool.spend(c, team, member, amount))
+                         lambda c: tool.spend(c, team, member, amount))

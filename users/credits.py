@@ -48,7 +48,7 @@ class CreditAgent(PgAgent):
             tool = self.tool
             assert tool is not None
             self.client.call("deduct", self.strategy, {"account": account, "amount": amount},
-                                    lambda c: tool.deduct(c, account, amount))
+                             lambda c: tool.deduct(c, account, amount))
 
     def on_stop(self) -> None:
         self.stop_driver()
